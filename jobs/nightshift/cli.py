@@ -1,0 +1,381 @@
+"""`nightshift ...`: every job runnable from the command line, without Airflow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from nightshift.errors import ConfigError, NightshiftError
+
+app = typer.Typer(
+    name="nightshift",
+    help="Nightly batch scoring: demo data, training, Dask + ONNX Runtime scoring, the prediction store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The store's schema: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="project file (default: $NIGHTSHIFT_CONFIG or ./nightshift.toml)"),
+]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model name from the project file")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _settings(config: Path | None) -> Any:
+    from nightshift.config import load_settings
+
+    return load_settings(config)
+
+
+def _parse_ds(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date: expected YYYY-MM-DD") from None
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+# -- db -------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, revision: str = typer.Option("head", help="target revision")) -> None:
+    """Apply the store's migrations (idempotent)."""
+    from nightshift.flows import open_store
+
+    store = open_store(_settings(config), check=False)
+    store.upgrade(revision)
+    out.print(f"store {store!r} is at revision {store.current_revision()}")
+
+
+@db_app.command("current")
+def db_current(config: ConfigOpt = None) -> None:
+    """Show the store's schema revision and the code's."""
+    from nightshift.flows import open_store
+
+    store = open_store(_settings(config), check=False)
+    out.print(f"store {store!r}: revision {store.current_revision() or 'none'} (code: {store.head_revision()})")
+
+
+# -- data and models ------------------------------------------------------------------------
+
+
+@app.command("demo-data")
+def demo_data(
+    config: ConfigOpt = None,
+    model: str = typer.Option("churn", "--model", "-m", help="model whose dataset/labels locations to write"),
+    start: str = typer.Option("", help="first day (YYYY-MM-DD); default: so the last day is yesterday"),
+    days: int = typer.Option(4, min=1, help="number of daily partitions"),
+    rows_per_day: int = typer.Option(200_000, min=1, help="rows (customers) per day"),
+    files_per_day: int = typer.Option(4, min=1, help="Parquet files per day"),
+    seed: int = typer.Option(42, help="random seed: same seed, same data"),
+    drift: list[str] = typer.Option(
+        [], help="inject drift, e.g. mean_shift:monthly_charges:1.5@2026-11-19 (repeatable)"
+    ),
+) -> None:
+    """Write a realistic churn dataset: Hive-style daily partitions of features, and labels apart."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nightshift.demo import generate, parse_drift
+
+    settings = _settings(config)
+    cfg = settings.model(model)
+    labels = cfg.labels_uri(settings)
+    if labels is None:
+        raise ConfigError(f"model {model!r} declares no labels location")
+    first = _parse_ds(start) if start else date.today() - timedelta(days=days)
+    try:
+        specs = [parse_drift(d) for d in drift]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--drift") from None
+    with Progress(
+        TextColumn("demo data"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as bar:
+        task = bar.add_task("rows", total=days * rows_per_day)
+        summary = generate(
+            cfg.dataset_uri(settings),
+            labels,
+            start=first,
+            days=days,
+            rows_per_day=rows_per_day,
+            files_per_day=files_per_day,
+            seed=seed,
+            drift=specs,
+            progress=lambda done, _total: bar.update(task, completed=done),
+        )
+    out.print(
+        f"wrote {summary.rows:,} rows in {summary.files} files for {len(summary.days)} day(s) "
+        f"{summary.days[0]}..{summary.days[-1]} in {summary.seconds:.1f}s → {summary.features_root}"
+    )
+
+
+@app.command("train")
+def train_cmd(
+    model: ModelOpt,
+    ds: str = typer.Option(..., help="train on the labelled window of days ending on this day (YYYY-MM-DD)"),
+    promote: str = typer.Option("if-first", help="if-first | always | never: make the new version champion"),
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train, export to ONNX, check ONNX-vs-scikit-learn parity, and register a new version."""
+    from nightshift.flows import train_and_register
+
+    result = train_and_register(_settings(config), model, _parse_ds(ds), promote=promote)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    mv = result.version
+    m = mv.metrics
+    out.print(
+        f"registered [bold]{mv.model} v{mv.version}[/] ({mv.algorithm}) on {mv.training_data['rows']:,} rows: "
+        f"ROC AUC {m.get('roc_auc', float('nan')):.4f}, log loss {m.get('log_loss', float('nan')):.4f}; "
+        f"ONNX parity max |Δ| {mv.parity.get('max_abs_diff', float('nan')):.2e}"
+    )
+    out.print(f"champion → v{mv.version}" if result.promoted else f"champion stays v{result.previous_champion}")
+
+
+@app.command("score")
+def score_cmd(
+    model: ModelOpt,
+    ds: str = typer.Option(..., help="the partition to score (YYYY-MM-DD)"),
+    version: int | None = typer.Option(None, help="model version (default: the champion)"),
+    alias: str | None = typer.Option(None, help="score with the version behind this alias"),
+    run_key: str | None = typer.Option(None, help="caller's run id recorded with the run (e.g. Airflow's)"),
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score one partition on Dask with ONNX Runtime and commit it atomically."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from nightshift.scoring import score_partition
+
+    settings = _settings(config)
+    day = _parse_ds(ds)
+    with Progress(TextColumn(f"scoring {model} ds={day}"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
+        task = bar.add_task("rows", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = score_partition(
+            settings, model, day, version=version, alias=alias, run_key=run_key, progress=progress
+        )
+    if as_json:
+        _print_json(summary.as_dict())
+        return
+    out.print(
+        f"committed {summary.model} v{summary.version} ds={summary.ds}: {summary.rows:,} rows from "
+        f"{summary.files} file(s) in {summary.seconds:.2f}s = [bold]{summary.rows_per_s:,.0f} rows/s[/] "
+        f"(run {summary.run_id}, {summary.store}, peak worker RSS {summary.peak_worker_rss_bytes / 2**20:.0f} MiB)"
+        + (f"; replaced run {summary.replaced_run_id}" if summary.replaced_run_id else "")
+    )
+
+
+@app.command("predictions")
+def predictions_cmd(
+    model: ModelOpt,
+    entity: list[str] = typer.Option(..., "--entity", "-e", help="entity id (repeatable)"),
+    ds: str | None = typer.Option(None, help="as of this partition (default: newest committed)"),
+    version: int | None = typer.Option(None, help="model version (default: the champion)"),
+    alias: str | None = typer.Option(None, help="read the version behind this alias"),
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read committed predictions back for some entities."""
+    from nightshift.flows import open_registry, open_store
+
+    settings = _settings(config)
+    settings.model(model)
+    store = open_store(settings)
+    mv = open_registry(settings, store).resolve(model, version=version, alias=alias)
+    part = store.partition(model, mv.version, _parse_ds(ds)) if ds else store.latest_partition(model, mv.version)
+    if part is None:
+        raise NightshiftError(
+            f"model {model!r} v{mv.version} has no committed partition" + (f" for ds={ds}" if ds else "")
+        )
+    rows = store.lookup(model, mv.version, part.ds, entity)
+    found = {r.entity_id for r in rows}
+    missing = [e for e in entity if e not in found]
+    if as_json:
+        _print_json(
+            {
+                "model": model,
+                "version": mv.version,
+                "ds": part.ds,
+                "predictions": [r.__dict__ for r in rows],
+                "not_found": missing,
+            }
+        )
+        return
+    table = Table(title=f"{model} v{mv.version} ds={part.ds} (committed {part.committed_at:%Y-%m-%d %H:%M:%S}Z)")
+    for col in ("entity_id", "score", "label"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.entity_id, f"{r.score:.6f}", str(r.label))
+    out.print(table)
+    if missing:
+        err.print(f"not found: {', '.join(missing)}")
+
+
+@app.command("partitions")
+def partitions_cmd(
+    model: str | None = typer.Option(None, "--model", "-m"), config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List committed partitions (the catalog)."""
+    from nightshift.flows import open_store
+
+    parts = open_store(_settings(config)).list_partitions(model)
+    if as_json:
+        _print_json([p.__dict__ for p in parts])
+        return
+    table = Table(title="committed partitions")
+    for col in ("model", "version", "ds", "rows", "run", "committed_at"):
+        table.add_column(col)
+    for p in parts:
+        table.add_row(p.model, str(p.version), str(p.ds), f"{p.row_count:,}", str(p.run_id), f"{p.committed_at:%F %T}")
+    out.print(table)
+
+
+@app.command("runs")
+def runs_cmd(
+    model: str | None = typer.Option(None, "--model", "-m"),
+    limit: int = typer.Option(20, min=1),
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List scoring runs, newest first, with status and errors."""
+    from nightshift.flows import open_store
+
+    runs = open_store(_settings(config)).runs(model, limit)
+    if as_json:
+        _print_json(runs)
+        return
+    table = Table(title="runs")
+    for col in ("run", "model", "version", "ds", "status", "rows", "started", "error"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            str(r["run_id"]),
+            r["model"],
+            str(r["version"]),
+            str(r["ds"]),
+            r["status"],
+            f"{r['rows']:,}" if r["rows"] is not None else "",
+            f"{r['started_at']:%F %T}",
+            (r["error"] or "")[:80],
+        )
+    out.print(table)
+
+
+@app.command("models")
+def models_cmd(
+    model: str | None = typer.Option(None, "--model", "-m"), config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List registered model versions and their aliases."""
+    from nightshift.flows import open_registry
+
+    registry = open_registry(_settings(config))
+    versions = registry.versions(model)
+    aliases: dict[str, dict[str, int]] = {}
+    for v in versions:
+        aliases.setdefault(v.model, registry.aliases(v.model))
+    if as_json:
+        _print_json(
+            [{**v.card(), "aliases": [a for a, n in aliases[v.model].items() if n == v.version]} for v in versions]
+        )
+        return
+    table = Table(title="model versions")
+    for col in ("model", "version", "aliases", "algorithm", "roc_auc", "rows", "created", "sha256"):
+        table.add_column(col)
+    for v in versions:
+        names = ",".join(a for a, n in aliases[v.model].items() if n == v.version)
+        table.add_row(
+            v.model,
+            str(v.version),
+            names,
+            v.algorithm.rsplit(".", 1)[-1],
+            f"{v.metrics.get('roc_auc', 0):.4f}",
+            f"{v.training_data.get('rows', 0):,}",
+            f"{v.created_at:%F %T}",
+            v.sha256[:12],
+        )
+    out.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    config: ConfigOpt = None,
+    days: int = typer.Option(4, min=2, help="days of data; the model trains on all but the newest, which is scored"),
+    rows_per_day: int = typer.Option(200_000, min=1_000, help="customers per day"),
+    seed: int = typer.Option(42),
+) -> None:
+    """The whole demo on embedded defaults: data, train + register, score the newest day, read back."""
+    import random
+
+    from nightshift.flows import open_store
+
+    settings = _settings(config)
+    model = settings.models[0].name if settings.models else "churn"
+    newest = date.today() - timedelta(days=1)
+    first = newest - timedelta(days=days - 1)
+    store = open_store(settings, check=False)
+    store.upgrade()
+    out.rule("1/4 demo data")
+    demo_data(
+        config=config,
+        model=model,
+        start=first.isoformat(),
+        days=days,
+        rows_per_day=rows_per_day,
+        files_per_day=4,
+        seed=seed,
+        drift=[],
+    )
+    out.rule("2/4 train, export to ONNX, parity check, register")
+    train_cmd(
+        model=model, ds=(newest - timedelta(days=1)).isoformat(), promote="if-first", config=config, as_json=False
+    )
+    out.rule(f"3/4 score ds={newest} on Dask with ONNX Runtime, commit atomically")
+    score_cmd(
+        model=model, ds=newest.isoformat(), version=None, alias=None, run_key="demo", config=config, as_json=False
+    )
+    out.rule("4/4 read back")
+    sample = sorted(random.Random(seed).sample(range(1, rows_per_day + 1), 5))
+    predictions_cmd(
+        model=model, entity=[str(i) for i in sample], ds=None, version=None, alias=None, config=config, as_json=False
+    )
+    out.print(f"store: {store!r}; try `uv run nightshift predictions -m {model} -e 42`")
+
+
+def main() -> None:
+    """Console entry point: expected failures print one clear message, not a traceback."""
+    try:
+        app()
+    except ConfigError as exc:
+        err.print(f"[bold red]config error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except NightshiftError as exc:
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,257 @@
+"""Settings: one project file (nightshift.toml) with environment-variable overrides."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from nightshift.contracts import FeatureContract
+from nightshift.errors import ConfigError, ModelNotFound
+
+CONFIG_ENV = "NIGHTSHIFT_CONFIG"
+DEFAULT_CONFIG_NAME = "nightshift.toml"
+
+_toml_path: ContextVar[Path | None] = ContextVar("nightshift_toml_path", default=None)
+
+_MODEL_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+class DaskSettings(BaseModel):
+    """Where scoring runs: a local cluster (default) or an existing scheduler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler_address: str | None = Field(
+        default=None, description="tcp://host:8786 of an existing Dask scheduler; unset starts a local cluster"
+    )
+    n_workers: int = Field(default=2, ge=1, le=256)
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    memory_limit: str = Field(default="2GiB", description="per local worker, Dask syntax ('2GiB', 'auto')")
+    processes: bool = Field(default=True, description="local workers as processes (True) or threads (False)")
+    start_method: Literal["fork", "spawn", "forkserver"] = Field(
+        default="fork",
+        description="how local worker processes start; 'fork' also works inside an Airflow task, 'spawn' does not",
+    )
+
+    ort_intra_op_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="ONNX Runtime threads per task; each Dask worker thread runs one task, so 1 keeps "
+        "the cores busy without oversubscribing them",
+    )
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        assert v is not None
+        if "://" not in v:
+            raise ValueError(f"expected a scheduler address such as tcp://host:8786, got {v!r}")
+        return v
+
+
+class EstimatorSettings(BaseModel):
+    """The scikit-learn classifier at the end of the model's pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["logistic_regression", "random_forest", "gradient_boosting"] = "logistic_regression"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSettings(BaseModel):
+    """Which labelled partitions a training run reads, and how it is checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_days: int = Field(default=3, ge=1, description="labelled days up to the training ds")
+    max_rows: int = Field(default=200_000, ge=100, description="deterministic sample cap on training rows")
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    parity_tolerance: float = Field(default=1e-4, gt=0, description="max |ONNX - sklearn| on probabilities")
+    parity_rows: int = Field(default=5000, ge=10)
+    seed: int = 0
+
+
+class ModelSettings(BaseModel):
+    """One model: its data, contract, estimator and scoring knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_MODEL_NAME)
+    description: str = ""
+    dataset: str = Field(description="root of the feature partitions: a path or an fsspec URI")
+    labels: str | None = Field(default=None, description="root of the label partitions, same layout")
+    label_column: str = "label"
+    partition_key: str = "ds"
+    success_marker: str = "_SUCCESS"
+    contract: FeatureContract
+    estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    decision_threshold: float = Field(default=0.5, gt=0, lt=1)
+    batch_rows: int = Field(default=65_536, ge=1_024, le=4_194_304, description="rows per ONNX Runtime call")
+    empty_partition: Literal["error", "commit"] = Field(
+        default="error",
+        description="a ready partition without rows: fail loudly (default) or commit it empty",
+    )
+    owner: str = "nightshift"
+
+    def dataset_uri(self, settings: Settings) -> str:
+        return settings.resolve(self.dataset)
+
+    def labels_uri(self, settings: Settings) -> str | None:
+        return settings.resolve(self.labels) if self.labels else None
+
+
+class Settings(BaseSettings):
+    """Everything nightshift needs, read from the project file then overridden by NIGHTSHIFT_* variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NIGHTSHIFT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    state_dir: str = Field(default=".nightshift", description="local state: SQLite store, artifacts, reports")
+    store_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the prediction store; default sqlite:///<state_dir>/store.db"
+    )
+    artifacts: str | None = Field(default=None, description="where model artifacts live; default <state_dir>/models")
+    reports: str | None = Field(default=None, description="where reports live; default <state_dir>/reports")
+    run_lock_timeout_s: float = Field(default=3600.0, ge=0)
+    connect_retries: int = Field(default=3, ge=0, le=20, description="attempts to reach the store before failing")
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+    models: list[ModelSettings] = Field(default_factory=list)
+
+    # Set by load_settings, not by the file: the folder relative paths are resolved against.
+    project_dir: str = Field(default=".", exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Settings:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model name(s) declared twice: {', '.join(dupes)}")
+        return self
+
+    # -- resolved locations -------------------------------------------------------------
+
+    def resolve(self, location: str) -> str:
+        """A path relative to the project file, or a URI, as an absolute location."""
+        if "://" in location:
+            return location
+        p = Path(location).expanduser()
+        if not p.is_absolute():
+            p = Path(self.project_dir) / p
+        return str(p.resolve())
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.resolve(self.state_dir))
+
+    @property
+    def resolved_store_url(self) -> str:
+        url = self.store_url or f"sqlite:///{self.state_path / 'store.db'}"
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                url = "sqlite:///" + self.resolve(rel)
+        return url
+
+    @property
+    def artifacts_uri(self) -> str:
+        return self.resolve(self.artifacts or str(self.state_path / "models"))
+
+    @property
+    def reports_uri(self) -> str:
+        return self.resolve(self.reports or str(self.state_path / "reports"))
+
+    def model(self, name: str) -> ModelSettings:
+        for m in self.models:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.models) or "none"
+        raise ModelNotFound(f"model {name!r} is not declared in the project file (declared: {known})")
+
+
+def find_config(path: str | Path | None = None) -> Path:
+    """The project file: the given path, $NIGHTSHIFT_CONFIG, or ./nightshift.toml."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"project file {str(p)!r} not found: pass --config, set {CONFIG_ENV}, "
+            f"or run from a folder holding {DEFAULT_CONFIG_NAME}"
+        )
+    return p.resolve()
+
+
+def _format_validation_error(exc: ValidationError, source: str, raw: dict[str, Any]) -> str:
+    lines = [f"{source}: invalid settings"]
+    for err in exc.errors():
+        key = ""
+        node: Any = raw
+        for item in err.get("loc", ()):
+            if isinstance(item, int):
+                key += f"[{item}]"
+                node = node[item] if isinstance(node, list) and item < len(node) else None
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    key += f" ({node['name']})"
+            else:
+                key += ("." if key else "") + str(item)
+                node = node.get(item) if isinstance(node, dict) else None
+        key = key or "(top level)"
+        msg = err.get("msg", "invalid")
+        got = err.get("input")
+        got_s = "" if err.get("type") == "missing" else f" (got {got!r})"
+        if len(got_s) > 120:
+            got_s = got_s[:117] + "...)"
+        lines.append(f"  {key}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the project file and environment; raise ConfigError naming each bad key."""
+    import tomllib
+
+    config_path = find_config(path)
+    try:
+        raw = tomllib.loads(config_path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
+    token = _toml_path.set(config_path)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(config_path), raw)) from exc
+    finally:
+        _toml_path.reset(token)
+    settings.project_dir = str(config_path.parent)
+    return settings

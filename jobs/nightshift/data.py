@@ -1,0 +1,176 @@
+"""Partition discovery and reading: Hive-style `key=YYYY-MM-DD/` folders on local paths or fsspec URIs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+from nightshift.contracts import FeatureContract
+from nightshift.errors import ContractError, PartitionNotReady
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+
+def partition_uri(root: str, key: str, ds: date) -> str:
+    return f"{root.rstrip('/')}/{key}={ds.isoformat()}"
+
+
+def _join(fs: fsspec.AbstractFileSystem, base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+@dataclass(frozen=True)
+class TaskSlice:
+    """One unit of scoring work: some row groups of one file."""
+
+    uri: str
+    row_groups: tuple[int, ...]
+    rows: int
+
+    @property
+    def chunk_id(self) -> str:
+        name = self.uri.rsplit("/", 1)[-1]
+        return f"{name}#rg{self.row_groups[0]}-{self.row_groups[-1]}" if self.row_groups else f"{name}#empty"
+
+
+@dataclass
+class PartitionFile:
+    uri: str
+    rows: int
+    row_group_rows: list[int]
+
+
+@dataclass
+class Partition:
+    uri: str
+    ds: date
+    files: list[PartitionFile] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def slices(self, max_rows_per_task: int) -> list[TaskSlice]:
+        """Tasks of whole row groups, at most `max_rows_per_task` rows each (one row group may exceed it)."""
+        out: list[TaskSlice] = []
+        for f in self.files:
+            group: list[int] = []
+            rows = 0
+            for i, n in enumerate(f.row_group_rows):
+                if group and rows + n > max_rows_per_task:
+                    out.append(TaskSlice(f.uri, tuple(group), rows))
+                    group, rows = [], 0
+                group.append(i)
+                rows += n
+            if group and rows:
+                out.append(TaskSlice(f.uri, tuple(group), rows))
+        return out
+
+
+def list_partition_files(root: str, key: str, ds: date, marker: str = "_SUCCESS") -> list[str]:
+    """The Parquet files of one partition, sorted; PartitionNotReady until its marker exists."""
+    uri = partition_uri(root, key, ds)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise PartitionNotReady(f"partition {uri} does not exist (yet)")
+    if marker and not fs.exists(_join(fs, path, marker)):
+        raise PartitionNotReady(f"partition {uri} is not ready: no {marker} marker (upstream has not finished it)")
+    files = []
+    for info in fs.ls(path, detail=True):
+        name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if info.get("type") == "file" and name.endswith(".parquet") and not name.startswith((".", "_")):
+            files.append(_display(fs, str(info["name"])))
+    return sorted(files)
+
+
+def partition_ready(root: str, key: str, ds: date, marker: str = "_SUCCESS") -> bool:
+    uri = partition_uri(root, key, ds)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return bool(fs.exists(_join(fs, path, marker) if marker else path))
+
+
+def open_parquet(uri: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
+    """A ParquetFile for a local path (memory-mapped) or any fsspec URI."""
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    source: Any = path if protocol in ("file", "local") else fs.open(path, "rb")
+    return pq.ParquetFile(source, memory_map=isinstance(source, str), read_dictionary=read_dictionary)
+
+
+def inspect_partition(root: str, key: str, ds: date, contract: FeatureContract, marker: str = "_SUCCESS") -> Partition:
+    """Read every file's footer and check it against the contract before any inference.
+
+    Raises ContractError listing every unreadable file and every broken column, by file.
+    """
+    partition = Partition(uri=partition_uri(root, key, ds), ds=ds)
+    problems: list[str] = []
+    not_nullable = {c.name for c in contract.columns if not c.nullable}
+    for uri in list_partition_files(root, key, ds, marker):
+        try:
+            pf = open_parquet(uri)
+            schema: pa.Schema = pf.schema_arrow
+            meta = pf.metadata
+        except Exception as exc:  # noqa: BLE001 - any unreadable footer is reported by file
+            problems.append(f"{uri}: unreadable Parquet file ({type(exc).__name__}: {exc})")
+            continue
+        file_problems = [f"{uri}: {p}" for p in _schema_problems(contract, schema)]
+        if not file_problems and not_nullable:
+            file_problems += [f"{uri}: {p}" for p in _null_count_problems(meta, schema, not_nullable)]
+        problems += file_problems
+        partition.files.append(
+            PartitionFile(
+                uri=uri,
+                rows=meta.num_rows,
+                row_group_rows=[meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
+            )
+        )
+    if problems:
+        raise ContractError(
+            f"partition {partition.uri} breaks the feature contract; nothing was scored:\n  " + "\n  ".join(problems)
+        )
+    return partition
+
+
+def _schema_problems(contract: FeatureContract, schema: pa.Schema) -> list[str]:
+    from nightshift.contracts import schema_problems
+
+    return schema_problems(contract, schema)
+
+
+def _null_count_problems(meta: Any, schema: pa.Schema, not_nullable: set[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for ci in range(group.num_columns):
+            col = group.column(ci)
+            name = col.path_in_schema
+            if name in not_nullable and col.statistics is not None and col.statistics.has_null_count:
+                counts[name] = counts.get(name, 0) + int(col.statistics.null_count)
+    return [
+        f"column {name!r} has {n} null value(s) but the contract says not nullable"
+        for name, n in sorted(counts.items())
+        if n
+    ]
+
+
+def iter_batches(
+    task: TaskSlice, columns: list[str], batch_rows: int, dictionary_columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most `batch_rows` rows from one task's row groups."""
+    pf = open_parquet(task.uri, read_dictionary=dictionary_columns)
+    yield from pf.iter_batches(
+        batch_size=batch_rows, row_groups=list(task.row_groups), columns=columns, use_threads=False
+    )

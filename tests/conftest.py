@@ -1,0 +1,253 @@
+"""Shared fixtures: a small demo dataset, a trained model, real SQLite/PostgreSQL stores, a real Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("NIGHTSHIFT_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
+
+DEMO_START = date(2026, 11, 16)
+DEMO_DAYS = 3
+DEMO_ROWS = 3_000
+DEMO_FILES = 3
+SCORE_DS = date(2026, 11, 18)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _pg_reachable() -> str | None:
+    """None when the test server answers, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    why = _pg_reachable()
+    if why is not None:
+        msg = f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({why})"
+        if IN_CI:
+            pytest.fail(f"{msg}: under CI=true the PostgreSQL tests must run, not skip")
+        pytest.skip(f"{msg}; set NIGHTSHIFT_TEST_PG_URL to run these tests")
+    return PG_ADMIN_URL
+
+
+def _with_db(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
+    """A migrated database that each test's database is copied from."""
+    import psycopg
+
+    from nightshift.store import Store
+
+    name = f"ns_tmpl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    store = Store(_with_db(pg_admin_url, name))
+    store.upgrade()
+    store.dispose()
+    yield name
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"ns_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield _with_db(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    from nightshift.store import Store
+
+    url = f"sqlite:///{tmp_path / 'state' / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    store.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo dataset, written once: features and labels for DEMO_DAYS days."""
+    from nightshift.demo import generate
+
+    root = tmp_path_factory.mktemp("demo")
+    generate(
+        root / "features",
+        root / "labels",
+        start=DEMO_START,
+        days=DEMO_DAYS,
+        rows_per_day=DEMO_ROWS,
+        files_per_day=DEMO_FILES,
+        seed=7,
+    )
+    return root
+
+
+@pytest.fixture
+def data_root(demo_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo dataset that a test may break."""
+    dst = tmp_path / "data"
+    shutil.copytree(demo_root, dst)
+    return dst
+
+
+def write_project(folder: Path, store_url: str, data_root: Path, *, extra_model: str = "", dask: str = "") -> Path:
+    """A project file for the demo contract, pointing at `data_root` and `store_url`."""
+    from nightshift.demo import demo_contract
+
+    contract = demo_contract()
+    cols = ",\n".join(
+        "  {"
+        + ", ".join(f"{k} = {json.dumps(v)}" for k, v in c.model_dump(mode="json", exclude_none=True).items())
+        + "}"
+        for c in contract.columns
+    )
+    text = f"""
+state_dir = {json.dumps(str(folder / "state"))}
+store_url = {json.dumps(store_url)}
+
+[dask]
+n_workers = 2
+threads_per_worker = 1
+{dask}
+
+[[models]]
+name = "churn"
+dataset = {json.dumps(str(data_root / "features"))}
+labels = {json.dumps(str(data_root / "labels"))}
+label_column = "churned"
+{extra_model}
+
+[models.estimator]
+kind = "logistic_regression"
+params = {{ C = 1.0, max_iter = 300 }}
+
+[models.training]
+window_days = 2
+max_rows = 20000
+
+[models.contract]
+entity_id = "{contract.entity_id}"
+entity_id_type = "{contract.entity_id_type}"
+columns = [
+{cols}
+]
+"""
+    path = folder / "nightshift.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, data_root: Path) -> Callable[..., Any]:
+    """Build Settings for a store URL (and optional extra TOML), writing the project file."""
+    from nightshift.config import load_settings
+
+    def _make(store_url: str, **kwargs: Any) -> Any:
+        return load_settings(write_project(tmp_path, store_url, data_root, **kwargs))
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo model trained once per session on the first two demo days."""
+    from nightshift.config import load_settings
+    from nightshift.training import train
+    from nightshift.training_set import build_training_set
+
+    folder = tmp_path_factory.mktemp("train")
+    settings = load_settings(write_project(folder, f"sqlite:///{folder / 'unused.db'}", demo_root))
+    cfg = settings.model("churn")
+    tset = build_training_set(settings, cfg, date(2026, 11, 17))
+    return train(tset.table, tset.labels, cfg.contract, cfg.estimator, cfg.training, cfg.decision_threshold)
+
+
+@pytest.fixture
+def registered(trained_model: Any) -> Callable[[Any], Any]:
+    """Register the session's trained model in a store as champion; returns its ModelVersion."""
+    from nightshift.flows import open_registry
+
+    def _register(settings: Any) -> Any:
+        registry = open_registry(settings)
+        mv = registry.register(
+            "churn",
+            trained_model.onnx_bytes,
+            algorithm=trained_model.algorithm,
+            hyperparameters=trained_model.hyperparameters,
+            libraries=trained_model.libraries,
+            features=[c.model_dump(mode="json") for c in settings.model("churn").contract.columns],
+            input_schema=trained_model.input_schema,
+            output_schema=trained_model.output_schema,
+            training_data={"rows": trained_model.train_rows},
+            metrics=trained_model.metrics,
+            parity=trained_model.parity.as_dict(),
+            feature_importance=trained_model.feature_importance,
+            decision_threshold=0.5,
+        )
+        registry.set_alias("churn", "champion", mv.version, reason="test")
+        return mv
+
+    return _register
+
+
+# -- Dask -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A real local Dask cluster with two worker processes, shared by the session."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with (
+        dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

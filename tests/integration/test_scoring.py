@@ -1,0 +1,341 @@
+"""Scoring a partition end to end on real SQLite and PostgreSQL with a real Dask cluster."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from nightshift.errors import (
+    ArtifactIntegrityError,
+    ContractError,
+    DuplicateEntityError,
+    ModelNotFound,
+    PartitionNotReady,
+)
+from nightshift.flows import open_store
+from nightshift.scoring import score_partition
+from nightshift.training import onnx_scores
+from tests.conftest import DEMO_FILES, DEMO_ROWS, SCORE_DS
+
+
+def _part_dir(data_root: Path) -> Path:
+    return data_root / "features" / f"ds={SCORE_DS.isoformat()}"
+
+
+def _committed(store: Any, version: int = 1) -> dict[str, float]:
+    part = store.partition("churn", version, SCORE_DS)
+    assert part is not None
+    with store.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT entity_id, score FROM predictions WHERE run_id = :r"), {"r": part.run_id}
+        ).all()
+    return {r[0]: float(r[1]) for r in rows}
+
+
+def _runs(store: Any) -> list[tuple[int, str]]:
+    return [(r["run_id"], r["status"]) for r in reversed(store.runs("churn"))]
+
+
+def _total_prediction_rows(store: Any) -> int:
+    with store.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one())
+
+
+def test_score_commits_every_row_with_the_models_scores(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path, trained_model: Any
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    summary = score_partition(settings, "churn", SCORE_DS, client=dask_client, run_key="t1")
+    assert summary.rows == DEMO_ROWS
+    assert summary.files == DEMO_FILES
+    store = open_store(settings)
+    part = store.partition("churn", 1, SCORE_DS)
+    assert part is not None
+    assert part.row_count == DEMO_ROWS
+    assert part.run_id == summary.run_id
+    committed = _committed(store)
+    assert len(committed) == DEMO_ROWS
+    # The stored scores are the model's scores for those rows, computed independently here.
+    from nightshift.features import model_inputs
+
+    table = pq.read_table(_part_dir(data_root))
+    contract = settings.model("churn").contract
+    expected = onnx_scores(trained_model.onnx_bytes, model_inputs(table, contract))
+    ids = [str(i) for i in table.column("customer_id").to_pylist()]
+    got = np.array([committed[i] for i in ids])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # The readable view joins the catalog: exactly the committed rows.
+    with store.connect() as conn:
+        n = conn.execute(
+            sa.text("SELECT count(*) FROM committed_predictions WHERE model = 'churn' AND ds = :d"),
+            {"d": SCORE_DS},
+        ).scalar_one()
+    assert n == DEMO_ROWS
+    hits = store.lookup("churn", 1, SCORE_DS, ["1", "2", "no-such-id"])
+    assert sorted(h.entity_id for h in hits) == ["1", "2"]
+    assert all(h.label == int(h.score >= 0.5) for h in hits)
+
+
+def test_rescore_replaces_without_duplicates_and_gives_identical_scores(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    first = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    store = open_store(settings)
+    before = _committed(store)
+    second = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert second.replaced_run_id == first.run_id
+    after = _committed(store)
+    assert after == before
+    # The replaced run's rows are gone: the table holds exactly one copy.
+    assert _total_prediction_rows(store) == DEMO_ROWS
+    assert _runs(store) == [(first.run_id, "superseded"), (second.run_id, "committed")]
+
+
+def test_two_concurrent_runs_of_one_partition_are_serialised(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(score_partition(settings, "churn", SCORE_DS, client=dask_client))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(results) == 2
+    store = open_store(settings)
+    statuses = sorted(s for _, s in _runs(store))
+    assert statuses == ["committed", "superseded"]
+    assert _total_prediction_rows(store) == DEMO_ROWS
+    assert len(_committed(store)) == DEMO_ROWS
+
+
+def _install_failing_trigger(store: Any, table: str, when: str) -> None:
+    """A real failure inside the database: a trigger that aborts a write."""
+    with store.begin() as conn:
+        if store.is_sqlite:
+            event = "INSERT" if table == "predictions" else "UPDATE"
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER inject_failure BEFORE {event} ON {table} "
+                f"WHEN {when} BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        else:
+            event = "INSERT" if table == "predictions" else "UPDATE"
+            conn.exec_driver_sql(
+                "CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER inject_failure BEFORE {event} ON {table} "
+                f"FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION inject_failure()"
+            )
+
+
+@pytest.mark.parametrize("where", ["load", "commit"])
+def test_a_failure_mid_run_leaves_the_old_rows_serving(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, where: str
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    first = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    store = open_store(settings)
+    before = _committed(store)
+    if where == "load":
+        # The second run's load fails part way: one entity's row is refused by the database.
+        _install_failing_trigger(store, "predictions", f"NEW.entity_id = '{DEMO_ROWS - 1}'")
+    else:
+        # The load succeeds, then the catalog switch itself fails inside the commit transaction.
+        _install_failing_trigger(store, "partitions", "NEW.run_id <> OLD.run_id")
+    with pytest.raises(Exception, match="injected failure"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert _committed(store) == before
+    assert store.partition("churn", 1, SCORE_DS).run_id == first.run_id  # type: ignore[union-attr]
+    runs = _runs(store)
+    assert runs[-1][1] == "failed"
+    failed = store.runs("churn")[0]
+    assert "injected failure" in failed["error"]
+    # The failed run's staged rows were removed.
+    assert _total_prediction_rows(store) == DEMO_ROWS
+
+
+def test_a_tampered_model_file_is_refused_before_any_work(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any
+) -> None:
+    settings = make_settings(store_url)
+    mv = registered(settings)
+    path = Path(mv.artifact_uri)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match=r"SHA-256 .* refusing"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).runs("churn") == []
+
+
+def test_a_missing_model_file_fails_before_reading_data(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any
+) -> None:
+    settings = make_settings(store_url)
+    mv = registered(settings)
+    Path(mv.artifact_uri).unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).runs("churn") == []
+
+
+def test_no_champion_is_a_clear_error(store_url: str, make_settings: Any, dask_client: Any) -> None:
+    settings = make_settings(store_url)
+    with pytest.raises(ModelNotFound, match="nightshift train"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+
+def test_a_corrupt_parquet_file_is_refused_with_its_name(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = sorted(_part_dir(data_root).glob("*.parquet"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(ContractError, match=rf"{victim.name}.*unreadable Parquet"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).runs("churn") == []
+
+
+def test_random_bytes_are_refused_with_the_file_name(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = _part_dir(data_root) / "part-99999.parquet"
+    victim.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ContractError, match=r"part-99999\.parquet: unreadable Parquet"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+
+def _rewrite(path: Path, change: Any) -> None:
+    table = pq.read_table(path)
+    pq.write_table(change(table), path)
+
+
+def test_a_missing_column_is_refused_with_file_and_column(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = sorted(_part_dir(data_root).glob("*.parquet"))[0]
+    column = settings.model("churn").contract.columns[3].name
+    _rewrite(victim, lambda t: t.drop_columns([column]))
+    with pytest.raises(ContractError, match=rf"{victim.name}: missing column '{column}'"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).runs("churn") == []
+
+
+def test_a_wrong_type_is_refused_with_file_and_column(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = sorted(_part_dir(data_root).glob("*.parquet"))[2]
+    column = settings.model("churn").contract.numeric[0].name
+
+    def to_text(t: pa.Table) -> pa.Table:
+        i = t.schema.get_field_index(column)
+        return t.set_column(i, column, pa.array([str(v) for v in t.column(column).to_pylist()]))
+
+    _rewrite(victim, to_text)
+    with pytest.raises(ContractError, match=rf"{victim.name}: column '{column}' has type string, expected float64"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+
+def test_duplicate_entity_ids_across_files_fail_and_the_old_rows_serve(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    store = open_store(settings)
+    before = _committed(store)
+    files = sorted(_part_dir(data_root).glob("*.parquet"))
+    first_id = pq.read_table(files[0]).column("customer_id")[0].as_py()
+
+    def steal_id(t: pa.Table) -> pa.Table:
+        ids = t.column("customer_id").to_pylist()
+        ids[0] = first_id
+        return t.set_column(t.schema.get_field_index("customer_id"), "customer_id", pa.array(ids, pa.int64()))
+
+    _rewrite(files[1], steal_id)
+    with pytest.raises(DuplicateEntityError, match=rf"'{first_id}'|={first_id}|\b{first_id}\b"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert _committed(store) == before
+
+
+def test_duplicate_entity_ids_within_a_file_name_the_file(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = sorted(_part_dir(data_root).glob("*.parquet"))[0]
+    _rewrite(victim, lambda t: pa.concat_tables([t, t.slice(0, 3)]))
+    with pytest.raises(DuplicateEntityError, match=rf"{victim.name}: entity id"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+
+def test_a_partition_without_its_success_marker_is_not_ready(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    (_part_dir(data_root) / "_SUCCESS").unlink()
+    with pytest.raises(PartitionNotReady, match="no _SUCCESS marker"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+
+def _empty_partition(data_root: Path) -> None:
+    files = sorted(_part_dir(data_root).glob("*.parquet"))
+    schema = pq.read_schema(files[0])
+    for f in files:
+        f.unlink()
+    pq.write_table(schema.empty_table(), _part_dir(data_root) / "part-00000.parquet")
+
+
+def test_an_empty_partition_fails_loudly_by_default(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url)
+    registered(settings)
+    _empty_partition(data_root)
+    with pytest.raises(ContractError, match="has no rows"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).runs("churn") == []
+
+
+def test_an_empty_partition_commits_empty_when_the_model_says_so(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    settings = make_settings(store_url, extra_model='empty_partition = "commit"')
+    registered(settings)
+    _empty_partition(data_root)
+    summary = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert summary.rows == 0
+    part = open_store(settings).partition("churn", 1, SCORE_DS)
+    assert part is not None
+    assert part.row_count == 0
