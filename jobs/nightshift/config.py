@@ -114,6 +114,29 @@ class ModelSettings(BaseModel):
         return settings.resolve(self.labels) if self.labels else None
 
 
+class NotifySettings(BaseModel):
+    """Where alerts go besides the log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(default=None, description="POSTed a JSON body per alert; unset: log only")
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
+class ApiSettings(BaseModel):
+    """The lookup API (`nightshift api`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    docs_enabled: bool = Field(default=True, description="serve /docs and /openapi.json; switch off in production")
+    max_batch_ids: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(default=6000, ge=1, description="per API key")
+    freshness_limit_hours: float = Field(default=36.0, gt=0, description="readiness fails past this age")
+
+
 class Settings(BaseSettings):
     """Everything nightshift needs, read from the project file then overridden by NIGHTSHIFT_* variables."""
 
@@ -132,6 +155,8 @@ class Settings(BaseSettings):
     run_lock_timeout_s: float = Field(default=3600.0, ge=0)
     connect_retries: int = Field(default=3, ge=0, le=20, description="attempts to reach the store before failing")
     dask: DaskSettings = Field(default_factory=DaskSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     models: list[ModelSettings] = Field(default_factory=list)
 
     # Set by load_settings, not by the file: the folder relative paths are resolved against.

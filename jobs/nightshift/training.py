@@ -313,6 +313,8 @@ def check_parity(
     replaced by an unseen category; and as a copy where every feature is missing/unseen at
     once. Both sides read the same Arrow rows through features.model_inputs / model_frame.
     """
+    import pandas as pd
+
     n = frame_table.num_rows
     if n == 0:
         raise ValueError("parity check needs at least one row")
@@ -327,15 +329,14 @@ def check_parity(
         ("all-missing copy", _extreme(sample.slice(0, min(sample.num_rows, 64)), contract)),
     ]
     positive = _positive_column(pipeline)
-    sk_parts, ort_parts, feed_parts, origins = [], [], [], []
-    for origin, part in parts:
-        feeds = model_inputs(part, contract, source="parity check")
-        sk_parts.append(np.asarray(pipeline.predict_proba(model_frame(part, contract, "parity check")))[:, positive])
-        ort_parts.append(onnx_scores(onnx_bytes, feeds))
-        feed_parts.append(feeds)
-        origins.extend([origin] * part.num_rows)
-    sk = np.concatenate(sk_parts).astype(np.float64)
-    ort = np.concatenate(ort_parts).astype(np.float64)
+    feed_parts = [model_inputs(part, contract, source="parity check") for _, part in parts]
+    frames = [model_frame(part, contract, source="parity check") for _, part in parts]
+    ends = np.cumsum([part.num_rows for _, part in parts])
+    # One call per runtime over all parts: one ONNX session, one predict_proba.
+    feeds = {name: np.concatenate([f[name] for f in feed_parts]) for name in feed_parts[0]}
+    frame = pd.concat(frames, ignore_index=True)
+    sk = np.asarray(pipeline.predict_proba(frame), dtype=np.float64)[:, positive]
+    ort = onnx_scores(onnx_bytes, feeds)
     if sk.shape != ort.shape:
         raise ParityError(f"ONNX returned {ort.shape[0]} scores for {sk.shape[0]} rows")
     diff = np.abs(sk - ort)
@@ -345,16 +346,10 @@ def check_parity(
     max_diff = float(diff[worst])
     disagreement = float(np.mean((sk >= decision_threshold) != (ort >= decision_threshold)))
 
-    # Locate the worst row inside its part for the description.
-    offset = worst
-    for feeds in feed_parts:
-        size = next(iter(feeds.values())).shape[0]
-        if offset < size:
-            break
-        offset -= size
+    origin = parts[int(np.searchsorted(ends, worst, side="right"))][0]
     description = (
-        f"row {worst} of {len(diff)} ({origins[worst]}): sklearn P(1)={sk[worst]:.9g}, "
-        f"onnx P(1)={ort[worst]:.9g}; inputs: {_describe_row(feeds, offset)}"
+        f"row {worst} of {len(diff)} ({origin}): sklearn P(1)={sk[worst]:.9g}, "
+        f"onnx P(1)={ort[worst]:.9g}; inputs: {_describe_row(feeds, worst)}"
     )
     return ParityReport(
         rows=len(diff),

@@ -1,0 +1,175 @@
+"""The store and registry on real SQLite and PostgreSQL: migrations, staging, commit rules, locks, aliases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from nightshift.errors import ArtifactIntegrityError, CommitError, ModelNotFound, RunLockTimeout
+from nightshift.registry import Registry
+from nightshift.store import Store, StoreError, StoreUnavailable, redact, stage_chunk
+
+DS = date(2026, 11, 18)
+
+
+def _chunk(ids: list[str], score: float = 0.25) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    n = len(ids)
+    return pa.array(ids), np.full(n, score, np.float32), np.zeros(n, np.int16)
+
+
+def test_migrations_are_idempotent_and_current(store_url: str) -> None:
+    store = Store(store_url)
+    store.upgrade()  # a second upgrade is a no-op
+    store.ensure_current()
+    assert store.current_revision() == store.head_revision()
+
+
+def test_an_unmigrated_store_says_how_to_fix_it(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
+    with pytest.raises(StoreError, match="run `nightshift db upgrade`"):
+        store.ensure_current()
+
+
+def test_the_readable_ddl_matches_the_migrations() -> None:
+    from nightshift.sqlgen import render_ddl
+
+    root = Path(__file__).parents[2] / "sql"
+    for dialect in ("postgresql", "sqlite"):
+        assert (root / f"schema.{dialect}.sql").read_text() == render_ddl(dialect), (
+            f"sql/schema.{dialect}.sql is stale: run `make sql`"
+        )
+
+
+def test_an_unreachable_store_fails_after_bounded_retries() -> None:
+    store = Store("postgresql://nobody:secret@127.0.0.1:1/none", connect_retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"cannot reach the store at .*127\.0\.0\.1:1/none after 3 attempt") as e:
+        store.ensure_current()
+    assert "secret" not in str(e.value)
+    assert time.monotonic() - t0 < 30
+
+
+def test_unsupported_and_in_memory_urls_are_refused() -> None:
+    with pytest.raises(StoreError, match="unsupported database 'mysql'"):
+        Store("mysql://u@h/db")
+    with pytest.raises(StoreError, match="in-memory SQLite"):
+        Store("sqlite://")
+    assert "secret" not in redact("postgresql://u:secret@h/db")
+
+
+def test_staging_is_idempotent_per_chunk_and_commit_checks_counts(store_url: str) -> None:
+    store = Store(store_url)
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=4)
+        assert stage_chunk(store.url, run, "a", *_chunk(["1", "2"])) == 2
+        # A recomputed task writes nothing the second time.
+        assert stage_chunk(store.url, run, "a", *_chunk(["1", "2"])) == 2
+        assert store.count_predictions(run) == 2
+        with pytest.raises(CommitError, match=r"row count check failed: input 4 rows, ledger 2, stored 2"):
+            store.commit_run(run, 4)
+        assert store.partition("m", 1, DS) is None
+        stage_chunk(store.url, run, "b", *_chunk(["3", "4"]))
+        result = store.commit_run(run, 4)
+    assert result.rows == 4
+    part = store.partition("m", 1, DS)
+    assert part is not None
+    assert part.row_count == 4
+    with pytest.raises(CommitError, match="status is 'committed'"):
+        store.commit_run(run, 4)
+
+
+def test_a_crashed_runs_rows_are_abandoned_and_removed_by_the_next_run(store_url: str) -> None:
+    store = Store(store_url)
+    crashed = store.start_run("m", 1, DS, input_rows=2)
+    stage_chunk(store.url, crashed, "a", *_chunk(["1", "2"]))
+    # No commit, no failure record: the process "died". The next run cleans up.
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=1)
+        stage_chunk(store.url, run, "a", *_chunk(["9"]))
+        store.commit_run(run, 1)
+    statuses = {r["run_id"]: r["status"] for r in store.runs("m")}
+    assert statuses == {crashed: "abandoned", run: "committed"}
+    assert store.count_predictions(crashed) == 0
+
+
+def test_the_run_lock_serialises_and_times_out(store_url: str) -> None:
+    store = Store(store_url)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with store.run_lock("m", DS, 5):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    with pytest.raises(RunLockTimeout, match=r"another run of model 'm' ds=2026-11-18 still holds the lock"):
+        with store.run_lock("m", DS, 0.3):
+            pass
+    # Another partition is not blocked.
+    with store.run_lock("m", date(2026, 11, 19), 1):
+        pass
+    release.set()
+    t.join()
+    with store.run_lock("m", DS, 1):
+        pass
+
+
+def test_registry_versions_aliases_history_and_integrity(store_url: str, tmp_path: Path) -> None:
+    registry = Registry(Store(store_url), str(tmp_path / "models"))
+    meta = dict(
+        algorithm="a",
+        hyperparameters={"C": 1.0},
+        libraries={"x": "1"},
+        features=[{"name": "f", "type": "float64"}],
+        input_schema=[],
+        output_schema=[],
+        training_data={"rows": 10, "content_sha256": "abc"},
+        metrics={"roc_auc": 0.8},
+        parity={"max_abs_diff": 0.0},
+        feature_importance={"f": 1.0},
+        decision_threshold=0.5,
+    )
+    v1 = registry.register("m", b"model-one", **meta)  # type: ignore[arg-type]
+    v2 = registry.register("m", b"model-two", **meta)  # type: ignore[arg-type]
+    assert (v1.version, v2.version) == (1, 2)
+    assert registry.get("m", 2).training_data["content_sha256"] == "abc"
+    assert Path(v2.artifact_uri).with_name("card.json").exists()
+    with pytest.raises(ModelNotFound, match="has no 'champion' alias .*versions 1, 2 exist"):
+        registry.resolve("m")
+    assert registry.set_alias("m", "champion", 1, reason="first") is None
+    assert registry.set_alias("m", "champion", 2, reason="better", by="alice") == 1
+    assert registry.resolve("m").version == 2
+    assert registry.resolve("m", version=1).version == 1
+    history = [(e["old_version"], e["new_version"], e["by"], e["reason"]) for e in registry.alias_history("m")]
+    assert history[-1] == (1, 2, "alice", "better")
+    assert len(history) == 2
+    with pytest.raises(ModelNotFound, match="has no version 7"):
+        registry.set_alias("m", "champion", 7, reason="x")
+    with pytest.raises(ValueError, match="alias 'Bad Alias'"):
+        registry.set_alias("m", "Bad Alias", 1, reason="x")
+    assert registry.load_bytes(v1) == b"model-one"
+    Path(v1.artifact_uri).write_bytes(b"model-0ne")
+    with pytest.raises(ArtifactIntegrityError, match="changed after registration"):
+        registry.load_bytes(v1)
+
+
+def test_the_committed_view_shows_only_committed_rows(store_url: str) -> None:
+    store = Store(store_url)
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=1)
+        stage_chunk(store.url, run, "a", *_chunk(["1"]))
+        with store.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM committed_predictions")).scalar_one() == 0
+        store.commit_run(run, 1)
+    with store.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM committed_predictions")).scalar_one() == 1
