@@ -112,9 +112,11 @@ def test_the_run_lock_serialises_and_times_out(store_url: str) -> None:
     t = threading.Thread(target=holder)
     t.start()
     held.wait(10)
-    with pytest.raises(RunLockTimeout, match=r"another run of model 'm' ds=2026-11-18 still holds the lock"):
-        with store.run_lock("m", DS, 0.3):
-            pass
+    with (
+        pytest.raises(RunLockTimeout, match=r"another run of model 'm' ds=2026-11-18 still holds the lock"),
+        store.run_lock("m", DS, 0.3),
+    ):
+        pass
     # Another partition is not blocked.
     with store.run_lock("m", date(2026, 11, 19), 1):
         pass
@@ -126,25 +128,25 @@ def test_the_run_lock_serialises_and_times_out(store_url: str) -> None:
 
 def test_registry_versions_aliases_history_and_integrity(store_url: str, tmp_path: Path) -> None:
     registry = Registry(Store(store_url), str(tmp_path / "models"))
-    meta = dict(
-        algorithm="a",
-        hyperparameters={"C": 1.0},
-        libraries={"x": "1"},
-        features=[{"name": "f", "type": "float64"}],
-        input_schema=[],
-        output_schema=[],
-        training_data={"rows": 10, "content_sha256": "abc"},
-        metrics={"roc_auc": 0.8},
-        parity={"max_abs_diff": 0.0},
-        feature_importance={"f": 1.0},
-        decision_threshold=0.5,
-    )
+    meta = {
+        "algorithm": "a",
+        "hyperparameters": {"C": 1.0},
+        "libraries": {"x": "1"},
+        "features": [{"name": "f", "type": "float64"}],
+        "input_schema": [],
+        "output_schema": [],
+        "training_data": {"rows": 10, "content_sha256": "abc"},
+        "metrics": {"roc_auc": 0.8},
+        "parity": {"max_abs_diff": 0.0},
+        "feature_importance": {"f": 1.0},
+        "decision_threshold": 0.5,
+    }
     v1 = registry.register("m", b"model-one", **meta)  # type: ignore[arg-type]
     v2 = registry.register("m", b"model-two", **meta)  # type: ignore[arg-type]
     assert (v1.version, v2.version) == (1, 2)
     assert registry.get("m", 2).training_data["content_sha256"] == "abc"
     assert Path(v2.artifact_uri).with_name("card.json").exists()
-    with pytest.raises(ModelNotFound, match="has no 'champion' alias .*versions 1, 2 exist"):
+    with pytest.raises(ModelNotFound, match=r"has no .champion. alias .*versions 1, 2 exist"):
         registry.resolve("m")
     assert registry.set_alias("m", "champion", 1, reason="first") is None
     assert registry.set_alias("m", "champion", 2, reason="better", by="alice") == 1
