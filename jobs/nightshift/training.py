@@ -54,6 +54,12 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 #: Unscaled, both sides feed the trees the identical float32 (imputed) values.
 _SCALED = frozenset({"logistic_regression"})
 
+#: Estimators that fit much faster on a dense design matrix than on the sparse one-hot output
+#: (random forest: ~7x on 20k rows); gradient boosting is faster sparse, so it stays sparse.
+_DENSE_FRIENDLY = frozenset({"random_forest"})
+#: Largest dense design matrix (rows x one-hot width) train() builds for them: 512 MiB of float64.
+DENSE_CELL_LIMIT = 1 << 26
+
 _ONNX_TYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 8: "string", 9: "bool"}
 
 
@@ -538,6 +544,14 @@ def split_rows(labels: np.ndarray, validation_fraction: float, seed: int) -> tup
     return np.sort(train_idx), np.sort(val_idx)
 
 
+def _design_width(table: pa.Table, contract: FeatureContract) -> int:
+    """Columns the preprocessor will emit for `table`: one per numeric, one per category (null counts)."""
+    width = len(contract.numeric)
+    for spec in contract.categorical:
+        width += int(pc.count_distinct(_plain(table.column(spec.name)), mode="all").as_py())
+    return width
+
+
 def train(
     table: pa.Table,
     labels: np.ndarray,
@@ -566,6 +580,10 @@ def train(
     y_train, y_val = y_all[train_idx], y_all[val_idx]
 
     pipeline = build_pipeline(contract, estimator, training.seed)
+    if estimator.kind in _DENSE_FRIENDLY:
+        width = _design_width(train_table, contract)
+        if width * train_table.num_rows <= DENSE_CELL_LIMIT:
+            pipeline.set_params(preprocess__sparse_threshold=0.0)  # speed only: same trees either way
     x_train = model_frame(train_table, contract, source="training rows")
     pipeline.fit(x_train, y_train)
     onnx_bytes = export_onnx(pipeline, contract)
