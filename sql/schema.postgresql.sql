@@ -99,12 +99,12 @@ CREATE TABLE partitions (
 CREATE INDEX ix_partitions_latest ON partitions (model, version, status, ds);
 
 CREATE TABLE predictions (
-    run_id BIGINT NOT NULL, 
-    entity_id VARCHAR(128) NOT NULL, 
-    score FLOAT(24) NOT NULL, 
-    label SMALLINT NOT NULL, 
-    PRIMARY KEY (run_id, entity_id)
-);
+                run_id BIGINT NOT NULL,
+                entity_id TEXT COLLATE "C" NOT NULL,
+                score REAL NOT NULL,
+                label SMALLINT NOT NULL,
+                PRIMARY KEY (run_id, entity_id)
+            ) PARTITION BY LIST (run_id);
 
 CREATE VIEW committed_predictions AS
         SELECT c.model, c.version, c.ds, p.entity_id, p.score, p.label, r.started_at AS scored_at, c.run_id

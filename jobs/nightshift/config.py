@@ -34,7 +34,13 @@ class DaskSettings(BaseModel):
     scheduler_address: str | None = Field(
         default=None, description="tcp://host:8786 of an existing Dask scheduler; unset starts a local cluster"
     )
-    n_workers: int = Field(default=2, ge=1, le=256)
+    n_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="local worker processes; default: one per core, less one when the store is SQLite "
+        "(its rows are written by the driver, which then needs a core of its own)",
+    )
     threads_per_worker: int = Field(default=1, ge=1, le=64)
     memory_limit: str = Field(default="2GiB", description="per local worker, Dask syntax ('2GiB', 'auto')")
     processes: bool = Field(default=True, description="local workers as processes (True) or threads (False)")
@@ -50,6 +56,13 @@ class DaskSettings(BaseModel):
         description="ONNX Runtime threads per task; each Dask worker thread runs one task, so 1 keeps "
         "the cores busy without oversubscribing them",
     )
+
+    def local_workers(self, store_is_sqlite: bool) -> int:
+        """How many local workers to start (see n_workers)."""
+        if self.n_workers is not None:
+            return self.n_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores - 1) if store_is_sqlite else max(1, cores)
 
     @field_validator("scheduler_address")
     @classmethod

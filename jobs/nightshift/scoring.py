@@ -186,6 +186,13 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
     labels = (scores >= task.model.decision_threshold).astype(np.int16)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if task.store_url is None:
+        # The driver inserts these into SQLite's B-tree: in key order the inserts append.
+        import pyarrow.compute as pc
+
+        order = pc.sort_indices(ids)
+        ids = ids.take(order)
+        order_np = order.to_numpy()
+        scores, labels = scores[order_np], labels[order_np]
         return ChunkResult(task.slice.chunk_id, len(ids), read_s, infer_s, 0.0, os.getpid(), peak, ids, scores, labels)
     t = time.perf_counter()
     rows = stage_chunk(task.store_url, task.run_id, task.slice.chunk_id, ids, scores, labels)
@@ -197,7 +204,9 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
 
 
 @contextlib.contextmanager
-def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterator[Client]:
+def dask_client(
+    settings: DaskSettings, client: Client | None = None, *, store_is_sqlite: bool = False
+) -> Iterator[Client]:
     """The configured Dask client: an existing scheduler, or a local cluster for this run."""
     if client is not None:
         yield client
@@ -212,7 +221,7 @@ def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterato
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": settings.start_method}),
         LocalCluster(
-            n_workers=settings.n_workers,
+            n_workers=settings.local_workers(store_is_sqlite),
             threads_per_worker=settings.threads_per_worker,
             processes=settings.processes,
             memory_limit=settings.memory_limit,
@@ -314,7 +323,7 @@ def _run(
     futures: list[Any] = []
     try:
         t_cluster = time.perf_counter()
-        with dask_client(settings.dask, client) as c:
+        with dask_client(settings.dask, client, store_is_sqlite=not staged_by_workers) as c:
             from distributed import as_completed
 
             t_submit = time.perf_counter()

@@ -4,7 +4,11 @@ How a partition becomes visible
 -------------------------------
 A scoring run gets a fresh ``run_id`` and stages its rows under it, chunk by chunk, each
 chunk in its own short transaction together with a ``run_chunks`` ledger row, so a chunk
-recomputed by Dask is never written twice. Readers only ever see rows whose ``run_id`` the
+recomputed by Dask is never written twice. On PostgreSQL a run stages into a table of its
+own (``predictions_r<run_id>``, no index, binary COPY from every worker in parallel); the
+commit builds its index and attaches it as a LIST partition of ``predictions``, and
+replacing or expiring a run drops a table instead of deleting rows. On SQLite the driver
+inserts into the one ``predictions`` table. Readers only ever see rows whose ``run_id`` the
 catalog (``partitions``) points at. Committing is one small transaction that checks the row
 counts against the input and moves that pointer: readers see the complete old set or the
 complete new set, never a mix. Rows of the replaced run are deleted afterwards. Runs of the
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import socket
 import sqlite3
@@ -102,6 +105,11 @@ def redact(url: str) -> str:
 
 def _libpq_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def staging_table(run_id: int) -> str:
+    """The PostgreSQL table a run's rows are staged in (and attached as its partition)."""
+    return f"predictions_r{int(run_id)}"
 
 
 def lock_key(model: str, ds: date | str) -> int:
@@ -316,6 +324,12 @@ class Store:
             pk = result.inserted_primary_key
             assert pk is not None
             run_id = int(pk[0])
+            if not self.is_sqlite:
+                table = staging_table(run_id)
+                conn.exec_driver_sql(
+                    f"CREATE TABLE {table} (LIKE predictions INCLUDING DEFAULTS, "
+                    f"CONSTRAINT {table}_run CHECK (run_id = {run_id}))"
+                )
         self.cleanup(model, version, ds)
         return run_id
 
@@ -333,14 +347,14 @@ class Store:
             staged = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(c.c.rows), 0)).where(c.c.run_id == run_id)
             ).scalar_one()
-            stored = conn.execute(
-                sa.select(sa.func.count()).select_from(schema.predictions).where(schema.predictions.c.run_id == run_id)
-            ).scalar_one()
+            stored = self._count_run_rows(conn, run_id)
             if not (int(staged) == int(stored) == int(expected_rows)):
                 raise CommitError(
                     f"{where}: row count check failed: input {expected_rows} rows, ledger {staged}, "
                     f"stored {stored}; nothing committed, the previous predictions still serve"
                 )
+            if not self.is_sqlite:
+                self._attach_run(conn, run_id, where)
             old = conn.execute(
                 sa.select(p.c.run_id).where(
                     p.c.model == run["model"], p.c.version == run["version"], p.c.ds == run["ds"]
@@ -401,6 +415,8 @@ class Store:
     def _delete_run_rows(self, run_ids: Sequence[int]) -> int:
         if not run_ids:
             return 0
+        if not self.is_sqlite:
+            return self._drop_run_tables(run_ids)
         deleted = 0
         with self.begin() as conn:
             for rid in run_ids:
@@ -408,6 +424,38 @@ class Store:
                 deleted += int(res.rowcount or 0)
                 conn.execute(schema.run_chunks.delete().where(schema.run_chunks.c.run_id == rid))
         return deleted
+
+    def _drop_run_tables(self, run_ids: Sequence[int]) -> int:
+        """Drop the tables of dead runs; attached ones are detached concurrently first, so readers never wait."""
+        dropped = 0
+        with self.connect() as conn:
+            conn.exec_driver_sql("SET lock_timeout = '30s'")
+            conn.commit()
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.autocommit = True
+            try:
+                for rid in run_ids:
+                    table = staging_table(rid)
+                    attached = conn.exec_driver_sql(
+                        "SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%(t)s)", {"t": table}
+                    ).scalar()
+                    if attached:
+                        try:
+                            conn.exec_driver_sql(f"ALTER TABLE predictions DETACH PARTITION {table} CONCURRENTLY")
+                        except sa.exc.DBAPIError:
+                            # An earlier detach was interrupted: finish it.
+                            conn.exec_driver_sql(f"ALTER TABLE predictions DETACH PARTITION {table} FINALIZE")
+                    count = conn.exec_driver_sql(
+                        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%(t)s)", {"t": table}
+                    ).scalar()
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+                    with self.begin() as c2:
+                        c2.execute(schema.run_chunks.delete().where(schema.run_chunks.c.run_id == rid))
+                    dropped += max(int(count or 0), 0)
+            finally:
+                raw.autocommit = False
+        return dropped
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -489,14 +537,36 @@ class Store:
             ]
 
     def count_predictions(self, run_id: int) -> int:
+        """Rows stored under a run, staged or committed (0 once its rows are gone)."""
         with self.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(schema.predictions)
-                    .where(schema.predictions.c.run_id == run_id)
-                ).scalar_one()
-            )
+            return self._count_run_rows(conn, run_id)
+
+    def _count_run_rows(self, conn: Connection, run_id: int) -> int:
+        if self.is_sqlite:
+            q = sa.select(sa.func.count()).select_from(schema.predictions).where(schema.predictions.c.run_id == run_id)
+            return int(conn.execute(q).scalar_one())
+        exists = conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": staging_table(run_id)}).scalar()
+        if exists is None:
+            return 0
+        return int(conn.exec_driver_sql(f"SELECT count(*) FROM {staging_table(run_id)}").scalar_one())
+
+    def _attach_run(self, conn: Connection, run_id: int, where: str) -> None:
+        """Index a staged run's table and attach it as its partition (inside the commit transaction)."""
+        from psycopg import errors as pg_errors
+
+        table = staging_table(run_id)
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"CREATE UNIQUE INDEX {table}_pkey ON {table} (run_id, entity_id)")
+        except sa.exc.IntegrityError as exc:
+            if isinstance(exc.orig, pg_errors.UniqueViolation):
+                detail = (exc.orig.diag.message_detail or "").strip()
+                raise DuplicateEntityError(
+                    f"{where}: an entity id appears more than once in the partition ({detail}); "
+                    "duplicate entity ids are an error; nothing committed"
+                ) from None
+            raise
+        conn.exec_driver_sql(f"ALTER TABLE predictions ATTACH PARTITION {table} FOR VALUES IN ({int(run_id)})")
 
 
 def _dialect_insert(dialect: str, table: sa.Table) -> Any:
@@ -673,22 +743,35 @@ def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, ids: pa.Array) -
     return found
 
 
-def _csv_payload(run_id: int, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> bytes:
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _binary_copy_body(run_id: int, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> pa.Buffer:
+    """The rows of a binary COPY (run_id int8, entity_id text, score float4, label int2), built in Arrow/numpy.
+
+    Each row is a fixed 18-byte head (field count, run_id, id length), the id's bytes, and a
+    fixed 14-byte tail (score, label); Arrow joins the three columns row by row in C++.
+    """
+    import numpy as np
     import pyarrow as pa
-    import pyarrow.csv as pacsv
+    import pyarrow.compute as pc
 
     n = len(ids)
-    table = pa.table(
-        {
-            "run_id": pa.array([run_id], pa.int64()).take(pa.array([0] * n)) if n else pa.array([], pa.int64()),
-            "entity_id": ids,
-            "score": pa.array(scores, pa.float32()),
-            "label": pa.array(labels, pa.int16()),
-        }
-    )
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
-    return buf.getvalue()
+    ids = ids.cast(pa.binary())
+    lengths = pc.binary_length(ids).to_numpy(zero_copy_only=False)
+    head = np.empty(n, np.dtype([("fields", ">i2"), ("len1", ">i4"), ("run_id", ">i8"), ("len2", ">i4")]))
+    head["fields"], head["len1"], head["run_id"], head["len2"] = 4, 8, run_id, lengths
+    tail = np.empty(n, np.dtype([("len3", ">i4"), ("score", ">f4"), ("len4", ">i4"), ("label", ">i2")]))
+    tail["len3"], tail["score"], tail["len4"], tail["label"] = 4, scores, 2, labels
+    heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)]).cast(pa.binary())
+    tails = pa.FixedSizeBinaryArray.from_buffers(pa.binary(14), n, [None, pa.py_buffer(tail)]).cast(pa.binary())
+    rows = pc.binary_join_element_wise(heads, ids, tails, b"")
+    offsets = np.frombuffer(rows.buffers()[1], np.int32, count=n + 1, offset=rows.offset * 4)
+    data = rows.buffers()[2]
+    if data is None:
+        return pa.py_buffer(b"")
+    return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
 def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> int:
@@ -697,7 +780,8 @@ def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np
 
     conn: psycopg.Connection[Any] = _staging_connection(url)
     n = len(ids)
-    payload = _csv_payload(run_id, ids, scores, labels)
+    body = _binary_copy_body(run_id, ids, scores, labels)
+    table = staging_table(run_id)
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
@@ -705,22 +789,21 @@ def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np
             if row is not None:
                 return int(row[0])
             cur.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (%s, %s, %s)", (run_id, chunk, n))
-            with cur.copy("COPY predictions (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT csv)") as cp:
-                cp.write(payload)
-    except pg_errors.UniqueViolation as exc:
-        constraint = getattr(exc.diag, "constraint_name", "") or ""
-        if "run_chunks" in constraint:
-            # A concurrent attempt of the same chunk committed first: its rows stand.
-            with conn.cursor() as cur:
-                cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
-                row = cur.fetchone()
-                conn.rollback()
-            if row is not None:
-                return int(row[0])
-            raise
-        detail = (exc.diag.message_detail or "").strip()
-        raise DuplicateEntityError(
-            f"{chunk}: an entity id appears more than once in the partition ({detail}); "
-            "duplicate entity ids are an error"
-        ) from None
+            with cur.copy(f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)") as cp:
+                cp.write(_COPY_HEADER)
+                if n:
+                    cp.write(memoryview(body))
+                cp.write(_COPY_TRAILER)
+    except pg_errors.UniqueViolation:
+        # A concurrent attempt of the same chunk committed its ledger row first: its rows stand.
+        with conn.cursor() as cur:
+            cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
+            row = cur.fetchone()
+        conn.rollback()
+        if row is not None:
+            return int(row[0])
+        raise
+    except pg_errors.UndefinedTable:
+        conn.rollback()
+        raise CommitError(f"{chunk}: run {run_id} is no longer staging (it failed or was replaced)") from None
     return n

@@ -133,13 +133,13 @@ def _install_failing_trigger(store: Any, table: str, when: str) -> None:
     """A real failure inside the database: a trigger that aborts a write."""
     with store.begin() as conn:
         if store.is_sqlite:
-            event = "INSERT" if table == "predictions" else "UPDATE"
+            event = "INSERT" if table == "run_chunks" else "UPDATE"
             conn.exec_driver_sql(
                 f"CREATE TRIGGER inject_failure BEFORE {event} ON {table} "
                 f"WHEN {when} BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
             )
         else:
-            event = "INSERT" if table == "predictions" else "UPDATE"
+            event = "INSERT" if table == "run_chunks" else "UPDATE"
             conn.exec_driver_sql(
                 "CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS "
                 "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
@@ -160,8 +160,9 @@ def test_a_failure_mid_run_leaves_the_old_rows_serving(
     store = open_store(settings)
     before = _committed(store)
     if where == "load":
-        # The second run's load fails part way: one entity's row is refused by the database.
-        _install_failing_trigger(store, "predictions", f"NEW.entity_id = '{DEMO_ROWS - 1}'")
+        # The second run's load fails part way: the database refuses the last file's chunk
+        # after the others were staged.
+        _install_failing_trigger(store, "run_chunks", "substr(NEW.chunk, 1, 10) = 'part-00002'")
     else:
         # The load succeeds, then the catalog switch itself fails inside the commit transaction.
         _install_failing_trigger(store, "partitions", "NEW.run_id <> OLD.run_id")

@@ -103,14 +103,30 @@ def upgrade() -> None:
         sa.Column("timings", sa.JSON, nullable=True),
     )
     op.create_index("ix_partitions_latest", "partitions", ["model", "version", "status", "ds"])
-    op.create_table(
-        "predictions",
-        sa.Column("run_id", ID, primary_key=True),
-        sa.Column("entity_id", sa.String(128), primary_key=True),
-        sa.Column("score", sa.Float(precision=24), nullable=False),
-        sa.Column("label", sa.SmallInteger, nullable=False),
-        sqlite_with_rowid=False,
-    )
+    if op.get_context().dialect.name == "postgresql":
+        # One LIST partition per run: a run COPYs into its own unindexed table, indexes it,
+        # and the commit attaches it; replacing or expiring a partition drops a table.
+        # Entity ids compare bytewise (COLLATE "C"): faster index builds and lookups.
+        op.execute(
+            """
+            CREATE TABLE predictions (
+                run_id BIGINT NOT NULL,
+                entity_id TEXT COLLATE "C" NOT NULL,
+                score REAL NOT NULL,
+                label SMALLINT NOT NULL,
+                PRIMARY KEY (run_id, entity_id)
+            ) PARTITION BY LIST (run_id)
+            """
+        )
+    else:
+        op.create_table(
+            "predictions",
+            sa.Column("run_id", ID, primary_key=True),
+            sa.Column("entity_id", sa.String(128), primary_key=True),
+            sa.Column("score", sa.Float(precision=24), nullable=False),
+            sa.Column("label", sa.SmallInteger, nullable=False),
+            sqlite_with_rowid=False,
+        )
     op.execute(
         """
         CREATE VIEW committed_predictions AS
