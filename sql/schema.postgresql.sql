@@ -72,7 +72,7 @@ CREATE TABLE runs (
     host VARCHAR(256), 
     pid INTEGER, 
     PRIMARY KEY (run_id), 
-    CONSTRAINT ck_runs_status CHECK (status IN ('running', 'committed', 'superseded', 'failed', 'abandoned'))
+    CONSTRAINT ck_runs_status CHECK (status IN ('running', 'committed', 'superseded', 'failed', 'abandoned', 'expired'))
 );
 
 CREATE INDEX ix_runs_partition ON runs (model, version, ds);

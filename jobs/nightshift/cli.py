@@ -320,6 +320,29 @@ def models_cmd(
     out.print(table)
 
 
+@app.command("gc")
+def gc_cmd(
+    model: str | None = typer.Option(None, "--model", "-m", help="one model (default: all)"),
+    today: str | None = typer.Option(None, help="reference day for retention (default: today)"),
+    config: ConfigOpt = None,
+) -> None:
+    """Apply each model's retention_days, and remove what replaced, failed and crashed runs left."""
+    from nightshift.flows import open_store
+
+    settings = _settings(config)
+    store = open_store(settings)
+    ref = _parse_ds(today) if today else date.today()
+    models = [settings.model(model)] if model else settings.models
+    for cfg in models:
+        if cfg.retention_days is None:
+            continue
+        gone = store.expire(cfg.name, ref - timedelta(days=cfg.retention_days))
+        if gone:
+            out.print(f"{cfg.name}: expired {len(gone)} partition(s) older than {cfg.retention_days} days")
+    removed = store.gc(model)
+    out.print(f"removed {removed:,} row(s) left by replaced, failed, crashed or expired runs")
+
+
 @app.command("demo")
 def demo_cmd(
     config: ConfigOpt = None,

@@ -118,6 +118,9 @@ class ModelSettings(BaseModel):
         default="error",
         description="a ready partition without rows: fail loudly (default) or commit it empty",
     )
+    retention_days: int | None = Field(
+        default=None, ge=1, description="`nightshift gc` removes committed days older than this; unset keeps all"
+    )
     owner: str = "nightshift"
 
     def dataset_uri(self, settings: Settings) -> str:

@@ -79,7 +79,7 @@ runs = sa.Table(
     sa.Column("host", sa.String(256), nullable=True),
     sa.Column("pid", sa.Integer, nullable=True),
     sa.CheckConstraint(
-        "status IN ('running', 'committed', 'superseded', 'failed', 'abandoned')", name="ck_runs_status"
+        "status IN ('running', 'committed', 'superseded', 'failed', 'abandoned', 'expired')", name="ck_runs_status"
     ),
     sa.Index("ix_runs_partition", "model", "version", "ds"),
 )

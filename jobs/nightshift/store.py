@@ -412,6 +412,32 @@ class Store:
             conn.rollback()
         return self._delete_run_rows(dead)
 
+    def expire(self, model: str, before: date) -> list[PartitionInfo]:
+        """Retention: remove the committed partitions of `model` older than `before`, rows and all.
+
+        On PostgreSQL each one is a table drop (detached concurrently, so readers never wait).
+        """
+        p, r = schema.partitions, schema.runs
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(p).where(p.c.model == model, p.c.ds < before)).mappings().all()
+            expired = [_partition_info(row) for row in rows]
+            for info in expired:
+                conn.execute(p.delete().where(p.c.model == model, p.c.version == info.version, p.c.ds == info.ds))
+                conn.execute(r.update().where(r.c.run_id == info.run_id).values(status="expired"))
+        self._delete_run_rows([i.run_id for i in expired])
+        return expired
+
+    def gc(self, model: str | None = None) -> int:
+        """Remove what dead runs left (replaced, failed, abandoned, expired); returns rows removed."""
+        r = schema.runs
+        q = sa.select(r.c.run_id).where(r.c.status.in_(("superseded", "failed", "abandoned", "expired")))
+        if model:
+            q = q.where(r.c.model == model)
+        with self.connect() as conn:
+            dead = [int(x) for x in conn.execute(q).scalars()]
+            conn.rollback()
+        return self._delete_run_rows(dead)
+
     def _delete_run_rows(self, run_ids: Sequence[int]) -> int:
         if not run_ids:
             return 0

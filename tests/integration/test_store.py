@@ -175,3 +175,32 @@ def test_the_committed_view_shows_only_committed_rows(store_url: str) -> None:
         store.commit_run(run, 1)
     with store.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM committed_predictions")).scalar_one() == 1
+
+
+def test_retention_expires_old_days_and_gc_removes_dead_rows(store_url: str) -> None:
+    store = Store(store_url)
+    days = [date(2026, 11, d) for d in (10, 11, 12)]
+    for d in days:
+        with store.run_lock("m", d, 5):
+            run = store.start_run("m", 1, d, input_rows=2)
+            stage_chunk(store.url, run, "a", *_chunk(["1", "2"]))
+            store.commit_run(run, 2)
+    # A crashed run on another day leaves staged rows behind.
+    crashed = store.start_run("m", 1, date(2026, 11, 9), input_rows=2)
+    stage_chunk(store.url, crashed, "a", *_chunk(["1", "2"]))
+    expired = store.expire("m", before=date(2026, 11, 12))
+    assert sorted(p.ds for p in expired) == days[:2]
+    assert [p.ds for p in store.list_partitions("m")] == [days[2]]
+    assert store.lookup("m", 1, days[0], ["1"]) == []
+    assert [h.entity_id for h in store.lookup("m", 1, days[2], ["1"])] == ["1"]
+    for info in expired:
+        assert store.count_predictions(info.run_id) == 0
+    # The crashed run is only known dead once another run of its partition starts;
+    # mark it as such the way start_run would, then gc removes its rows.
+    with store.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET status = 'abandoned' WHERE run_id = :r"), {"r": crashed})
+    store.gc("m")
+    assert store.count_predictions(crashed) == 0
+    with store.connect() as conn:
+        total = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
+    assert total == 2

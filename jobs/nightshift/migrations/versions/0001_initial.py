@@ -81,7 +81,7 @@ def upgrade() -> None:
         sa.Column("host", sa.String(256), nullable=True),
         sa.Column("pid", sa.Integer, nullable=True),
         sa.CheckConstraint(
-            "status IN ('running', 'committed', 'superseded', 'failed', 'abandoned')", name="ck_runs_status"
+            "status IN ('running', 'committed', 'superseded', 'failed', 'abandoned', 'expired')", name="ck_runs_status"
         ),
     )
     op.create_index("ix_runs_partition", "runs", ["model", "version", "ds"])
