@@ -97,6 +97,38 @@ class TrainingSettings(BaseModel):
     seed: int = 0
 
 
+class GateSettings(BaseModel):
+    """What a retrained candidate must prove before it can roll out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["roc_auc", "log_loss", "brier", "accuracy", "f1"] = Field(
+        default="roc_auc", description="the metric the gates judge, on the confidence test set"
+    )
+    min: float | None = Field(default=0.65, description="acceptable range: lowest value (None: no bound)")
+    max: float | None = Field(default=None, description="acceptable range: highest value (None: no bound)")
+    champion_tolerance: float = Field(
+        default=0.01, ge=0, description="the candidate may be this much worse than the champion on the same data"
+    )
+    test_days: int = Field(default=1, ge=1, description="newest labelled days held out as the confidence test set")
+    e2e_rows: int = Field(default=256, ge=16, le=100_000, description="rows in the end-to-end test set")
+    e2e_tolerance: float = Field(default=1e-4, gt=0, description="max |score - expected| on the end-to-end set")
+
+
+class RolloutSettings(BaseModel):
+    """How a candidate that passed its gates reaches the business apps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["direct", "shadow", "canary", "blue_green"] = "direct"
+    require_approval: bool = Field(default=False, description="wait for `nightshift approve` (or Airflow HITL)")
+    canary_share: float = Field(default=0.1, gt=0, lt=1, description="share of entities served by the challenger")
+    promote_after_nights: int = Field(default=3, ge=1, description="healthy nights before shadow/canary promote")
+    rollback_window_days: int = Field(
+        default=3, ge=0, description="a new champion whose monitoring fails within this window is rolled back"
+    )
+
+
 class ModelSettings(BaseModel):
     """One model: its data, contract, estimator and scoring knobs."""
 
@@ -112,6 +144,8 @@ class ModelSettings(BaseModel):
     contract: FeatureContract
     estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
     batch_rows: int = Field(default=65_536, ge=1_024, le=4_194_304, description="rows per ONNX Runtime call")
     empty_partition: Literal["error", "commit"] = Field(

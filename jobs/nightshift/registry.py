@@ -217,6 +217,59 @@ class Registry:
             )
         return int(old) if old is not None else None
 
+    def remove_alias(self, model: str, alias: str, *, reason: str, by: str | None = None) -> int | None:
+        """Drop `alias` (e.g. the challenger after an aborted rollout) and record it. Returns its version."""
+        a, ev = schema.model_aliases, schema.alias_events
+        with self.store.begin() as conn:
+            old = conn.execute(sa.select(a.c.version).where(a.c.model == model, a.c.alias == alias)).scalar()
+            if old is None:
+                return None
+            conn.execute(a.delete().where(a.c.model == model, a.c.alias == alias))
+            conn.execute(
+                ev.insert().values(
+                    model=model,
+                    alias=alias,
+                    old_version=old,
+                    new_version=None,
+                    at=utcnow(),
+                    by=by or current_user(),
+                    reason=reason,
+                )
+            )
+        return int(old)
+
+    def switch_aliases(self, model: str, changes: dict[str, int | None], *, reason: str, by: str | None = None) -> None:
+        """Point several aliases at once (None removes one), in ONE transaction: a blue/green switch
+        (champion → new, previous → old) is seen by readers entirely or not at all."""
+        for version in changes.values():
+            if version is not None:
+                self.get(model, version)
+        a, ev = schema.model_aliases, schema.alias_events
+        who = by or current_user()
+        now = utcnow()
+        with self.store.begin() as conn:
+            for alias, version in changes.items():
+                old = conn.execute(sa.select(a.c.version).where(a.c.model == model, a.c.alias == alias)).scalar()
+                if old == version:
+                    continue
+                if version is None:
+                    conn.execute(a.delete().where(a.c.model == model, a.c.alias == alias))
+                elif old is None:
+                    conn.execute(
+                        a.insert().values(model=model, alias=alias, version=version, updated_at=now, updated_by=who)
+                    )
+                else:
+                    conn.execute(
+                        a.update()
+                        .where(a.c.model == model, a.c.alias == alias)
+                        .values(version=version, updated_at=now, updated_by=who)
+                    )
+                conn.execute(
+                    ev.insert().values(
+                        model=model, alias=alias, old_version=old, new_version=version, at=now, by=who, reason=reason
+                    )
+                )
+
     # -- reading --------------------------------------------------------------------------
 
     def get(self, model: str, version: int) -> ModelVersion:

@@ -118,3 +118,54 @@ predictions = sa.Table(
     sa.Column("label", sa.SmallInteger, nullable=False),
     sqlite_with_rowid=False,
 )
+
+
+candidates = sa.Table(
+    "candidates",
+    metadata,
+    sa.Column("candidate_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("ds", sa.Date, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("trigger", JSON, nullable=False),
+    sa.Column("training_data", JSON, nullable=True),
+    sa.Column("gates", JSON, nullable=True),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("strategy", sa.String(16), nullable=False),
+    sa.Column("approved_by", sa.String(128), nullable=True),
+    sa.Column("approved_at", TS, nullable=True),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+# The rollout in progress per model (shadow or canary): what the API and the nightly
+# steps read to know the challenger, its share, and how many healthy nights it has had.
+model_rollouts = sa.Table(
+    "model_rollouts",
+    metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("candidate_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+    sa.Column("strategy", sa.String(16), nullable=False),
+    sa.Column("champion_version", sa.Integer, nullable=True),
+    sa.Column("challenger_version", sa.Integer, nullable=False),
+    sa.Column("canary_share", sa.Float, nullable=True),
+    sa.Column("healthy_nights", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_ds", sa.Date, nullable=True),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("event_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("candidate_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("by", sa.String(128), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("detail", JSON, nullable=False),
+)

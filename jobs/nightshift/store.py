@@ -562,6 +562,33 @@ class Store:
                 for row in conn.execute(q)
             ]
 
+    def read_partition(self, model: str, version: int, ds: date) -> tuple[list[str], list[float]] | None:
+        """All committed (entity id, score) of one (model, version, ds), or None if it is not committed.
+
+        Read in one snapshot through the catalog; meant for comparisons and reports, not lookups.
+        """
+        p, c = schema.predictions, schema.partitions
+        q = (
+            sa.select(p.c.entity_id, p.c.score)
+            .select_from(c.join(p, p.c.run_id == c.c.run_id))
+            .where(c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
+        )
+        with self.begin() as conn:
+            committed = conn.execute(
+                sa.select(c.c.run_id).where(
+                    c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed"
+                )
+            ).scalar()
+            if committed is None:
+                return None
+            ids: list[str] = []
+            scores: list[float] = []
+            for part in conn.execute(q.execution_options(yield_per=50_000)).partitions():
+                for entity_id, score in part:
+                    ids.append(entity_id)
+                    scores.append(float(score))
+        return ids, scores
+
     def count_predictions(self, run_id: int) -> int:
         """Rows stored under a run, staged or committed (0 once its rows are gone)."""
         with self.connect() as conn:

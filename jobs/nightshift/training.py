@@ -415,7 +415,8 @@ def _check_labels(labels: Any, n_rows: int) -> np.ndarray:
     return out
 
 
-def _metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC AUC, log loss, Brier, and accuracy, precision, recall, F1 at the decision threshold."""
     from sklearn import metrics as m
 
     pred = (proba >= threshold).astype(np.int64)
@@ -619,7 +620,7 @@ def train(
     return TrainedModel(
         pipeline=pipeline,
         onnx_bytes=onnx_bytes,
-        metrics=_metrics(y_val, proba, decision_threshold),
+        metrics=classification_metrics(y_val, proba, decision_threshold),
         parity=parity,
         feature_importance=feature_importance(pipeline, contract, x_val, y_val, training.seed),
         hyperparameters=_json_safe(classifier.get_params(deep=False)),

@@ -59,9 +59,11 @@ def labelled_days(settings: Settings, cfg: ModelSettings, until: date, window_da
     return days
 
 
-def build_training_set(settings: Settings, cfg: ModelSettings, until: date) -> TrainingSet:
+def build_training_set(
+    settings: Settings, cfg: ModelSettings, until: date, *, window_days: int | None = None
+) -> TrainingSet:
     """Join features and labels of the labelled days up to `until`, capped at training.max_rows."""
-    window = cfg.training.window_days
+    window = window_days or cfg.training.window_days
     days = labelled_days(settings, cfg, until, window)
     if not days:
         raise PartitionNotReady(
