@@ -114,3 +114,141 @@ CREATE VIEW committed_predictions AS
 
 INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING version_num;
 
+-- Running upgrade 0001 -> 0002
+
+CREATE TABLE api_keys (
+    key_id VARCHAR(32) NOT NULL, 
+    name VARCHAR(128) NOT NULL, 
+    key_hash VARCHAR(64) NOT NULL, 
+    models TEXT NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    created_by VARCHAR(128) NOT NULL, 
+    revoked_at DATETIME, 
+    PRIMARY KEY (key_id)
+);
+
+CREATE INDEX ix_api_keys_name ON api_keys (name);
+
+UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001';
+
+-- Running upgrade 0002 -> 0003
+
+CREATE TABLE monitor_runs (
+    monitor_id INTEGER NOT NULL, 
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER NOT NULL, 
+    ds DATE NOT NULL, 
+    kind VARCHAR(16) NOT NULL, 
+    status VARCHAR(24) NOT NULL, 
+    run_id INTEGER, 
+    rows BIGINT NOT NULL, 
+    sampled_rows BIGINT NOT NULL, 
+    failed_checks INTEGER NOT NULL, 
+    summary JSON NOT NULL, 
+    report_uri TEXT, 
+    seconds FLOAT NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    PRIMARY KEY (monitor_id), 
+    CONSTRAINT ck_monitor_runs_kind CHECK (kind IN ('data', 'quality')), 
+    CONSTRAINT ck_monitor_runs_status CHECK (status IN ('pass', 'fail', 'insufficient_data')), 
+    CONSTRAINT uq_monitor_runs_partition UNIQUE (model, version, ds, kind)
+);
+
+CREATE INDEX ix_monitor_runs_history ON monitor_runs (model, ds);
+
+CREATE TABLE monitor_checks (
+    check_id INTEGER NOT NULL, 
+    monitor_id INTEGER NOT NULL, 
+    kind VARCHAR(32) NOT NULL, 
+    column_name VARCHAR(128), 
+    statistic VARCHAR(64) NOT NULL, 
+    value FLOAT, 
+    threshold FLOAT, 
+    passed BOOLEAN, 
+    status VARCHAR(24) NOT NULL, 
+    severity VARCHAR(8) NOT NULL, 
+    rows BIGINT NOT NULL, 
+    sampled BOOLEAN NOT NULL, 
+    detail JSON, 
+    PRIMARY KEY (check_id), 
+    CONSTRAINT ck_monitor_checks_status CHECK (status IN ('pass', 'fail', 'insufficient_data')), 
+    CONSTRAINT ck_monitor_checks_severity CHECK (severity IN ('fail', 'warn')), 
+    FOREIGN KEY(monitor_id) REFERENCES monitor_runs (monitor_id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_monitor_checks_run ON monitor_checks (monitor_id);
+
+CREATE INDEX ix_monitor_checks_column ON monitor_checks (kind, column_name);
+
+CREATE TABLE retrain_requests (
+    request_id VARCHAR(250) NOT NULL, 
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    version INTEGER, 
+    source VARCHAR(32) NOT NULL, 
+    reason TEXT NOT NULL, 
+    breaches JSON NOT NULL, 
+    status VARCHAR(16) NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    created_by VARCHAR(128) NOT NULL, 
+    PRIMARY KEY (request_id)
+);
+
+CREATE INDEX ix_retrain_requests_model ON retrain_requests (model, ds);
+
+UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
+
+-- Running upgrade 0003 -> 0004
+
+CREATE TABLE candidates (
+    candidate_id INTEGER NOT NULL, 
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER, 
+    ds DATE NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    created_by VARCHAR(128) NOT NULL, 
+    "trigger" JSON NOT NULL, 
+    training_data JSON, 
+    gates JSON, 
+    status VARCHAR(24) NOT NULL, 
+    reason TEXT, 
+    strategy VARCHAR(16) NOT NULL, 
+    approved_by VARCHAR(128), 
+    approved_at DATETIME, 
+    updated_at DATETIME NOT NULL, 
+    PRIMARY KEY (candidate_id), 
+    CONSTRAINT ck_candidates_status CHECK (status IN ('training', 'rejected', 'pending_approval', 'shadow', 'canary', 'promoted', 'rolled_back', 'aborted', 'superseded'))
+);
+
+CREATE INDEX ix_candidates_model ON candidates (model, candidate_id);
+
+CREATE TABLE model_rollouts (
+    model VARCHAR(64) NOT NULL, 
+    candidate_id INTEGER NOT NULL, 
+    strategy VARCHAR(16) NOT NULL, 
+    champion_version INTEGER, 
+    challenger_version INTEGER NOT NULL, 
+    canary_share FLOAT, 
+    healthy_nights INTEGER DEFAULT '0' NOT NULL, 
+    last_ds DATE, 
+    started_at DATETIME NOT NULL, 
+    updated_at DATETIME NOT NULL, 
+    PRIMARY KEY (model)
+);
+
+CREATE TABLE audit_events (
+    event_id INTEGER NOT NULL, 
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER, 
+    candidate_id INTEGER, 
+    at DATETIME NOT NULL, 
+    "by" VARCHAR(128) NOT NULL, 
+    event VARCHAR(64) NOT NULL, 
+    detail JSON NOT NULL, 
+    PRIMARY KEY (event_id)
+);
+
+CREATE INDEX ix_audit_events_model ON audit_events (model, event_id);
+
+UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
+

@@ -614,7 +614,13 @@ def compare_versions(
     b = np.clip(np.asarray(b_all, dtype=np.float64), 1e-7, 1 - 1e-7)
     loss_a = -(y * np.log(a) + (1 - y) * np.log(1 - a))
     loss_b = -(y * np.log(b) + (1 - y) * np.log(1 - b))
-    paired = stats.ttest_rel(loss_b, loss_a)
+    diff = loss_b - loss_a
+    if np.allclose(diff, 0.0):
+        # Identical per-entity losses (e.g. the same model retrained on the same data): no difference.
+        statistic, p_value = 0.0, 1.0
+    else:
+        paired = stats.ttest_rel(loss_b, loss_a)
+        statistic, p_value = float(paired.statistic), float(paired.pvalue)
     threshold = settings.model(model).decision_threshold
     result: dict[str, Any] = {
         "model": model,
@@ -631,10 +637,10 @@ def compare_versions(
         "paired_test": {
             "test": "paired t-test on per-entity log loss (challenger - champion)",
             "n": len(y),
-            "mean_difference": float(np.mean(loss_b - loss_a)),
-            "statistic": float(paired.statistic),
-            "p_value": float(paired.pvalue),
-            "verdict": _verdict(float(np.mean(loss_b - loss_a)), float(paired.pvalue)),
+            "mean_difference": float(np.mean(diff)),
+            "statistic": statistic,
+            "p_value": p_value,
+            "verdict": _verdict(float(np.mean(diff)), p_value),
         },
     }
     active = Rollouts(settings, store).active(model)
