@@ -216,6 +216,16 @@ class Store:
             command.upgrade(cfg, revision)
             conn.commit()
 
+    def downgrade(self, revision: str) -> None:
+        """Undo migrations down to `revision` (`nightshift db downgrade`)."""
+        from alembic import command
+
+        cfg = self._alembic_config()
+        with self.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()
+
     def head_revision(self) -> str | None:
         from alembic.script import ScriptDirectory
 

@@ -204,3 +204,12 @@ def test_retention_expires_old_days_and_gc_removes_dead_rows(store_url: str) -> 
     with store.connect() as conn:
         total = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
     assert total == 2
+
+
+def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
+    store = Store(store_url)
+    head = store.head_revision()
+    store.downgrade("base")
+    assert store.current_revision() is None
+    store.upgrade()
+    assert store.current_revision() == head
