@@ -14,17 +14,18 @@ $(UV):
 install: $(UV)  ## install the locked dependencies (all extras, dev tools) into .venv
 	$(UV) sync --frozen --all-extras
 
-demo: install  ## the demo: data, train, register, score the newest day, print predictions
-	$(RUN) nightshift demo
+demo: install  ## the demo: data, train, register, then the nightly scoring run through Airflow, read back
+	$(AIRFLOW_RUN) python -m nightshift_airflow.demo
 
 test: install lint typecheck pytest  ## lint, type-check and run the test suite
 
 lint:  ## ruff
 	$(RUN) ruff check .
-	$(RUN) ruff format --check jobs tests
+	$(RUN) ruff format --check jobs tests dags plugins bench
 
-typecheck:  ## mypy on the library
+typecheck:  ## mypy on the library, the DAGs and the Airflow plugin
 	$(RUN) mypy
+	MYPYPATH=plugins $(RUN) mypy plugins dags
 
 pytest:  ## the tests (PostgreSQL tests skip without a server, except with CI=true)
 	$(RUN) pytest $(PYTEST_ARGS)
@@ -34,3 +35,51 @@ sql:  ## regenerate the readable DDL in sql/ from the migrations
 
 clean:  ## remove local state and demo data
 	rm -rf .nightshift data
+
+# -- benchmarks: bench/, docs/performance.md ------------------------------------------------------
+# The dask-ml peer and the py-spy profile need `uv pip install dask-ml py-spy` (not in the lock file;
+# `make install` removes them again); without them the suite skips those parts and says so.
+SIZE ?= default
+
+.PHONY: bench
+bench:  ## benchmarks vs baselines (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
+	$(RUN) python -m bench --size $(SIZE) $(BENCH_ARGS)
+
+# -- production: the images and the compose stack (docker/, docs/operations.md) ---------------
+COMPOSE ?= docker compose -f docker/compose.yaml
+
+.PHONY: docker-build docker-config docker-up docker-down deploy-check
+
+docker-build:  ## build the airflow, dask-worker and api images (needs a Docker engine)
+	$(COMPOSE) build
+
+docker-config:  ## let docker compose validate the stack with docker/.env (needs the docker CLI)
+	$(COMPOSE) config --quiet
+
+docker-up:  ## start the stack (fill docker/.env first: docs/operations.md)
+	$(COMPOSE) up -d --build
+
+docker-down:  ## stop the stack, keeping its volumes
+	$(COMPOSE) down
+
+deploy-check: install  ## the deployment tests, no Docker engine needed (tests/deploy)
+	$(RUN) pytest tests/deploy $(PYTEST_ARGS)
+
+# -- Airflow: dags/, plugins/, docs/airflow.md -------------------------------------------------
+# A local Airflow on this repo's dags/ and plugins/, metadata in SQLite under .nightshift/airflow.
+AIRFLOW_PORT ?= 8080
+AIRFLOW_RUN := PYTHONPATH=$(CURDIR)/plugins $(RUN)
+
+.PHONY: airflow airflow-demo airflow-env airflow-test
+
+airflow: install  ## local Airflow (UI, scheduler, triggerer) on 127.0.0.1:8080 or AIRFLOW_PORT; login admin / admin
+	$(AIRFLOW_RUN) python -m nightshift_airflow.local standalone --port $(AIRFLOW_PORT)
+
+airflow-demo: install  ## what `make demo` runs: data + train, `airflow dags test score_churn`, read back
+	$(AIRFLOW_RUN) python -m nightshift_airflow.demo
+
+airflow-env:  ## print the exports that point the `airflow` CLI at `make airflow`'s instance
+	@$(AIRFLOW_RUN) python -m nightshift_airflow.local env --port $(AIRFLOW_PORT)
+
+airflow-test: install  ## only the Airflow tests: DAG integrity, dag.test, backfills, the UI in Chromium
+	$(RUN) pytest tests/dags tests/airflow $(PYTEST_ARGS)

@@ -66,6 +66,19 @@ def db_upgrade(config: ConfigOpt = None, revision: str = typer.Option("head", he
     out.print(f"store {store!r} is at revision {store.current_revision()}")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="target revision, e.g. 0003, or -1 for one step back"),
+    config: ConfigOpt = None,
+) -> None:
+    """Undo migrations down to `revision` (back up the store first: dropped tables lose their rows)."""
+    from nightshift.flows import open_store
+
+    store = open_store(_settings(config), check=False)
+    store.downgrade(revision)
+    out.print(f"store {store!r} is at revision {store.current_revision() or 'none'}")
+
+
 @db_app.command("current")
 def db_current(config: ConfigOpt = None) -> None:
     """Show the store's schema revision and the code's."""
@@ -285,41 +298,6 @@ def runs_cmd(
     out.print(table)
 
 
-@app.command("models")
-def models_cmd(
-    model: str | None = typer.Option(None, "--model", "-m"), config: ConfigOpt = None, as_json: JsonOpt = False
-) -> None:
-    """List registered model versions and their aliases."""
-    from nightshift.flows import open_registry
-
-    registry = open_registry(_settings(config))
-    versions = registry.versions(model)
-    aliases: dict[str, dict[str, int]] = {}
-    for v in versions:
-        aliases.setdefault(v.model, registry.aliases(v.model))
-    if as_json:
-        _print_json(
-            [{**v.card(), "aliases": [a for a, n in aliases[v.model].items() if n == v.version]} for v in versions]
-        )
-        return
-    table = Table(title="model versions")
-    for col in ("model", "version", "aliases", "algorithm", "roc_auc", "rows", "created", "sha256"):
-        table.add_column(col)
-    for v in versions:
-        names = ",".join(a for a, n in aliases[v.model].items() if n == v.version)
-        table.add_row(
-            v.model,
-            str(v.version),
-            names,
-            v.algorithm.rsplit(".", 1)[-1],
-            f"{v.metrics.get('roc_auc', 0):.4f}",
-            f"{v.training_data.get('rows', 0):,}",
-            f"{v.created_at:%F %T}",
-            v.sha256[:12],
-        )
-    out.print(table)
-
-
 @app.command("gc")
 def gc_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="one model (default: all)"),
@@ -386,6 +364,21 @@ def demo_cmd(
         model=model, entity=[str(i) for i in sample], ds=None, version=None, alias=None, config=config, as_json=False
     )
     out.print(f"store: {store!r}; try `uv run nightshift predictions -m {model} -e 42`")
+
+
+from nightshift.api.cli import register as _register_api  # noqa: E402
+
+_register_api(app)
+
+
+from nightshift.rollout_cli import register as _register_rollout  # noqa: E402
+
+_register_rollout(app)
+
+
+from nightshift.monitoring_cli import register as _register_monitoring  # noqa: E402
+
+_register_monitoring(app)
 
 
 def main() -> None:

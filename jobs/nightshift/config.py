@@ -129,6 +129,91 @@ class RolloutSettings(BaseModel):
     )
 
 
+DriftMethod = Literal["wasserstein", "jensenshannon", "psi"]
+
+
+def _default_drift_thresholds() -> dict[DriftMethod, float]:
+    # Evidently's defaults for these statistics.
+    return {"wasserstein": 0.1, "jensenshannon": 0.1, "psi": 0.1}
+
+
+class ColumnMonitoring(BaseModel):
+    """Per-column overrides of the monitoring thresholds (`[models.monitoring.columns.<name>]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift: bool = Field(default=True, description="check this column's drift (false: quality checks only)")
+    method: DriftMethod | None = Field(default=None, description="drift statistic; default: by column type")
+    drift_threshold: float | None = Field(default=None, gt=0, description="default: the method's threshold")
+    max_missing_share: float | None = Field(default=None, ge=0, le=1)
+    max_missing_increase: float | None = Field(default=None, ge=0, le=1)
+    max_out_of_range_share: float | None = Field(default=None, ge=0, le=1)
+    max_new_category_share: float | None = Field(default=None, ge=0, le=1)
+
+
+class MonitoringSettings(BaseModel):
+    """Data-quality and drift checks per committed partition, label quality, and when to ask for retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Sampling: drift is measured on a deterministic sample keyed by a seeded hash of the entity id.
+    sample_rows: int = Field(default=100_000, ge=1_000, description="cap on the night's drift sample")
+    reference_rows: int = Field(default=100_000, ge=1_000, description="cap on the version's reference sample")
+    report_rows: int = Field(default=5_000, ge=100, description="rows of the sample the Evidently HTML report shows")
+    sample_seed: int = Field(default=0, ge=0)
+    min_rows: int = Field(default=500, ge=1, description="fewer sampled rows than this: drift is insufficient_data")
+    report: bool = Field(default=True, description="write the Evidently HTML report of each night")
+    # Drift: distances, not p-values (at 1M rows every p-value test flags trivial differences).
+    num_method: DriftMethod = "wasserstein"
+    cat_method: Literal["jensenshannon", "psi"] = "jensenshannon"
+    score_method: DriftMethod = "wasserstein"
+    drift_thresholds: dict[DriftMethod, float] = Field(
+        default_factory=_default_drift_thresholds,
+        description="threshold per statistic: a column drifts when its distance is >= this",
+    )
+    score_threshold: float | None = Field(default=None, gt=0, description="default: score_method's threshold")
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="dataset drift: share of drifted features")
+    column_drift: Literal["fail", "warn"] = Field(
+        default="fail", description="a single drifted feature fails the night ('fail') or is only reported ('warn')"
+    )
+    # Data quality, on every row of the partition.
+    max_missing_share: float | None = Field(default=None, ge=0, le=1, description="absolute cap; unset: none")
+    max_missing_increase: float = Field(default=0.05, ge=0, le=1, description="over the reference's missing share")
+    max_out_of_range_share: float = Field(default=0.001, ge=0, le=1, description="outside the contract's min/max")
+    max_new_category_share: float = Field(default=0.001, ge=0, le=1, description="categories unseen in training")
+    volume_window_days: int = Field(default=7, ge=1, description="usual volume: median of these committed days")
+    volume_min_history: int = Field(default=3, ge=1, description="fewer committed days: volume is insufficient_data")
+    min_volume_ratio: float = Field(default=0.5, ge=0, description="rows / usual volume below this fails")
+    max_volume_ratio: float = Field(default=2.0, gt=0, description="rows / usual volume above this fails")
+    # Quality once labels arrive.
+    min_labelled_rows: int = Field(default=200, ge=1, description="fewer joined rows: insufficient_data")
+    label_rows: int = Field(default=200_000, ge=1_000, description="cap on rows of the label-quality join")
+    min_roc_auc: float | None = Field(default=None, ge=0, le=1)
+    max_roc_auc_drop: float | None = Field(
+        default=0.05, ge=0, le=1, description="below the version's validation ROC AUC by more than this fails"
+    )
+    max_log_loss: float | None = Field(default=None, gt=0)
+    min_precision: float | None = Field(default=None, ge=0, le=1)
+    min_recall: float | None = Field(default=None, ge=0, le=1)
+    # Retraining decision: hysteresis (N failing of the last M nights) and cooldown.
+    retrain_failing_nights: int = Field(default=2, ge=1, description="N: failing nights needed ...")
+    retrain_window_nights: int = Field(default=3, ge=1, description="... among the last M nights")
+    retrain_cooldown_days: int = Field(default=7, ge=0, description="no new trigger within K days of the last")
+    columns: dict[str, ColumnMonitoring] = Field(default_factory=dict, description="per-column overrides")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> MonitoringSettings:
+        if self.retrain_failing_nights > self.retrain_window_nights:
+            raise ValueError(
+                f"retrain_failing_nights ({self.retrain_failing_nights}) must not exceed "
+                f"retrain_window_nights ({self.retrain_window_nights})"
+            )
+        if self.min_volume_ratio >= self.max_volume_ratio:
+            raise ValueError("min_volume_ratio must be below max_volume_ratio")
+        return self
+
+
 class ModelSettings(BaseModel):
     """One model: its data, contract, estimator and scoring knobs."""
 
@@ -144,6 +229,7 @@ class ModelSettings(BaseModel):
     contract: FeatureContract
     estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
@@ -185,6 +271,28 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     rate_limit_per_minute: int = Field(default=6000, ge=1, description="per API key")
     freshness_limit_hours: float = Field(default=36.0, gt=0, description="readiness fails past this age")
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (`nightshift api`)")
+    store_url: str | None = Field(
+        default=None, description="read from this SQLAlchemy URL (e.g. a read replica); default: the store's"
+    )
+    pool_size: int = Field(default=4, ge=1, le=100, description="database connections per worker process")
+    db_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="wait for a pooled connection, and PostgreSQL statement timeout"
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="requests a key may save up (token bucket size)")
+    key_cache_ttl_s: float = Field(
+        default=5.0, ge=0, le=300, description="how long a worker trusts a key lookup: revocation takes this long"
+    )
+    resolve_cache_ttl_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="how long a worker trusts model/alias -> (version, newest ds); 0 (default) disables the "
+        "cache, which measured no gain (docs/api.md)",
+    )
+    coalesce_lookups: bool = Field(
+        default=True, description="concurrent single lookups of one partition share one statement"
+    )
 
 
 class Settings(BaseSettings):

@@ -96,3 +96,18 @@ def train_and_register(
         reason = "first registered version" if previous is None else "promoted at training (--promote always)"
         registry.set_alias(model, CHAMPION, mv.version, reason=reason, by=created_by)
     return TrainResult(version=mv, promoted=promoted, previous_champion=previous)
+
+
+def monitor_night(
+    settings: Settings, model: str, ds: date, *, version: int | None = None, report: bool | None = None
+) -> dict[str, Any]:
+    """Monitor a committed (model, ds), then decide on retraining: JSON-safe, for one Airflow task or the CLI.
+
+    Returns {"monitor": MonitorResult.as_dict(), "decision": RetrainDecision.as_dict()}. The
+    decision is recorded exactly once per ds (see nightshift.monitoring.retrain_decision).
+    """
+    from nightshift.monitoring import monitor_partition, retrain_decision
+
+    result = monitor_partition(settings, model, ds, version=version, report=report)
+    decision = retrain_decision(settings, model, ds, version=result.version)
+    return {"monitor": result.as_dict(), "decision": decision.as_dict()}

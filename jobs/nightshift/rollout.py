@@ -7,7 +7,6 @@ rollback. Every decision is written to ``candidates`` and ``audit_events``.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from nightshift import schema
+from nightshift.canary import canary_bucket, serves_challenger  # noqa: F401 - re-exported
 from nightshift.config import ModelSettings, Settings
 from nightshift.errors import ModelNotFound, NightshiftError, ParityError, PartitionNotReady
 from nightshift.registry import CHAMPION, ModelVersion, Registry, current_user
@@ -26,16 +26,6 @@ PREVIOUS = "previous"
 
 class RolloutError(NightshiftError):
     """A promotion, approval or rollback that cannot be done as asked."""
-
-
-def canary_bucket(model: str, entity_id: str) -> float:
-    """A stable number in [0, 1) per (model, entity): the same entities are canaries every night."""
-    digest = hashlib.blake2b(f"{model}\x00{entity_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def serves_challenger(model: str, entity_id: str, share: float) -> bool:
-    return canary_bucket(model, entity_id) < share
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The lookup API: FastAPI service answering reads of committed predictions (`nightshift api`)."""

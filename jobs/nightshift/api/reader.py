@@ -1,0 +1,365 @@
+"""Reads of committed predictions for the API: one statement per answer, shared by concurrent lookups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from nightshift.api.db import Database
+from nightshift.api.queries import Queries
+from nightshift.registry import CHAMPION
+
+#: Distinct selections cached per process (each key is small; requests choose the keys).
+CACHE_MAX_ENTRIES = 4096
+#: How long a process trusts its view of a model's canary share.
+CANARY_TTL_S = 1.0
+
+
+class NotFound(Exception):
+    """Nothing to answer. `unknown_model` answers must look the same for every caller."""
+
+    def __init__(self, detail: str, *, unknown_model: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.unknown_model = unknown_model
+
+
+def unknown_model_detail(model: str) -> str:
+    """The one answer for a model that does not exist or that the key may not read."""
+    return f"model {model!r} not found"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which partition a request reads: a version or an alias (default: champion), newest or as-of ds."""
+
+    model: str
+    version: int | None = None
+    alias: str | None = None
+    ds: date | None = None
+
+    @property
+    def by_alias(self) -> bool:
+        return self.version is None
+
+    def describe(self) -> str:
+        what = f"v{self.version}" if self.version is not None else f"alias {self.alias or CHAMPION!r}"
+        return f"{self.model} {what}" + (f" ds={self.ds}" if self.ds else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    model: str
+    version: int
+    ds: date
+    run_id: int
+    committed_at: datetime
+    #: The answer's leading JSON members, rendered once per statement, not once per lookup.
+    json_head: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, model: str, version: int, ds: date, run_id: int, committed_at: datetime) -> Partition:
+        head = (
+            f'{{"model":"{model}","version":{version},"ds":"{ds.isoformat()}","run_id":{run_id},'
+            f'"committed_at":"{committed_at.isoformat()}",'
+        )
+        return cls(model, version, ds, run_id, committed_at, head)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    model: str
+    version: int | None
+    ds: date | None
+    committed_at: datetime | None
+    rows: int | None
+    aliases: dict[str, int]
+
+    def age_seconds(self, now: datetime | None = None) -> float | None:
+        if self.committed_at is None:
+            return None
+        return ((now or datetime.now(UTC)) - self.committed_at).total_seconds()
+
+
+def as_date(v: Any) -> date:
+    if isinstance(v, datetime):
+        return v.date()
+    if isinstance(v, date):
+        return v
+    return date.fromisoformat(str(v))
+
+
+def as_utc(v: Any) -> datetime:
+    if not isinstance(v, datetime):
+        v = datetime.fromisoformat(str(v))
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+_F32 = struct.Struct("f")
+
+
+def shortest_float32(x: float) -> float:
+    """The shortest decimal that is the same float32 as `x` (scores are stored as float32).
+
+    PostgreSQL's text output of a `real` already is this; SQLite keeps the float32 widened to a
+    double (0.012042 reads back as 0.012041999958455563), so both stores answer the same digits.
+    """
+    target = _F32.pack(x)
+    for digits in (6, 7, 8):
+        candidate = float(f"{x:.{digits}g}")
+        if _F32.pack(candidate) == target:
+            return candidate
+    return float(f"{x:.9g}")
+
+
+class ResolutionCache:
+    """Selection → Partition, each entry trusted for `ttl_s` seconds (0 disables the cache).
+
+    It maps (model, version|alias, ds|newest) to the partition last resolved for it (version,
+    ds). A hit skips the alias and newest-ds resolution but still reads through the catalog
+    row of that (version, ds) in the same statement, so a re-commit of that partition is seen
+    at once (new run_id, new committed_at, new rows, never a mix). What it can delay, by at
+    most `ttl_s` per process, is noticing that the alias moved or that a newer ds was
+    committed. The benchmark (bench/api_bench.py) measured no gain from it (the resolution is
+    two index probes inside a statement that runs anyway), so it is off unless
+    `api.resolve_cache_ttl_s` is set; coalescing (Coalescer) is what pays.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[Selection, tuple[float, Partition]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0
+
+    def get(self, sel: Selection) -> Partition | None:
+        if not self.enabled:
+            return None
+        entry = self._entries.get(sel)
+        if entry is None or entry[0] < time.monotonic():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[1]
+
+    def put(self, sel: Selection, part: Partition) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= CACHE_MAX_ENTRIES and sel not in self._entries:
+            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            if len(self._entries) >= CACHE_MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[sel] = (now + self.ttl_s, part)
+
+    def drop(self, sel: Selection) -> None:
+        self._entries.pop(sel, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class PredictionReader:
+    """Answers lookups from the committed catalog, one statement per answer."""
+
+    def __init__(
+        self, db: Database, queries: Queries, cache: ResolutionCache, *, coalesce: bool = True, max_ids: int = 1000
+    ) -> None:
+        self.db = db
+        self.q = queries
+        self.cache = cache
+        self._score = float if db.dialect == "postgresql" else shortest_float32
+        self.coalescer = Coalescer(self, max_ids) if coalesce else None
+        self._canary: dict[str, tuple[float, float | None]] = {}
+
+    async def canary_share(self, model: str) -> float | None:
+        """The share of entities a running canary serves from the challenger (None: no canary).
+
+        Cached per process for CANARY_TTL_S: a canary that starts or stops is followed within a
+        second. Each answer still comes from one version: a canary entity read after the canary
+        ended falls back to the champion (see the routes).
+        """
+        now = time.monotonic()
+        cached = self._canary.get(model)
+        if cached is not None and now - cached[0] < CANARY_TTL_S:
+            return cached[1]
+        rows = await self.db.fetch(self.q.canary, {"model": model})
+        share = float(rows[0][0]) if rows and rows[0][0] is not None else None
+        if len(self._canary) > CACHE_MAX_ENTRIES:
+            self._canary.clear()
+        self._canary[model] = (now, share)
+        return share
+
+    def _params(self, sel: Selection) -> dict[str, Any]:
+        return {
+            "model": sel.model,
+            "version": sel.version,
+            "alias": sel.alias or CHAMPION,
+            "ds": self._ds_param(sel.ds),
+        }
+
+    def _ds_param(self, ds: date | None) -> Any:
+        if ds is None:
+            return None
+        return ds if self.db.dialect == "postgresql" else ds.isoformat()
+
+    def _partition(self, model: str, row: Sequence[Any]) -> Partition:
+        return Partition.of(model, int(row[0]), as_date(row[1]), int(row[2]), as_utc(row[3]))
+
+    async def _fetch(
+        self, sel: Selection, statements: dict[tuple[bool, bool], str], extra: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Rows of the selected partition: through the cached (version, ds) when fresh, else resolved."""
+        pinned = self.cache.get(sel)
+        if pinned is not None:
+            params = {"model": sel.model, "version": pinned.version, "ds": self._ds_param(pinned.ds), **extra}
+            rows = await self.db.fetch(statements[(False, True)], params)
+            if rows:
+                return rows
+            self.cache.drop(sel)  # that partition is gone: resolve again
+        rows = await self.db.fetch(statements[(sel.by_alias, sel.ds is not None)], {**self._params(sel), **extra})
+        head = next((r for r in rows if r[0] is not None), None)
+        if head is not None:
+            self.cache.put(sel, self._partition(sel.model, head))
+        return rows
+
+    async def one(self, sel: Selection, entity_id: str) -> tuple[Partition, tuple[float, int] | None]:
+        """The partition a selection resolves to, and the entity's (score, label) in it if any."""
+        if self.coalescer is not None:
+            result: tuple[Partition, tuple[float, int] | None] = await self.coalescer.load(sel, entity_id)
+            return result
+        return await self.one_alone(sel, entity_id)
+
+    async def one_alone(self, sel: Selection, entity_id: str) -> tuple[Partition, tuple[float, int] | None]:
+        """`one` with its own point statement, not shared with concurrent lookups."""
+        rows = await self._fetch(sel, self.q.one, {"entity_id": entity_id})
+        if not rows:
+            raise await self._why_not_found(sel)
+        row = rows[0]
+        part = self._partition(sel.model, row)
+        return part, (None if row[4] is None else (self._score(row[4]), int(row[5])))
+
+    async def many(self, sel: Selection, entity_ids: Sequence[str]) -> tuple[Partition, dict[str, tuple[float, int]]]:
+        """The partition, and (score, label) of each requested entity found in it: one statement."""
+        unique = list(dict.fromkeys(entity_ids))
+        ids: Any = unique if self.db.dialect == "postgresql" else json.dumps(unique)
+        rows = await self._fetch(sel, self.q.many, {"ids": ids})
+        head = next((r for r in rows if r[0] is not None), None)  # the partition's own row
+        if head is None:
+            raise await self._why_not_found(sel)
+        score = self._score
+        found = {r[4]: (score(r[5]), int(r[6])) for r in rows if r[0] is None}
+        return self._partition(sel.model, head), found
+
+    async def _why_not_found(self, sel: Selection) -> NotFound:
+        """Why a selection resolved to nothing (an extra statement, on this path only)."""
+        versions, has_version, alias_version = (
+            await self.db.fetch(
+                self.q.model_exists, {"model": sel.model, "version": sel.version, "alias": sel.alias or CHAMPION}
+            )
+        )[0]
+        if not versions:
+            return NotFound(unknown_model_detail(sel.model), unknown_model=True)
+        if sel.version is not None and not has_version:
+            return NotFound(f"model {sel.model!r} has no version {sel.version}")
+        if sel.version is None and alias_version is None:
+            return NotFound(f"model {sel.model!r} has no {sel.alias or CHAMPION!r} alias")
+        return NotFound(f"no committed partition for {sel.describe()}")
+
+    async def models(self) -> list[ModelStatus]:
+        """Every model with an alias: its champion, the champion's newest committed partition, its aliases."""
+        by_model: dict[str, dict[str, Any]] = {}
+        for model, alias, version, ds, committed_at, row_count in await self.db.fetch(self.q.models, {}):
+            entry = by_model.setdefault(model, {"aliases": {}, "live": None})
+            entry["aliases"][alias] = int(version)
+            if alias == CHAMPION:
+                entry["live"] = (int(version), ds, committed_at, row_count)
+        out = []
+        for model, entry in by_model.items():
+            live = entry["live"]
+            version, ds, committed_at, rows = live if live else (None, None, None, None)
+            out.append(
+                ModelStatus(
+                    model=model,
+                    version=version,
+                    ds=as_date(ds) if ds is not None else None,
+                    committed_at=as_utc(committed_at) if committed_at is not None else None,
+                    rows=int(rows) if rows is not None else None,
+                    aliases=entry["aliases"],
+                )
+            )
+        return out
+
+
+class Coalescer:
+    """Single lookups that arrive in the same event-loop turn share ONE batch statement (DataLoader-style).
+
+    Under concurrent load the fixed cost of a statement (driver, syscalls, the server's
+    per-statement work) dominates a point lookup; lookups of the same selection waiting at
+    the same moment are read together, with no timer and so no added latency: the flush runs
+    right after the requests ready in this turn have reached their read. Every answer still
+    comes from one statement, so from one committed partition.
+    """
+
+    def __init__(self, reader: PredictionReader, max_ids: int) -> None:
+        self.reader = reader
+        self.max_ids = max_ids
+        self._pending: dict[Selection, list[tuple[str, asyncio.Future[Any]]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.statements = 0
+        self.lookups = 0
+
+    def load(self, sel: Selection, entity_id: str) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        group = self._pending.setdefault(sel, [])
+        group.append((entity_id, fut))
+        if len(group) >= self.max_ids:
+            self._start(sel, self._pending.pop(sel))
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for sel, group in pending.items():
+            self._start(sel, group)
+
+    def _start(self, sel: Selection, group: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._read(sel, group))
+        self._tasks.add(task)  # a running task must stay referenced
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, sel: Selection, group: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        self.statements += 1
+        self.lookups += len(group)
+        try:
+            part, found = await self.reader.many(sel, [entity_id for entity_id, _ in group])
+        except NotFound as exc:
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(NotFound(exc.detail, unknown_model=exc.unknown_model))
+        except asyncio.CancelledError:
+            for _, fut in group:
+                fut.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the failure (503, or a 500)
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for entity_id, fut in group:
+                if not fut.done():
+                    fut.set_result((part, found.get(entity_id)))

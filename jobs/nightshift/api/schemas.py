@@ -1,0 +1,200 @@
+"""Request and response shapes of the lookup API, and the patterns every identifier must match."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+#: Entity ids: what the store's scoring writes (customer numbers, UUIDs, "tenant:42", ...).
+ENTITY_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+#: Model names, as in the project file.
+MODEL_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+#: Aliases, as the registry allows them.
+ALIAS_PATTERN = r"^[a-z0-9_-]{1,64}$"
+MAX_VERSION = 2**31 - 1
+
+EntityId = Annotated[str, Field(min_length=1, max_length=128, pattern=ENTITY_ID_PATTERN, examples=["42"])]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer the API itself writes: one human-readable `detail`."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: what was wrong with which input (FastAPI's shape)."""
+
+    detail: list[ValidationIssue]
+
+
+class PartitionRef(BaseModel):
+    """Where an answer comes from: one model version, one committed partition, and its freshness."""
+
+    model: str = Field(examples=["churn"])
+    version: int = Field(description="model version the scores come from")
+    ds: date = Field(description="the committed partition (day) the scores come from")
+    run_id: int = Field(description="the scoring run the catalog points at for (model, version, ds)")
+    committed_at: datetime = Field(description="when that partition was committed (UTC)")
+    age_seconds: float = Field(description="seconds since committed_at, at the time of the answer")
+
+
+class Prediction(PartitionRef):
+    """One entity's committed prediction."""
+
+    entity_id: str
+    score: float
+    label: int
+
+
+class ScoredEntity(BaseModel):
+    entity_id: str
+    score: float
+    label: int
+    version: int = Field(description="the version that answered: the challenger's for canary entities")
+
+
+class PredictionBatch(PartitionRef):
+    """Committed predictions of several entities, from one (version, ds, run) — or, while a canary
+    runs, the canary entities from the challenger's partition described in `canary`."""
+
+    predictions: list[ScoredEntity] = Field(description="found entities, in request order, each once")
+    missing: list[str] = Field(description="requested ids without a prediction in this partition")
+    canary: PartitionRef | None = Field(
+        default=None, description="the challenger's partition that answered the canary entities, if any"
+    )
+
+
+class ModelInfo(BaseModel):
+    """A servable model: its live (champion) version and the newest committed partition of it."""
+
+    model: str
+    version: int | None = Field(description="the champion version; null when no champion is set")
+    ds: date | None = Field(description="newest committed partition of the champion; null when none")
+    committed_at: datetime | None
+    age_seconds: float | None
+    rows: int | None = Field(description="predictions in that partition")
+    aliases: dict[str, int] = Field(description="every alias of the model and the version it points at")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    """Readiness: the database answers and every live model is fresh. Names stay out (no key needed)."""
+
+    status: str = Field(examples=["ready"], description="'ready' or 'not ready'")
+    database: str = Field(description="'ok' or 'unreachable'")
+    models: int = Field(description="live models checked")
+    stale: int = Field(description="live models whose newest partition is older than the limit, or missing")
+    freshness_limit_hours: float
+
+
+class BatchRequestBase(BaseModel):
+    """What every batch body has; the cap is added per app by `batch_request_model`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str]
+
+
+def batch_request_model(max_ids: int) -> type[BatchRequestBase]:
+    """The batch body, with the configured cap written into the schema (and enforced: 422 above it)."""
+    return create_model(
+        "BatchRequest",
+        __base__=BatchRequestBase,
+        __doc__=f"Up to {max_ids} entity ids, answered with one query from one partition.",
+        ids=(
+            list[EntityId],
+            Field(
+                min_length=1, max_length=max_ids, description=f"1 to {max_ids} entity ids; duplicates are answered once"
+            ),
+        ),
+    )
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error codes a route can answer."""
+    text = {
+        400: "the body is not text (undecodable bytes)",
+        401: "missing, unknown or revoked API key",
+        404: "unknown model (or one outside the key's scope: the same answer), no such alias, version, "
+        "partition or entity",
+        413: "request body too large",
+        422: "invalid model name, entity id, version, alias or ds (or both version and alias), or body",
+        429: "rate limit of the key exceeded; see Retry-After",
+        503: "database unavailable",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": text[code]}
+    return out
+
+
+def lookup_parameters(*, entity: bool) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a lookup route. deps.py parses exactly these, by hand, for speed.
+
+    FastAPI's declarative parameters cost ~10 µs each per request here (measured); a single
+    lookup has six inputs, which would double the route's CPU. The spec below and the parser
+    in deps.py are kept together by the schemathesis test, which sends what this spec allows.
+    """
+    params: list[dict[str, Any]] = [
+        {
+            "name": "model",
+            "in": "path",
+            "required": True,
+            "description": "model name",
+            "schema": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 63},
+            "example": "churn",
+        }
+    ]
+    if entity:
+        params.append(
+            {
+                "name": "entity_id",
+                "in": "path",
+                "required": True,
+                "description": "entity id",
+                "schema": {"type": "string", "pattern": ENTITY_ID_PATTERN, "minLength": 1, "maxLength": 128},
+                "example": "42",
+            }
+        )
+    params += [
+        {
+            "name": "version",
+            "in": "query",
+            "required": False,
+            "description": "read this model version (default: the champion); not with `alias`",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+        },
+        {
+            "name": "alias",
+            "in": "query",
+            "required": False,
+            "description": "read the version behind this alias, e.g. challenger (default: champion); not with version",
+            "schema": {"type": "string", "pattern": ALIAS_PATTERN, "maxLength": 64},
+        },
+        {
+            "name": "ds",
+            "in": "query",
+            "required": False,
+            "description": "read this committed partition, YYYY-MM-DD (as-of); default: the newest committed",
+            "schema": {"type": "string", "format": "date"},
+        },
+    ]
+    return params

@@ -1,0 +1,40 @@
+"""Monitoring: data quality and drift per committed partition, label quality, retraining decisions."""
+
+from __future__ import annotations
+
+from nightshift.monitoring.api import (
+    monitor_checks,
+    monitor_history,
+    plot_history,
+    reference_for,
+    retrain_requests,
+)
+from nightshift.monitoring.checks import Check, run_checks, verdict
+from nightshift.monitoring.quality import label_quality
+from nightshift.monitoring.reference import Reference, ReferenceUnavailable, build_reference, ensure_reference
+from nightshift.monitoring.results import MonitorResult
+from nightshift.monitoring.retrain import RetrainDecision, record_retrain_request, retrain_decision, retrain_run_id
+from nightshift.monitoring.runner import monitor_partition, report_partition
+
+__all__ = [
+    "Check",
+    "MonitorResult",
+    "Reference",
+    "ReferenceUnavailable",
+    "RetrainDecision",
+    "build_reference",
+    "ensure_reference",
+    "label_quality",
+    "monitor_checks",
+    "monitor_history",
+    "monitor_partition",
+    "plot_history",
+    "record_retrain_request",
+    "reference_for",
+    "report_partition",
+    "retrain_decision",
+    "retrain_requests",
+    "retrain_run_id",
+    "run_checks",
+    "verdict",
+]

@@ -1,0 +1,279 @@
+"""The nightly entry point: monitor one committed (model, ds), store the verdict, write the report, alert."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from nightshift import schema
+from nightshift.config import ModelSettings, Settings
+from nightshift.errors import NightshiftError, PartitionNotReady
+from nightshift.monitoring.checks import FAIL, INSUFFICIENT, run_checks, verdict
+from nightshift.monitoring.profile import PartitionProfile, profile_files
+from nightshift.monitoring.reference import Reference, ensure_reference
+from nightshift.monitoring.report import write_report
+from nightshift.monitoring.results import MonitorResult, save_result, set_report_uri
+from nightshift.registry import ModelVersion
+from nightshift.store import PartitionInfo, Store
+
+log = logging.getLogger(__name__)
+
+#: Entity ids per `IN (...)` query when fetching committed rows of the sample.
+_IN_CHUNK = {"sqlite": 900, "postgresql": 5000}
+
+
+def committed_rows(store: Store, run_id: int, ids: pa.Array, columns: tuple[str, ...] = ("score",)) -> pa.Table:
+    """The committed rows (entity_id + `columns`) of some ids of a run, by primary key: O(len(ids)), not O(run)."""
+    p = schema.predictions
+    wanted = pc.cast(ids, pa.string()).to_pylist()
+    step = _IN_CHUNK.get(store.dialect, 900)
+    cols = [p.c.entity_id, *(p.c[c] for c in columns)]
+    found: list[list[Any]] = [[] for _ in cols]
+    with store.connect() as conn:
+        for start in range(0, len(wanted), step):
+            chunk = wanted[start : start + step]
+            for row in conn.execute(sa.select(*cols).where(p.c.run_id == run_id, p.c.entity_id.in_(chunk))):
+                for i, v in enumerate(row):
+                    found[i].append(v)
+    return pa.table({"entity_id": pa.array(found[0], pa.string()), **{c: found[i + 1] for i, c in enumerate(columns)}})
+
+
+def aligned_scores(store: Store, run_id: int, ids: pa.Array) -> np.ndarray:
+    """Committed scores of `ids`, in their order, NaN for an id without a committed row."""
+    got = committed_rows(store, run_id, ids)
+    key = pc.cast(ids, pa.string())
+    index = pc.index_in(key, value_set=got.column("entity_id")).fill_null(-1).to_numpy(zero_copy_only=False)
+    scores = np.asarray(got.column("score").to_numpy(zero_copy_only=False), dtype=np.float64)
+    out = np.full(len(key), np.nan)
+    hit = index >= 0
+    out[hit] = scores[index[hit]]
+    return out
+
+
+def volume_history(store: Store, model: str, ds: date, days: int) -> list[int]:
+    """Committed row counts of the model's `days` newest days before `ds` (newest first; any version)."""
+    p = schema.partitions
+    q = (
+        sa.select(p.c.ds, sa.func.max(p.c.row_count))
+        .where(p.c.model == model, p.c.status == "committed", p.c.ds < ds)
+        .group_by(p.c.ds)
+        .order_by(p.c.ds.desc())
+        .limit(days)
+    )
+    with store.connect() as conn:
+        return [int(n) for _d, n in conn.execute(q)]
+
+
+def _resolve(settings: Settings, store: Store, model: str, version: int | None) -> ModelVersion:
+    from nightshift.registry import Registry
+
+    return Registry(store, settings.artifacts_uri).resolve(model, version=version)
+
+
+def _alert(settings: Settings, result: MonitorResult) -> None:
+    from nightshift.notify import notify
+
+    if result.status == FAIL:
+        failed = result.failed
+        shown = "; ".join(c.describe() for c in failed[:8]) + (f"; … {len(failed) - 8} more" if len(failed) > 8 else "")
+        notify(
+            settings,
+            "monitoring_failed" if result.kind == "data" else "label_quality_failed",
+            f"{result.model} v{result.version} ds={result.ds}: {len(failed)} check(s) failed: {shown}",
+            model=result.model,
+            version=result.version,
+            ds=result.ds,
+            kind=result.kind,
+            failed=[c.as_dict() for c in failed],
+            report_uri=result.report_uri,
+        )
+    elif result.status == INSUFFICIENT:
+        notify(
+            settings,
+            "monitoring_insufficient_data",
+            f"{result.model} v{result.version} ds={result.ds}: not enough data to judge {result.kind} "
+            f"({result.sampled_rows} sampled row(s))",
+            model=result.model,
+            version=result.version,
+            ds=result.ds,
+            kind=result.kind,
+        )
+
+
+@dataclass
+class _Night:
+    """Everything one night's checks and report are computed from."""
+
+    cfg: ModelSettings
+    mv: ModelVersion
+    part: PartitionInfo
+    reference: Reference
+    profile: PartitionProfile
+    scores: np.ndarray
+    history: list[int]
+    timings: dict[str, float]
+
+
+def _gather(settings: Settings, store: Store, model: str, ds: date, version: int | None) -> _Night:
+    from nightshift.data import inspect_partition
+
+    t0 = time.perf_counter()
+    cfg = settings.model(model)
+    mon = cfg.monitoring
+    mv = _resolve(settings, store, model, version)
+    part = store.partition(model, mv.version, ds)
+    if part is None:
+        raise PartitionNotReady(f"model {model!r} v{mv.version} has no committed partition for ds={ds}")
+    reference = ensure_reference(settings, mv)
+    t_ref = time.perf_counter()
+    features = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, ds, cfg.contract, cfg.success_marker)
+    profile = profile_files([f.uri for f in features.files], cfg.contract, cap=mon.sample_rows, seed=mon.sample_seed)
+    t_profile = time.perf_counter()
+    scores = aligned_scores(store, part.run_id, profile.sample.column(cfg.contract.entity_id))
+    history = volume_history(store, model, ds, mon.volume_window_days)
+    t_scores = time.perf_counter()
+    timings = {
+        "reference_s": round(t_ref - t0, 4),
+        "profile_s": round(t_profile - t_ref, 4),
+        "scores_s": round(t_scores - t_profile, 4),
+    }
+    return _Night(cfg, mv, part, reference, profile, scores, history, timings)
+
+
+def _open(settings: Settings, store: Store | None) -> tuple[Store, bool]:
+    if store is not None:
+        return store, False
+    from nightshift.flows import open_store
+
+    return open_store(settings), True
+
+
+def monitor_partition(
+    settings: Settings,
+    model: str,
+    ds: date,
+    *,
+    version: int | None = None,
+    store: Store | None = None,
+    report: bool | None = None,
+    alert: bool = True,
+) -> MonitorResult:
+    """Check one committed (model, version, ds): data quality on every row, drift of features and scores on
+    the hash sample against the version's reference; store the result, write the HTML report, alert on failure.
+
+    `version` defaults to the champion; `report` to `monitoring.report` (False leaves the HTML to
+    `report_partition`, e.g. a separate Airflow task). Raises PartitionNotReady when that version has no
+    committed partition for `ds`. Monitoring the same partition again replaces its stored result.
+    """
+    t0 = time.perf_counter()
+    require_monitoring(settings, model)
+    store, own_store = _open(settings, store)
+    try:
+        night = _gather(settings, store, model, ds, version)
+        cfg, mon = night.cfg, night.cfg.monitoring
+        t_checks0 = time.perf_counter()
+        checks = run_checks(
+            night.profile, night.reference, cfg, current_scores=night.scores, volume_history=night.history
+        )
+        status = verdict(checks)
+        t_checks = time.perf_counter()
+        report_at: str | None = None
+        report_error: str | None = None
+        if (mon.report if report is None else report) and night.profile.sampled_rows == 0:
+            report_error = "no rows: nothing to report"
+        elif mon.report if report is None else report:
+            try:
+                report_at = write_report(
+                    settings, cfg, night.mv.version, ds, night.profile, night.scores, night.reference, checks
+                )
+            except Exception as exc:  # noqa: BLE001 - the verdict stands without its illustration
+                report_error = f"{type(exc).__name__}: {exc}"
+                log.error("monitoring report of %s v%s ds=%s failed: %s", model, night.mv.version, ds, report_error)
+        t_report = time.perf_counter()
+        drift = next((c for c in checks if c.kind == "dataset_drift"), None)
+        reference = night.reference
+        summary: dict[str, Any] = {
+            "status": status,
+            "failed": [c.describe() for c in checks if c.failing],
+            "warnings": [c.describe() for c in checks if c.status == FAIL and not c.failing],
+            "insufficient": [c.describe() for c in checks if c.status == INSUFFICIENT],
+            "drifted_columns": (drift.detail.get("drifted", []) if drift else []),
+            "drifted_share": drift.value if drift else None,
+            "sample": night.profile.sample_info(),
+            "committed_rows": night.part.row_count,
+            "missing_scores": int(np.isnan(night.scores).sum()),
+            "reference": {
+                "uri": reference.uri,
+                "rows": reference.stats.get("rows"),
+                "sampled_rows": reference.sample.num_rows,
+                "partitions": [p.get("ds") for p in reference.partitions],
+            },
+            "report_rows": min(mon.report_rows, night.profile.sampled_rows),
+            "report_error": report_error,
+            "timings": {
+                **night.timings,
+                "checks_s": round(t_checks - t_checks0, 4),
+                "report_s": round(t_report - t_checks, 4),
+            },
+        }
+        result = MonitorResult(
+            model=model,
+            version=night.mv.version,
+            ds=ds,
+            kind="data",
+            status=status,
+            checks=checks,
+            rows=night.profile.rows,
+            sampled_rows=night.profile.sampled_rows,
+            summary=summary,
+            report_uri=report_at,
+            run_id=night.part.run_id,
+        )
+        result.seconds = time.perf_counter() - t0
+        summary["timings"]["total_s"] = round(result.seconds, 4)
+        save_result(store, result)
+        if alert:
+            _alert(settings, result)
+        return result
+    finally:
+        if own_store:
+            store.dispose()
+
+
+def report_partition(
+    settings: Settings, model: str, ds: date, *, version: int | None = None, store: Store | None = None
+) -> str:
+    """Write the Evidently HTML report of a committed (model, version, ds) and record its URI on the stored result.
+
+    The same sample, reference and thresholds as `monitor_partition`; for running the (slow) report
+    as its own task after a `monitor_partition(..., report=False)`.
+    """
+    require_monitoring(settings, model)
+    store, own_store = _open(settings, store)
+    try:
+        night = _gather(settings, store, model, ds, version)
+        checks = run_checks(
+            night.profile, night.reference, night.cfg, current_scores=night.scores, volume_history=night.history
+        )
+        uri = write_report(
+            settings, night.cfg, night.mv.version, ds, night.profile, night.scores, night.reference, checks
+        )
+        set_report_uri(store, model, night.mv.version, ds, "data", uri)
+        return uri
+    finally:
+        if own_store:
+            store.dispose()
+
+
+def require_monitoring(settings: Settings, model: str) -> None:
+    """Raise NightshiftError when monitoring is switched off for the model."""
+    if not settings.model(model).monitoring.enabled:
+        raise NightshiftError(f"monitoring of model {model!r} is disabled (monitoring.enabled = false)")

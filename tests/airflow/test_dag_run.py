@@ -1,0 +1,106 @@
+"""score_churn under real Airflow `dag.test()`: predictions and an asset event; a missing partition times out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.airflow.conftest import AF_ROWS, Webhook
+from tests.airflow.harness import load_dag
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
+
+
+def _states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+@pytest.mark.timeout(300)
+def test_dag_test_scores_the_interval_start_day_and_emits_an_asset_event(
+    project: Callable[..., Path],
+    sqlite_url: str,
+    registered: Callable[[Any], Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from nightshift.config import load_settings
+    from nightshift.flows import open_store
+
+    path = project(sqlite_url)
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(path))
+    settings = load_settings(path)
+    mv = registered(settings)
+
+    # A manual run at logical date 11-17 covers the interval [11-16, 11-17): it scores ds=11-16.
+    dag_run = load_dag("score_churn").test(logical_date=datetime(2026, 11, 17, tzinfo=UTC))
+
+    assert str(dag_run.state) == "success", _states(dag_run)
+    assert dag_run.data_interval_start == datetime(2026, 11, 16, tzinfo=UTC)
+    store = open_store(settings)
+    [part] = store.list_partitions("churn")
+    assert (part.ds, part.version, part.row_count) == (date(2026, 11, 16), mv.version, AF_ROWS)
+    ids, _scores = store.read_partition("churn", mv.version, date(2026, 11, 16)) or ([], [])
+    assert len(ids) == len(set(ids)) == AF_ROWS
+    [run] = store.runs("churn")
+    assert run["run_key"] == dag_run.run_id  # the store's run is traceable to the Airflow run
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == "nightshift_predictions_churn", AssetEvent.source_run_id == dag_run.run_id)
+        ).all()
+        assert [e.extra for e in events] == [
+            {
+                "ds": "2026-11-16",
+                "rows": AF_ROWS,
+                "version": mv.version,
+                "store_run_id": run["run_id"],
+                "replaced_run_id": None,
+            }
+        ]
+
+
+@pytest.mark.timeout(300)
+def test_missing_partition_times_out_with_a_clear_message_and_writes_nothing(
+    project: Callable[..., Path],
+    sqlite_url: str,
+    registered: Callable[[Any], Any],
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nightshift.config import load_settings
+    from nightshift.flows import open_store
+
+    path = project(sqlite_url, webhook=webhook.url)
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(path))
+    monkeypatch.setenv("NIGHTSHIFT_AIRFLOW_WAIT_TIMEOUT_S", "3")
+    monkeypatch.setenv("NIGHTSHIFT_AIRFLOW_POKE_INTERVAL_S", "1")
+    registered(load_settings(path))
+
+    # ds=2026-11-01 was never delivered: the deferred wait must give up, not score.
+    dag_run = load_dag("score_churn").test(logical_date=datetime(2026, 11, 2, tzinfo=UTC))
+
+    assert str(dag_run.state) == "failed"
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    assert str(tis["wait_for_partition"].state) == "failed"
+    assert tis["wait_for_partition"].try_number == 1  # a timed-out wait is final: no retries
+    assert tis["check_contract"].try_number == tis["score"].try_number == 0  # neither ever ran
+    assert open_store(load_settings(path)).runs("churn") == []  # nothing started, nothing written
+
+    [alert] = webhook.bodies
+    assert alert["event"] == "score_failed"
+    assert alert["details"]["ds"] == "2026-11-01"
+    assert alert["details"]["task_id"] == "wait_for_partition"
+    message = alert["message"]
+    assert "AirflowSensorTimeout" in message
+    assert "ds=2026-11-01 is not ready after waiting 3s" in message
+    assert "/features/ds=2026-11-01/_SUCCESS does not exist" in message
+    assert "nothing was scored" in message

@@ -1,0 +1,165 @@
+"""DAG integrity: dags/ parses cleanly and fast, one score_<model> DAG per model, conventions every DAG keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.airflow.harness import DAGS, PLUGINS, REPO
+from tests.conftest import write_project
+
+#: Never imported while a DAG file is parsed: heavy libraries, and anything that talks to the store.
+FORBIDDEN_AT_PARSE = (
+    "dask",
+    "distributed",
+    "onnxruntime",
+    "evidently",
+    "sklearn",
+    "pyarrow",
+    "pandas",
+    "psycopg",
+    "nightshift.store",
+    "nightshift.scoring",
+    "nightshift.registry",
+)
+#: A store nobody can reach: connecting to it would hang far longer than the parse budget.
+UNREACHABLE_STORE = "postgresql://nightshift@10.255.255.1:5432/unreachable?connect_timeout=30"
+
+
+def _dagbag(project: Path | None = None) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    old = os.environ.get("NIGHTSHIFT_CONFIG")
+    if project is not None:
+        os.environ["NIGHTSHIFT_CONFIG"] = str(project)
+    try:
+        return DagBag(dag_folder=str(DAGS), bundle_name="dags-folder")
+    finally:
+        if project is not None:
+            if old is None:
+                os.environ.pop("NIGHTSHIFT_CONFIG", None)
+            else:
+                os.environ["NIGHTSHIFT_CONFIG"] = old
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> Any:
+    return _dagbag()
+
+
+def test_dags_import_without_errors(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+    assert "score_churn" in dagbag.dags
+
+
+def test_every_dag_has_an_owner_tags_retries_and_a_failure_alert(dagbag: Any) -> None:
+    from nightshift_airflow.runtime import alert_on_failure
+
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.owner not in ("", "airflow"), dag_id
+        assert "nightshift" in dag.tags, dag_id
+        for task in dag.tasks:
+            where = f"{dag_id}.{task.task_id}"
+            assert task.retries >= 2, where
+            assert task.retry_exponential_backoff > 1, where
+            assert task.max_retry_delay is not None, where
+            assert alert_on_failure in (task.on_failure_callback or []), where
+
+
+def test_scoring_dag_shape(dagbag: Any) -> None:
+    from airflow.sdk import CronDataIntervalTimetable
+
+    from nightshift_airflow.sensors import PartitionReadySensor
+
+    dag = dagbag.dags["score_churn"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)  # ds comes from the data interval
+    assert dag.catchup is False
+    assert 1 < dag.max_active_runs <= 16
+    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_partition", "check_contract", "score"]
+    wait = dag.get_task("wait_for_partition")
+    assert isinstance(wait, PartitionReadySensor)
+    assert wait.deferrable is True
+    assert 0 < wait.timeout <= timedelta(hours=24).total_seconds()
+    assert [a.name for a in dag.get_task("score").outlets] == ["nightshift_predictions_churn"]
+
+
+def test_one_dag_per_model_in_the_project_file(tmp_path: Path) -> None:
+    project = write_project(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "data")
+    text = project.read_text()
+    churn = text[text.index("[[models]]") :]
+    project.write_text(text + "\n" + churn.replace('name = "churn"', 'name = "upsell"'))
+
+    bag = _dagbag(project)
+
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == ["score_churn", "score_upsell"]
+    assert bag.dags["score_upsell"].get_task("wait_for_partition").root == str((tmp_path / "data/features").resolve())
+
+
+def test_a_broken_project_file_is_a_visible_import_error(tmp_path: Path) -> None:
+    project = tmp_path / "nightshift.toml"
+    project.write_text('[[models]]\nname = "Bad Name"\n')
+
+    bag = _dagbag(project)
+
+    assert bag.dags == {}
+    [error] = bag.import_errors.values()
+    assert "invalid settings" in error
+    assert "models[0] (Bad Name).name" in error
+
+
+_PARSE_PROBE = """
+import json, sys, time, importlib.util
+import airflow.sdk                        # what the dag processor has loaded already
+from airflow.sdk import BaseSensorOperator, dag, task
+before = set(sys.modules)
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("probe_dag_file", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+seconds = time.perf_counter() - t0
+new = sorted(set(sys.modules) - before)
+print(json.dumps({"seconds": seconds, "new": new, "dags": sorted(k for k in vars(module) if k.startswith("score_"))}))
+"""
+
+
+def _probe(path: Path, env_extra: dict[str, str]) -> dict[str, Any]:
+    env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(REPO)])}
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE_PROBE, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.slow
+def test_dag_file_parses_fast_without_heavy_imports_or_a_database() -> None:
+    # The store points at an unreachable PostgreSQL: touching it at parse time would hang or fail.
+    result = _probe(DAGS / "score_models.py", {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
+
+    assert result["dags"] == ["score_churn"]
+    loaded = [m for m in result["new"] if m.split(".")[0] in FORBIDDEN_AT_PARSE or m in FORBIDDEN_AT_PARSE]
+    assert loaded == []
+    assert result["seconds"] < 1.0, f"parsing took {result['seconds']:.3f}s (typically 0.1s)"
+
+
+@pytest.mark.slow
+def test_plugin_imports_cheaply_without_a_database() -> None:
+    result = _probe(PLUGINS / "nightshift_plugin.py", {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
+
+    loaded = [m for m in result["new"] if m.split(".")[0] in FORBIDDEN_AT_PARSE or m in FORBIDDEN_AT_PARSE]
+    assert loaded == []
+    assert "nightshift.config" not in result["new"]  # the app (and its settings) are built on first request
+    assert result["seconds"] < 1.0, f"importing the plugin took {result['seconds']:.3f}s (typically 0.01s)"

@@ -1,0 +1,112 @@
+"""The sampling policy (cap, determinism, nesting) and the distance and quality formulas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nightshift.contracts import Column, ColumnType, FeatureContract
+from nightshift.monitoring import stats
+from nightshift.monitoring.profile import profile_batches, profile_files
+from nightshift.monitoring.sampling import entity_hashes
+
+CONTRACT = FeatureContract(
+    entity_id="id",
+    columns=(
+        Column(name="x", type=ColumnType.float64, min=-10, max=10),
+        Column(name="c", type=ColumnType.string),
+    ),
+)
+
+
+def _big(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows)
+    x[rng.random(rows) < 0.01] = np.nan
+    return pa.table(
+        {
+            "id": pa.array(np.arange(rows, dtype=np.int64) * 7 + 3),
+            "x": pa.array(x),
+            "c": pa.array(rng.choice(["a", "b", "c"], rows)),
+        }
+    )
+
+
+def test_sample_cap_is_respected_on_a_large_partition(tmp_path: Path) -> None:
+    rows = 400_000
+    table = _big(rows)
+    for i, start in enumerate(range(0, rows, 100_000)):
+        pq.write_table(table.slice(start, 100_000), tmp_path / f"part-{i}.parquet", row_group_size=50_000)
+    files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
+    profile = profile_files(files, CONTRACT, cap=5_000, seed=3)
+    assert profile.rows == rows
+    assert profile.sampled_rows == 5_000
+    assert profile.columns["x"].missing == int(np.isnan(table.column("x").to_numpy()).sum())  # exact, every row
+    info = profile.sample_info()
+    assert info["cap"] == 5_000
+    assert info["sampled_rows"] == 5_000
+    assert info["rows"] == rows
+    # The same entities whatever the file order and batch size; a smaller cap is a prefix.
+    reordered = profile_batches(
+        reversed(table.to_batches(max_chunksize=30_000)), CONTRACT, expected_rows=rows, cap=5_000, seed=3
+    )
+    ids = profile.sample.column("id").to_pylist()
+    assert reordered.sample.column("id").to_pylist() == ids
+    small = profile_files(files, CONTRACT, cap=500, seed=3)
+    assert small.sample.column("id").to_pylist() == ids[:500]
+    other_seed = profile_files(files, CONTRACT, cap=5_000, seed=4)
+    assert len(set(other_seed.sample.column("id").to_pylist()) & set(ids)) < 500
+
+
+def test_string_and_integer_ids_hash_deterministically() -> None:
+    ints = pa.array([1, 2, 3, 1], pa.int64())
+    strings = pa.array(["1", "2", "3", "1"])
+    for ids in (ints, strings):
+        h = entity_hashes(ids, 0)
+        assert h.dtype == np.uint64
+        assert h[0] == h[3]
+        assert len(set(h.tolist())) == 3
+        assert (entity_hashes(ids, 0) == h).all()
+        assert not (entity_hashes(ids, 1) == h).all()
+
+
+def test_distances_match_scipy() -> None:
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=5000), rng.normal(0.3, 1.2, size=4000)
+    assert stats.wasserstein_normed(a, b) == pytest.approx(wasserstein_distance(a, b) / np.std(a), rel=1e-9)
+    assert stats.wasserstein_normed(np.ones(10), np.ones(20)) == 0.0  # single-valued: no division by zero
+    assert stats.wasserstein_normed(np.ones(10), np.full(10, 2.0)) == pytest.approx(1000.0)
+    p, q = np.array([0.5, 0.3, 0.2, 0.0]), np.array([0.4, 0.3, 0.2, 0.1])
+    assert stats.jensenshannon(p, q) == pytest.approx(jensenshannon(p, q), rel=1e-9)
+    ref, cur = {"a": 50, "b": 50}, {"a": 50, "b": 40, "new": 10}
+    assert stats.categorical_distance("jensenshannon", ref, cur) == pytest.approx(
+        jensenshannon([0.5, 0.5, 0.0], [0.5, 0.4, 0.1])
+    )
+    assert stats.categorical_distance("psi", ref, ref) == pytest.approx(0.0)
+    assert stats.numeric_distance("psi", a, a) == pytest.approx(0.0)
+    assert stats.numeric_distance("jensenshannon", a, b) > stats.numeric_distance("jensenshannon", a, a[::-1])
+
+
+def test_label_metrics_match_scikit_learn() -> None:
+    from sklearn.metrics import log_loss, precision_score, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(3000) < 0.3).astype(int)
+    p = np.clip(0.3 + 0.3 * (y - 0.3) + rng.normal(0, 0.2, 3000), 0.01, 0.99)
+    p[:100] = 0.5  # ties
+    pred = (p >= 0.5).astype(int)
+    m = stats.label_metrics(y, p, pred)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p), rel=1e-9)
+    assert m["log_loss"] == pytest.approx(log_loss(y, p), rel=1e-9)
+    assert m["precision"] == pytest.approx(precision_score(y, pred))
+    assert m["recall"] == pytest.approx(recall_score(y, pred))
+    assert m["n"] == 3000
+    assert m["base_rate"] == pytest.approx(y.mean())
+    assert np.isnan(stats.roc_auc(np.ones(5), np.linspace(0, 1, 5)))
