@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo test lint typecheck pytest sql clean
+.PHONY: help install demo demo-loop test lint typecheck pytest sql clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ install: $(UV)  ## install the locked dependencies (all extras, dev tools) into 
 
 demo: install  ## the demo: data, train, register, then the nightly scoring run through Airflow, read back
 	$(AIRFLOW_RUN) python -m nightshift_airflow.demo
+
+demo-loop: install  ## one full loop on fresh demo data: drift → monitoring fails → retrain → gates → rollout
+	$(RUN) nightshift demo-loop
 
 test: install lint typecheck pytest  ## lint, type-check and run the test suite
 

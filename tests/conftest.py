@@ -246,7 +246,7 @@ def dask_client() -> Iterator[Any]:
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB"
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", memory_limit="2GiB"
         ) as cluster,
         Client(cluster) as client,
     ):

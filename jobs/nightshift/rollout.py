@@ -463,10 +463,20 @@ class Rollouts:
         return when.date() >= ds - timedelta(days=days)
 
     def advance(
-        self, model: str, ds: date, *, champion_ok: bool | None, challenger_ok: bool | None, by: str | None = None
+        self,
+        model: str,
+        ds: date,
+        *,
+        champion_ok: bool | None,
+        challenger_ok: bool | None,
+        previous_ok: bool | None = None,
+        by: str | None = None,
     ) -> str:
         """After the night's monitoring: roll back a failing new champion, or move a rollout along.
 
+        A champion promoted within the rollback window whose monitoring fails is rolled back —
+        unless the previous version, monitored the same night (`previous_ok`), fails too: then
+        the data moved, not the model, and going back would not help (the failure still alerts).
         Idempotent per ds. Returns what happened, as a word: rolled_back, aborted, promoted,
         healthy, unchanged.
         """
@@ -474,6 +484,7 @@ class Rollouts:
         who = by or "nightshift"
         if (
             champion_ok is False
+            and previous_ok is not False
             and self._promoted_within(model, ds, cfg.rollout.rollback_window_days)
             and PREVIOUS in self.registry.aliases(model)
         ):

@@ -183,6 +183,20 @@ def register(app: typer.Typer) -> None:
         status = _rollouts(config).approve(model, version, note=note)
         out.print(f"{model} v{version}: approved, {status}")
 
+    @app.command("demo-loop")
+    def demo_loop_cmd(
+        config: ConfigOpt = None,
+        model: str = typer.Option("churn", "--model", "-m"),
+        start: str = typer.Option("", help="first day (default: 6 days before yesterday)"),
+        rows_per_day: int = typer.Option(50_000, min=5_000),
+        drift: str = typer.Option("mean_shift:monthly_charges:1.5", help="kind:column:magnitude"),
+    ) -> None:
+        """One full loop on fresh demo data: drift → monitoring fails → retrain → gates → rollout."""
+        from nightshift.demo_loop import run_loop
+
+        first = _day(start) if start else date.today() - timedelta(days=6)
+        run_loop(_settings(config), model, start=first, rows_per_day=rows_per_day, drift=drift, say=out.print)
+
     @app.command("compare")
     def compare_cmd(
         model: ModelOpt,

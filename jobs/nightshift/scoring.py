@@ -225,7 +225,7 @@ def dask_client(
             threads_per_worker=settings.threads_per_worker,
             processes=settings.processes,
             memory_limit=settings.memory_limit,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server runs anyway: a free loopback port
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as c,

@@ -185,3 +185,11 @@ def test_the_blue_green_switch_is_atomic_for_concurrent_readers(store_url: str, 
     t.join()
     # Only whole states: (1, None) at first, then (2, 1) and (1, 2); never a half switch.
     assert seen <= {(1, None), (2, 1), (1, 2)}
+
+
+def test_no_rollback_when_the_previous_version_fails_the_same_night(store_url: str, make_settings: Any) -> None:
+    _settings, r = _with_champion(make_settings, store_url, "rollback_window_days = 3")
+    assert r.retrain("churn", SCORE_DS, trigger={"kind": "manual"}).status == "promoted"
+    # The data moved: both versions fail their monitoring, so going back would not help.
+    assert r.advance("churn", date.today(), champion_ok=False, challenger_ok=None, previous_ok=False) == "unchanged"
+    assert r.registry.aliases("churn") == {CHAMPION: 2, PREVIOUS: 1}
