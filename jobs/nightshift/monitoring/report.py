@@ -148,7 +148,7 @@ def plot_drift_history(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.dates import DateFormatter, date2num
+    from matplotlib.dates import AutoDateLocator, DateFormatter, date2num
 
     series: dict[str, dict[date, float]] = {}
     failing_nights: set[date] = set()
@@ -181,6 +181,11 @@ def plot_drift_history(
     ax.legend(loc="upper left", fontsize=8, ncols=2)
     ax.grid(alpha=0.3)
     ax.xaxis_date()
+    # Whole days only: with a few nights the default locator would repeat a date.
+    locator = AutoDateLocator(minticks=2, maxticks=10, interval_multiples=True)
+    locator.intervald[3] = [1, 2, 7, 14]  # DAILY: steps of whole days
+    locator.intervald[4] = [24]  # HOURLY: never finer than a day
+    ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
     fig.autofmt_xdate()
     fs, path = fsspec.core.url_to_fs(out_uri)
