@@ -6,9 +6,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, dag, get_parsing_context, task
 
-from nightshift_airflow.runtime import alert_on_failure, load_project
+from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 from nightshift_airflow.sensors import PartitionReadySensor
 
 #: Every day at midnight UTC the run for yesterday's interval starts; ds = the interval's start day.
@@ -19,19 +20,20 @@ POKE_INTERVAL_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_POKE_INTERVAL_S", 60)
 #: Runs of one model at once (waiting is deferred, so cheap); scoring tasks at once, each starts a Dask cluster.
 MAX_ACTIVE_RUNS = 8
 MAX_PARALLEL_SCORING = 2
+#: The order the versions of a night are scored in: the served champion first.
+ALIAS_ORDER = ("champion", "challenger", "previous")
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-    "on_failure_callback": alert_on_failure,
-}
+__all__ = ["DEFAULT_ARGS", "predictions_asset", "scoring_dag"]
 
 
 def predictions_asset(model: str) -> Asset:
     """The model's committed predictions; each event's extra carries ds, rows, version and the store run."""
     return Asset(name=f"nightshift_predictions_{model}", uri=f"x-nightshift://predictions/{model}", group="nightshift")
+
+
+def _decision(key: str) -> str:
+    """A Jinja expression reading one key of the retrain_decision task's XCom."""
+    return "{{ ti.xcom_pull(task_ids='retrain_decision')['" + key + "'] }}"
 
 
 def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner: str, description: str) -> DAG:
@@ -47,9 +49,12 @@ def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner
         dagrun_timeout=timedelta(hours=12),
         default_args={**DEFAULT_ARGS, "owner": owner},
         tags=["nightshift", "scoring", model],
-        doc_md=f"Scores partition `{partition_key}=<ds>` of `{dataset}` with the champion of **{model}**, where "
-        "ds is the day the run's data interval starts (a backfill of dates A..B scores ds A..B; the nightly "
-        "run at midnight scores yesterday). Re-running a date replaces its predictions atomically.",
+        doc_md=f"Scores partition `{partition_key}=<ds>` of `{dataset}` with every version of **{model}** the "
+        "rollout serves or watches (champion first, then a shadow/canary challenger, then `previous` during a "
+        "rollback window or under blue/green), where ds is the day the run's data interval starts (a backfill "
+        "of dates A..B scores ds A..B; the nightly run at midnight scores yesterday). Re-running a date replaces "
+        "its predictions atomically. Then it monitors the night, moves the rollout along (or rolls back) and "
+        f"triggers `retrain_{model}` when the retraining decision says so.",
     )
     def score_model() -> None:
         wait = PartitionReadySensor(
@@ -74,22 +79,126 @@ def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner
 
         @task(outlets=[predictions], max_active_tis_per_dag=MAX_PARALLEL_SCORING)
         def score(**context: Any) -> dict[str, Any]:
-            """Score the partition on Dask with ONNX Runtime and commit it atomically, then emit the asset event."""
+            """Score the partition with every version the rollout needs (champion first) and commit each atomically."""
+            from nightshift.rollout import Rollouts
             from nightshift.scoring import score_partition
             from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, run_settings
 
-            with fail_without_retry_on_bad_input():
-                summary = score_partition(run_settings(), model, ds_of(context), run_key=context["run_id"])
-            context["outlet_events"][predictions].extra = {
-                "ds": summary.ds.isoformat(),
-                "rows": summary.rows,
-                "version": summary.version,
-                "store_run_id": summary.run_id,
-                "replaced_run_id": summary.replaced_run_id,
-            }
-            return summary.as_dict()
+            settings, ds = run_settings(), ds_of(context)
+            rollouts = Rollouts(settings)
+            try:
+                versions: dict[str, int | None] = dict(rollouts.versions_to_score(model, ds))
+            finally:
+                rollouts.store.dispose()
+            if "champion" not in versions:  # no champion: score_partition says so, without retrying
+                versions = {"champion": None, **versions}
+            order = sorted(versions, key=lambda a: ALIAS_ORDER.index(a) if a in ALIAS_ORDER else len(ALIAS_ORDER))
+            scored: dict[str, dict[str, Any]] = {}
+            for alias in order:
+                with fail_without_retry_on_bad_input():
+                    summary = score_partition(settings, model, ds, version=versions[alias], run_key=context["run_id"])
+                scored[alias] = {
+                    "version": summary.version,
+                    "rows": summary.rows,
+                    "store_run_id": summary.run_id,
+                    "replaced_run_id": summary.replaced_run_id,
+                }
+            champion = scored["champion"]
+            context["outlet_events"][predictions].extra = {"ds": ds.isoformat(), **champion, "versions": scored}
+            return {"ds": ds.isoformat(), "versions": scored}
 
-        wait >> check_contract() >> score()
+        @task
+        def monitor(scored: Any, **context: Any) -> dict[str, Any]:
+            """Monitor the night's champion (and challenger, and previous during a rollback window): the verdict is
+            data, a failing night does not fail. The previous version's verdict tells advance_rollout whether the
+            data moved (both fail: no rollback) or the new champion did (only it fails: roll back)."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from nightshift.monitoring import ReferenceUnavailable, monitor_partition
+            from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, run_settings
+
+            settings, ds = run_settings(), ds_of(context)
+            if not settings.model(model).monitoring.enabled:
+                raise AirflowSkipException(f"monitoring of {model} is disabled (monitoring.enabled = false)")
+            night: dict[str, Any] = {"ds": ds.isoformat()}
+            for alias in ALIAS_ORDER:
+                version = scored["versions"].get(alias, {}).get("version")
+                if version is None:
+                    night[alias], night[f"{alias}_ok"] = None, None
+                    continue
+                # monitor_partition stores the verdict and notifies on a failing or unjudgeable night itself.
+                with fail_without_retry_on_bad_input(ReferenceUnavailable):
+                    result = monitor_partition(settings, model, ds, version=int(version), report=False)
+                night[alias], night[f"{alias}_ok"] = result.as_dict(), result.ok
+            return night
+
+        @task
+        def report(night: Any, **context: Any) -> dict[str, str]:
+            """The Evidently HTML report of each monitored version (slow; a branch of its own, blocking nothing)."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from nightshift.monitoring import report_partition
+            from nightshift_airflow.runtime import ds_of, run_settings
+
+            settings, ds = run_settings(), ds_of(context)
+            if not settings.model(model).monitoring.report:
+                raise AirflowSkipException(f"HTML reports of {model} are off (monitoring.report = false)")
+            uris: dict[str, str] = {}
+            for alias in ("champion", "challenger"):
+                result = night.get(alias)
+                if result and result["sampled_rows"] > 0:  # an empty night has nothing to show
+                    uris[alias] = report_partition(settings, model, ds, version=int(result["version"]))
+            return uris
+
+        @task
+        def advance_rollout(night: Any, **context: Any) -> str:
+            """Roll back a failing new champion, or count/abort/promote a shadow or canary rollout."""
+            from nightshift.rollout import Rollouts
+            from nightshift_airflow.runtime import ds_of, run_settings
+
+            rollouts = Rollouts(run_settings())
+            try:
+                return rollouts.advance(
+                    model,
+                    ds_of(context),
+                    champion_ok=night["champion_ok"],
+                    challenger_ok=night["challenger_ok"],
+                    previous_ok=night.get("previous_ok"),
+                    by=f"airflow:{context['dag'].dag_id}",
+                )
+            finally:
+                rollouts.store.dispose()
+
+        @task.short_circuit
+        def retrain_decision(night: Any, advanced: Any, **context: Any) -> dict[str, Any] | bool:
+            """Hysteresis + cooldown over the stored verdicts; trigger_retrain runs only when this says trigger."""
+            from nightshift.monitoring import retrain_decision as decide
+            from nightshift_airflow.runtime import ds_of, run_settings
+
+            champion = night.get("champion") or {}
+            version = champion.get("version")
+            decision = decide(run_settings(), model, ds_of(context), version=int(version) if version else None)
+            return decision.as_dict() if decision.trigger else False
+
+        trigger_retrain = TriggerDagRunOperator(
+            task_id="trigger_retrain",
+            trigger_dag_id=f"retrain_{model}",
+            # Deterministic per (model, ds): a replayed decision finds its run and is skipped, never doubled.
+            trigger_run_id=_decision("run_id"),
+            skip_when_already_exists=True,
+            conf={
+                "ds": _decision("ds"),
+                "reason": _decision("reason"),
+                "source": "drift",
+                "monitored_version": _decision("version"),
+                "decision_run_id": _decision("run_id"),
+                "requested_by": "{{ dag.dag_id }}/{{ run_id }}",
+            },
+        )
+
+        night = monitor(wait >> check_contract() >> score())
+        report(night)
+        retrain_decision(night, advance_rollout(night)) >> trigger_retrain
 
     return score_model()
 

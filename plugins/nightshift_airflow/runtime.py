@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +98,8 @@ def ds_of(context: Any) -> date:
 
 
 @contextmanager
-def fail_without_retry_on_bad_input() -> Iterator[None]:
-    """Turn failures a retry cannot fix (bad data, missing model) into AirflowFailException; others retry."""
+def fail_without_retry_on_bad_input(*also: type[BaseException]) -> Iterator[None]:
+    """Turn failures a retry cannot fix (bad data, missing model, and `also`) into AirflowFailException."""
     from nightshift.errors import (
         ArtifactIntegrityError,
         ConfigError,
@@ -109,27 +109,46 @@ def fail_without_retry_on_bad_input() -> Iterator[None]:
         ParityError,
     )
 
+    final = (ContractError, ModelNotFound, ModelSchemaError, ArtifactIntegrityError, ConfigError, ParityError, *also)
     try:
         yield
-    except (ContractError, ModelNotFound, ModelSchemaError, ArtifactIntegrityError, ConfigError, ParityError) as exc:
+    except final as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+#: Tasks of score_<model> that run after the commit: their failure leaves the night's predictions serving.
+AFTER_COMMIT_TASKS = frozenset({"monitor", "report", "advance_rollout", "retrain_decision", "trigger_retrain"})
+
+
+def _failure_event(dag_id: str, task_id: str) -> tuple[str, str]:
+    """The notifier event and the sentence on what still serves, for a failed task."""
+    if dag_id.startswith("retrain_"):
+        return "retrain_failed", "No alias moved: the serving model is unchanged."
+    if task_id in AFTER_COMMIT_TASKS:
+        return "monitoring_task_failed", "The night's predictions are committed and serve; monitoring is incomplete."
+    return "score_failed", "The previous predictions of this partition still serve."
+
+
 def alert_on_failure(context: Any) -> None:
     """on_failure_callback: one clear log line, then the project's notifier (webhook if configured)."""
     ti = context.get("ti") or context.get("task_instance")
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
-    task_id = getattr(ti, "task_id", "?")
+    dag_id = str(getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?"))
+    task_id = str(getattr(ti, "task_id", "?"))
     run_id = context.get("run_id") or getattr(ti, "run_id", "?")
     exc = context.get("exception")
     start = context.get("data_interval_start")
-    ds = ds_of(context).isoformat() if isinstance(start, datetime) else None
+    params = context.get("params") or {}
+    if dag_id.startswith("retrain_"):
+        ds = str(params.get("ds") or "") or None
+    else:
+        ds = ds_of(context).isoformat() if isinstance(start, datetime) else None
     error = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+    event, still = _failure_event(dag_id, task_id)
     message = (
         f"{dag_id}.{task_id} failed for ds={ds or '?'} (run {run_id}, try {getattr(ti, 'try_number', '?')}): {error}. "
-        "The previous predictions of this partition still serve."
+        + still
     )
     log.error("%s", message)
     try:
@@ -138,7 +157,7 @@ def alert_on_failure(context: Any) -> None:
         settings = load_project()
         notify(
             settings,
-            "score_failed",
+            event,
             message,
             dag_id=dag_id,
             task_id=task_id,
@@ -149,3 +168,13 @@ def alert_on_failure(context: Any) -> None:
         )
     except Exception:  # a broken project file must not hide the original failure
         log.exception("could not send the failure alert for %s.%s", dag_id, task_id)
+
+
+#: Every task of every nightshift DAG: 2 retries with doubling backoff, and the failure alert.
+DEFAULT_ARGS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "on_failure_callback": alert_on_failure,
+}

@@ -20,7 +20,7 @@ def _states(dag_run: Any) -> dict[str, str]:
 
 
 @pytest.mark.timeout(300)
-def test_dag_test_scores_the_interval_start_day_and_emits_an_asset_event(
+def test_dag_test_scores_the_interval_start_day_emits_an_asset_event_and_monitors_the_night(
     project: Callable[..., Path],
     sqlite_url: str,
     registered: Callable[[Any], Any],
@@ -32,17 +32,29 @@ def test_dag_test_scores_the_interval_start_day_and_emits_an_asset_event(
 
     from nightshift.config import load_settings
     from nightshift.flows import open_store
+    from nightshift.monitoring import monitor_history, reference_for
 
     path = project(sqlite_url)
     monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(path))
     settings = load_settings(path)
     mv = registered(settings)
+    # Registered by hand (no training partitions recorded): its monitoring reference comes from chosen days.
+    reference_for(settings, "churn", version=mv.version, days=[date(2026, 11, 12), date(2026, 11, 13)])
 
     # A manual run at logical date 11-17 covers the interval [11-16, 11-17): it scores ds=11-16.
     dag_run = load_dag("score_churn").test(logical_date=datetime(2026, 11, 17, tzinfo=UTC))
 
     assert str(dag_run.state) == "success", _states(dag_run)
     assert dag_run.data_interval_start == datetime(2026, 11, 16, tzinfo=UTC)
+    states = _states(dag_run)
+    for task_id in ("score", "monitor", "report", "advance_rollout"):
+        assert states[task_id] == "success", states
+    # The decision ran; one failing night is below the hysteresis (2 of 3), so nothing is triggered.
+    assert (states["retrain_decision"], states["trigger_retrain"]) == ("success", "skipped"), states
+    [night] = monitor_history(settings, "churn")
+    assert (night["ds"], night["version"], night["kind"]) == (date(2026, 11, 16), mv.version, "data")
+    assert night["status"] in ("pass", "fail", "insufficient_data")
+    assert night["report_uri"]  # written by the separate report task
     store = open_store(settings)
     [part] = store.list_partitions("churn")
     assert (part.ds, part.version, part.row_count) == (date(2026, 11, 16), mv.version, AF_ROWS)
@@ -64,6 +76,14 @@ def test_dag_test_scores_the_interval_start_day_and_emits_an_asset_event(
                 "version": mv.version,
                 "store_run_id": run["run_id"],
                 "replaced_run_id": None,
+                "versions": {
+                    "champion": {
+                        "version": mv.version,
+                        "rows": AF_ROWS,
+                        "store_run_id": run["run_id"],
+                        "replaced_run_id": None,
+                    }
+                },
             }
         ]
 
@@ -93,6 +113,7 @@ def test_missing_partition_times_out_with_a_clear_message_and_writes_nothing(
     assert str(tis["wait_for_partition"].state) == "failed"
     assert tis["wait_for_partition"].try_number == 1  # a timed-out wait is final: no retries
     assert tis["check_contract"].try_number == tis["score"].try_number == 0  # neither ever ran
+    assert tis["monitor"].try_number == 0
     assert open_store(load_settings(path)).runs("churn") == []  # nothing started, nothing written
 
     [alert] = webhook.bodies
@@ -104,3 +125,28 @@ def test_missing_partition_times_out_with_a_clear_message_and_writes_nothing(
     assert "ds=2026-11-01 is not ready after waiting 3s" in message
     assert "/features/ds=2026-11-01/_SUCCESS does not exist" in message
     assert "nothing was scored" in message
+
+
+@pytest.mark.timeout(300)
+def test_dag_test_of_retrain_records_a_gated_candidate(
+    project: Callable[..., Path],
+    sqlite_url: str,
+    registered: Callable[[Any], Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nightshift.config import load_settings
+    from nightshift.rollout import Rollouts
+
+    path = project(sqlite_url)
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(path))
+    settings = load_settings(path)
+    registered(settings)
+
+    dag_run = load_dag("retrain_churn").test(run_conf={"ds": "2026-11-16", "reason": "test: by hand"})
+
+    assert str(dag_run.state) == "success", _states(dag_run)
+    [candidate] = Rollouts(settings).candidates("churn")
+    assert candidate["status"] in ("promoted", "rejected"), candidate
+    assert candidate["trigger"]["reason"] == "test: by hand"
+    assert candidate["trigger"]["dag_run_id"] == dag_run.run_id
+    assert _states(dag_run)["approval"] == "skipped"  # require_approval is off: no human step

@@ -56,7 +56,7 @@ def dagbag() -> Any:
 
 def test_dags_import_without_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert "score_churn" in dagbag.dags
+    assert sorted(dagbag.dags) == ["retrain_churn", "score_churn"]
 
 
 def test_every_dag_has_an_owner_tags_retries_and_a_failure_alert(dagbag: Any) -> None:
@@ -74,6 +74,8 @@ def test_every_dag_has_an_owner_tags_retries_and_a_failure_alert(dagbag: Any) ->
 
 
 def test_scoring_dag_shape(dagbag: Any) -> None:
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk import CronDataIntervalTimetable
 
     from nightshift_airflow.sensors import PartitionReadySensor
@@ -82,12 +84,50 @@ def test_scoring_dag_shape(dagbag: Any) -> None:
     assert isinstance(dag.timetable, CronDataIntervalTimetable)  # ds comes from the data interval
     assert dag.catchup is False
     assert 1 < dag.max_active_runs <= 16
-    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_partition", "check_contract", "score"]
+    assert _edges(dag) == {
+        ("wait_for_partition", "check_contract"),
+        ("check_contract", "score"),
+        ("score", "monitor"),
+        ("monitor", "report"),  # a branch of its own: a failing report blocks nothing
+        ("monitor", "advance_rollout"),
+        ("monitor", "retrain_decision"),
+        ("advance_rollout", "retrain_decision"),
+        ("retrain_decision", "trigger_retrain"),
+    }
     wait = dag.get_task("wait_for_partition")
     assert isinstance(wait, PartitionReadySensor)
     assert wait.deferrable is True
     assert 0 < wait.timeout <= timedelta(hours=24).total_seconds()
     assert [a.name for a in dag.get_task("score").outlets] == ["nightshift_predictions_churn"]
+    decide = dag.get_task("retrain_decision")
+    assert isinstance(decide, ShortCircuitOperator)  # trigger_retrain runs only when the decision says trigger
+    trigger = dag.get_task("trigger_retrain")
+    assert isinstance(trigger, TriggerDagRunOperator)
+    assert trigger.trigger_dag_id == "retrain_churn"
+    assert trigger.skip_when_already_exists is True  # a replayed decision (same run id) is skipped, not doubled
+    assert "retrain_decision" in str(trigger.trigger_run_id)
+
+
+def test_retraining_dag_shape(dagbag: Any) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    dag = dagbag.dags["retrain_churn"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # schedule None: triggered by monitoring or by hand
+    assert dag.max_active_runs == 1
+    assert set(dag.params) == {"ds", "reason"}
+    assert _edges(dag) == {
+        ("retrain", "needs_approval"),
+        ("needs_approval", "approval"),
+        ("approval", "approve"),
+        ("retrain", "approve"),  # the outcome's version
+    }
+    assert isinstance(dag.get_task("needs_approval"), ShortCircuitOperator)
+    assert isinstance(dag.get_task("approval"), ApprovalOperator)
+
+
+def _edges(dag: Any) -> set[tuple[str, str]]:
+    return {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
 
 
 def test_one_dag_per_model_in_the_project_file(tmp_path: Path) -> None:
@@ -99,7 +139,7 @@ def test_one_dag_per_model_in_the_project_file(tmp_path: Path) -> None:
     bag = _dagbag(project)
 
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["score_churn", "score_upsell"]
+    assert sorted(bag.dags) == ["retrain_churn", "retrain_upsell", "score_churn", "score_upsell"]
     assert bag.dags["score_upsell"].get_task("wait_for_partition").root == str((tmp_path / "data/features").resolve())
 
 
@@ -110,14 +150,16 @@ def test_a_broken_project_file_is_a_visible_import_error(tmp_path: Path) -> None
     bag = _dagbag(project)
 
     assert bag.dags == {}
-    [error] = bag.import_errors.values()
-    assert "invalid settings" in error
-    assert "models[0] (Bad Name).name" in error
+    assert sorted(Path(f).name for f in bag.import_errors) == ["retrain_models.py", "score_models.py"]
+    for error in bag.import_errors.values():
+        assert "invalid settings" in error
+        assert "models[0] (Bad Name).name" in error
 
 
 _PARSE_PROBE = """
 import json, sys, time, importlib.util
-import airflow.sdk                        # what the dag processor has loaded already
+import airflow.sdk                        # what the dag processor has loaded already: the SDK and
+import airflow.dag_processing.processor   # the processor module its parsing process runs (ORM, SQLAlchemy)
 from airflow.sdk import BaseSensorOperator, dag, task
 before = set(sys.modules)
 t0 = time.perf_counter()
@@ -126,7 +168,8 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 seconds = time.perf_counter() - t0
 new = sorted(set(sys.modules) - before)
-print(json.dumps({"seconds": seconds, "new": new, "dags": sorted(k for k in vars(module) if k.startswith("score_"))}))
+dags = sorted(k for k in vars(module) if k.startswith(("score_", "retrain_")) and not callable(vars(module)[k]))
+print(json.dumps({"seconds": seconds, "new": new, "dags": dags}))
 """
 
 
@@ -145,11 +188,14 @@ def _probe(path: Path, env_extra: dict[str, str]) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_dag_file_parses_fast_without_heavy_imports_or_a_database() -> None:
+@pytest.mark.parametrize(
+    ("dag_file", "dag_id"), [("score_models.py", "score_churn"), ("retrain_models.py", "retrain_churn")]
+)
+def test_dag_file_parses_fast_without_heavy_imports_or_a_database(dag_file: str, dag_id: str) -> None:
     # The store points at an unreachable PostgreSQL: touching it at parse time would hang or fail.
-    result = _probe(DAGS / "score_models.py", {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
+    result = _probe(DAGS / dag_file, {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
 
-    assert result["dags"] == ["score_churn"]
+    assert result["dags"] == [dag_id]
     loaded = [m for m in result["new"] if m.split(".")[0] in FORBIDDEN_AT_PARSE or m in FORBIDDEN_AT_PARSE]
     assert loaded == []
     assert result["seconds"] < 1.0, f"parsing took {result['seconds']:.3f}s (typically 0.1s)"
