@@ -56,7 +56,7 @@ def dagbag() -> Any:
 
 def test_dags_import_without_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dags) == ["retrain_churn", "score_churn"]
+    assert sorted(dagbag.dags) == ["quality_churn", "retrain_churn", "score_churn"]
 
 
 def test_every_dag_has_an_owner_tags_retries_and_a_failure_alert(dagbag: Any) -> None:
@@ -139,7 +139,14 @@ def test_one_dag_per_model_in_the_project_file(tmp_path: Path) -> None:
     bag = _dagbag(project)
 
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["retrain_churn", "retrain_upsell", "score_churn", "score_upsell"]
+    assert sorted(bag.dags) == [
+        "quality_churn",
+        "quality_upsell",
+        "retrain_churn",
+        "retrain_upsell",
+        "score_churn",
+        "score_upsell",
+    ]
     assert bag.dags["score_upsell"].get_task("wait_for_partition").root == str((tmp_path / "data/features").resolve())
 
 
@@ -150,7 +157,11 @@ def test_a_broken_project_file_is_a_visible_import_error(tmp_path: Path) -> None
     bag = _dagbag(project)
 
     assert bag.dags == {}
-    assert sorted(Path(f).name for f in bag.import_errors) == ["retrain_models.py", "score_models.py"]
+    assert sorted(Path(f).name for f in bag.import_errors) == [
+        "quality_models.py",
+        "retrain_models.py",
+        "score_models.py",
+    ]
     for error in bag.import_errors.values():
         assert "invalid settings" in error
         assert "models[0] (Bad Name).name" in error
@@ -168,7 +179,9 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 seconds = time.perf_counter() - t0
 new = sorted(set(sys.modules) - before)
-dags = sorted(k for k in vars(module) if k.startswith(("score_", "retrain_")) and not callable(vars(module)[k]))
+dags = sorted(
+    k for k in vars(module) if k.startswith(("score_", "retrain_", "quality_")) and not callable(vars(module)[k])
+)
 print(json.dumps({"seconds": seconds, "new": new, "dags": dags}))
 """
 
@@ -189,7 +202,12 @@ def _probe(path: Path, env_extra: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dag_file", "dag_id"), [("score_models.py", "score_churn"), ("retrain_models.py", "retrain_churn")]
+    ("dag_file", "dag_id"),
+    [
+        ("score_models.py", "score_churn"),
+        ("retrain_models.py", "retrain_churn"),
+        ("quality_models.py", "quality_churn"),
+    ],
 )
 def test_dag_file_parses_fast_without_heavy_imports_or_a_database(dag_file: str, dag_id: str) -> None:
     # The store points at an unreachable PostgreSQL: touching it at parse time would hang or fail.

@@ -1,0 +1,97 @@
+"""quality_<model>: once a day's labels land, the model's quality on that day, and a retraining trigger if it fails."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable, dag, get_parsing_context, task
+
+from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
+from nightshift_airflow.sensors import PartitionReadySensor
+
+#: Same nightly rhythm as score_<model>: the run for day D starts at midnight after D.
+SCHEDULE = "0 0 * * *"
+#: Labels arrive later than features (churn is known weeks later in real life): wait long, deferred.
+LABELS_TIMEOUT_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_TIMEOUT_S", 7 * 24 * 3600))
+POKE_INTERVAL_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_POKE_INTERVAL_S", 15 * 60))
+
+
+def _decision(key: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='retrain_decision')['" + key + "'] }}"
+
+
+def quality_dag(model: str, labels: str, partition_key: str, marker: str, owner: str) -> DAG:
+    @dag(
+        dag_id=f"quality_{model}",
+        description=f"Quality of {model} once each day's labels land",
+        schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=16,  # waiting for labels is deferred, so many days may wait at once
+        dagrun_timeout=timedelta(seconds=LABELS_TIMEOUT_S + 3600),
+        default_args={**DEFAULT_ARGS, "owner": owner},
+        tags=["nightshift", "monitoring", model],
+        doc_md=f"Waits (deferred) for the labels of ds (the day the run's interval starts) under `{labels}`, "
+        f"computes the champion's ROC AUC, log loss, precision and recall on that day from its committed "
+        f"predictions (`nightshift labels-quality`), and triggers `retrain_{model}` when quality thresholds fail "
+        "often enough (the same hysteresis, cooldown and run id as the nightly data checks).",
+    )
+    def quality_model() -> None:
+        wait = PartitionReadySensor(
+            task_id="wait_for_labels",
+            root=labels,
+            key=partition_key,
+            marker=marker,
+            poke_interval=POKE_INTERVAL_S,
+            timeout=LABELS_TIMEOUT_S,
+        )
+
+        @task
+        def label_quality(**context: Any) -> dict[str, Any]:
+            """The champion's quality on the labelled day, stored with the night's monitoring history."""
+            from nightshift.monitoring import label_quality as measure
+            from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, run_settings
+
+            with fail_without_retry_on_bad_input():
+                result = measure(run_settings(), model, ds_of(context))
+            return result.as_dict()
+
+        @task.short_circuit
+        def retrain_decision(quality: Any, **context: Any) -> dict[str, Any] | bool:
+            """Hysteresis + cooldown over the stored verdicts (data and quality); trigger only when it says so."""
+            from nightshift.monitoring import retrain_decision as decide
+            from nightshift_airflow.runtime import ds_of, run_settings
+
+            version = quality.get("version")
+            decision = decide(run_settings(), model, ds_of(context), version=int(version) if version else None)
+            return decision.as_dict() if decision.trigger else False
+
+        trigger_retrain = TriggerDagRunOperator(
+            task_id="trigger_retrain",
+            trigger_dag_id=f"retrain_{model}",
+            trigger_run_id=_decision("run_id"),
+            skip_when_already_exists=True,
+            conf={
+                "ds": _decision("ds"),
+                "reason": _decision("reason"),
+                "source": "quality",
+                "monitored_version": _decision("version"),
+                "decision_run_id": _decision("run_id"),
+                "requested_by": "{{ dag.dag_id }}/{{ run_id }}",
+            },
+        )
+
+        retrain_decision(wait >> label_quality()) >> trigger_retrain
+
+    return quality_model()
+
+
+_settings = load_project()
+_wanted = get_parsing_context().dag_id  # a worker parsing for one DAG builds only that one
+for _m in _settings.models:
+    _labels = _m.labels_uri(_settings)
+    if _labels and (_wanted is None or _wanted == f"quality_{_m.name}"):
+        globals()[f"quality_{_m.name}"] = quality_dag(_m.name, _labels, _m.partition_key, _m.success_marker, _m.owner)
