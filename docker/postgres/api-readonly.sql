@@ -11,6 +11,7 @@
 --   api_keys          key_hash, models, revoked_at of the caller's key
 --   model_aliases     alias -> version (champion, challenger, ...)
 --   model_versions    whether a model / version exists (404 vs empty)
+--   model_rollouts    the canary share of a model while a canary runs (who the challenger answers)
 --   partitions        the catalog: the committed run of a (model, version, ds)
 --   predictions       the rows, through the partitioned parent: a SELECT on the parent
 --                     covers every per-run partition attached later (PostgreSQL checks the
@@ -20,4 +21,5 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM :"api_role";
 REVOKE CREATE ON SCHEMA public FROM :"api_role";
 GRANT USAGE ON SCHEMA public TO :"api_role";
-GRANT SELECT ON TABLE alembic_version, api_keys, model_aliases, model_versions, partitions, predictions TO :"api_role";
+GRANT SELECT ON TABLE alembic_version, api_keys, model_aliases, model_rollouts, model_versions, partitions, predictions
+  TO :"api_role";
