@@ -6,9 +6,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, dag, get_parsing_context, task
 
+from nightshift_airflow.retrain_trigger import retrain_trigger
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 from nightshift_airflow.sensors import PartitionReadySensor
 
@@ -17,10 +17,6 @@ SCHEDULE = "0 0 * * *"
 #: Labels arrive later than features (churn is known weeks later in real life): wait long, deferred.
 LABELS_TIMEOUT_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_TIMEOUT_S", 7 * 24 * 3600))
 POKE_INTERVAL_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_POKE_INTERVAL_S", 15 * 60))
-
-
-def _decision(key: str) -> str:
-    return "{{ ti.xcom_pull(task_ids='retrain_decision')['" + key + "'] }}"
 
 
 def quality_dag(model: str, labels: str, partition_key: str, marker: str, owner: str) -> DAG:
@@ -69,20 +65,7 @@ def quality_dag(model: str, labels: str, partition_key: str, marker: str, owner:
             decision = decide(run_settings(), model, ds_of(context), version=int(version) if version else None)
             return decision.as_dict() if decision.trigger else False
 
-        trigger_retrain = TriggerDagRunOperator(
-            task_id="trigger_retrain",
-            trigger_dag_id=f"retrain_{model}",
-            trigger_run_id=_decision("run_id"),
-            skip_when_already_exists=True,
-            conf={
-                "ds": _decision("ds"),
-                "reason": _decision("reason"),
-                "source": "quality",
-                "monitored_version": _decision("version"),
-                "decision_run_id": _decision("run_id"),
-                "requested_by": "{{ dag.dag_id }}/{{ run_id }}",
-            },
-        )
+        trigger_retrain = retrain_trigger(model, source="quality")
 
         retrain_decision(wait >> label_quality()) >> trigger_retrain
 

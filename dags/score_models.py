@@ -6,9 +6,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, dag, get_parsing_context, task
 
+from nightshift_airflow.retrain_trigger import retrain_trigger
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 from nightshift_airflow.sensors import PartitionReadySensor
 
@@ -29,11 +29,6 @@ __all__ = ["DEFAULT_ARGS", "predictions_asset", "scoring_dag"]
 def predictions_asset(model: str) -> Asset:
     """The model's committed predictions; each event's extra carries ds, rows, version and the store run."""
     return Asset(name=f"nightshift_predictions_{model}", uri=f"x-nightshift://predictions/{model}", group="nightshift")
-
-
-def _decision(key: str) -> str:
-    """A Jinja expression reading one key of the retrain_decision task's XCom."""
-    return "{{ ti.xcom_pull(task_ids='retrain_decision')['" + key + "'] }}"
 
 
 def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner: str, description: str) -> DAG:
@@ -180,21 +175,7 @@ def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner
             decision = decide(run_settings(), model, ds_of(context), version=int(version) if version else None)
             return decision.as_dict() if decision.trigger else False
 
-        trigger_retrain = TriggerDagRunOperator(
-            task_id="trigger_retrain",
-            trigger_dag_id=f"retrain_{model}",
-            # Deterministic per (model, ds): a replayed decision finds its run and is skipped, never doubled.
-            trigger_run_id=_decision("run_id"),
-            skip_when_already_exists=True,
-            conf={
-                "ds": _decision("ds"),
-                "reason": _decision("reason"),
-                "source": "drift",
-                "monitored_version": _decision("version"),
-                "decision_run_id": _decision("run_id"),
-                "requested_by": "{{ dag.dag_id }}/{{ run_id }}",
-            },
-        )
+        trigger_retrain = retrain_trigger(model, source="drift")
 
         night = monitor(wait >> check_contract() >> score())
         report(night)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import date, timedelta
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nightshift.cli_common import ConfigOpt, JsonOpt, ModelOpt, parse_day, print_json, settings_from
 from nightshift.errors import ConfigError, NightshiftError
 
 app = typer.Typer(
@@ -28,29 +27,12 @@ app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="project file (default: $NIGHTSHIFT_CONFIG or ./nightshift.toml)"),
-]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model name from the project file")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-
-
-def _settings(config: Path | None) -> Any:
-    from nightshift.config import load_settings
-
-    return load_settings(config)
-
-
-def _parse_ds(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date: expected YYYY-MM-DD") from None
+_settings = settings_from
+_parse_ds = parse_day
 
 
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    print_json(out, data)
 
 
 # -- db -------------------------------------------------------------------------------------

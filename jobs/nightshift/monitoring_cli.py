@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from datetime import date
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,36 +9,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nightshift.cli_common import ConfigOpt, JsonOpt, ModelOpt, parse_day, print_json, settings_from
+
 out = Console()
 err = Console(stderr=True)
 
-_ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="project file (default: $NIGHTSHIFT_CONFIG or ./nightshift.toml)"),
-]
-_ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model name from the project file")]
+_ConfigOpt = ConfigOpt
+_ModelOpt = ModelOpt
 _DsOpt = Annotated[str, typer.Option("--ds", help="the partition (YYYY-MM-DD)")]
 _VersionOpt = Annotated[int | None, typer.Option("--version", help="model version (default: the champion)")]
-_JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+_JsonOpt = JsonOpt
 
 _STYLE = {"pass": "green", "fail": "bold red", "insufficient_data": "yellow"}
 
 
-def _settings(config: Path | None) -> Any:
-    from nightshift.config import load_settings
-
-    return load_settings(config)
-
-
-def _day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date: expected YYYY-MM-DD") from None
+_settings = settings_from
+_day = parse_day
 
 
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    print_json(out, data)
 
 
 def _status(status: str) -> str:

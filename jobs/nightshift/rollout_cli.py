@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from nightshift.cli_common import ConfigOpt, JsonOpt, ModelOpt, parse_day, print_json, settings_from
+
 out = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="project file (default: ./nightshift.toml)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model name from the project file")]
-
-
-def _settings(config: Path | None) -> Any:
-    from nightshift.config import load_settings
-
-    return load_settings(config)
+_settings = settings_from
+_day = parse_day
 
 
 def _rollouts(config: Path | None) -> Any:
@@ -32,15 +26,8 @@ def _rollouts(config: Path | None) -> Any:
     return Rollouts(settings, open_store(settings))
 
 
-def _day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date: expected YYYY-MM-DD") from None
-
-
 def _json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    print_json(out, data)
 
 
 def register(app: typer.Typer) -> None:
