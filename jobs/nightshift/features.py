@@ -35,8 +35,23 @@ def _numeric(col: pa.ChunkedArray | pa.Array, spec: Column, source: str) -> np.n
         )
     # Arrow casts to float32 in C++; nulls become NaN, which the model's imputer handles.
     arr = pc.cast(col, pa.float32(), safe=False)
-    out = arr.to_numpy(zero_copy_only=False)
-    return np.asarray(out, dtype=np.float32)
+    out = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
+    if not spec.nullable:
+        nan = int(np.isnan(out).sum()) - col.null_count
+        if nan > 0:
+            raise ContractError(
+                f"{source}: column {spec.name!r} has {nan} NaN value(s) but the contract says not nullable"
+            )
+    infinite = np.isinf(out)
+    if infinite.any():
+        original = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)[infinite]
+        overflow = int(np.isfinite(original).sum())
+        if overflow:
+            raise ContractError(
+                f"{source}: column {spec.name!r} has {overflow} value(s) beyond the float32 range the model "
+                f"reads (e.g. {original[np.isfinite(original)][0]!r}); refusing them rather than scoring infinity"
+            )
+    return out
 
 
 def _categorical(col: pa.ChunkedArray | pa.Array, spec: Column, source: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from nightshift.config import DaskSettings, Settings
 from nightshift.contracts import FeatureContract
 from nightshift.data import TaskSlice, inspect_partition, iter_batches
-from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError
+from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError, NightshiftError
 from nightshift.registry import ModelVersion, Registry, read_artifact
 from nightshift.store import CommitResult, Store, stage_chunk
 
@@ -87,6 +88,10 @@ class RunSummary:
         d = asdict(self)
         d["ds"] = self.ds.isoformat()
         return d
+
+
+class WorkerLost(NightshiftError):
+    """A task's Dask worker died on every attempt (usually: out of memory)."""
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -324,15 +329,27 @@ def _run(
     try:
         t_cluster = time.perf_counter()
         with dask_client(settings.dask, client, store_is_sqlite=not staged_by_workers) as c:
-            from distributed import as_completed
+            from distributed import KilledWorker, as_completed
 
             t_submit = time.perf_counter()
+            # Keys unique across stores and processes sharing one cluster (run ids restart per store).
+            token = uuid.uuid4().hex[:12]
             futures = [
-                c.submit(score_chunk, task, key=f"nightshift-score-{mv.model}-r{run_id}-{i}", pure=False)
+                c.submit(score_chunk, task, key=f"nightshift-score-{mv.model}-r{run_id}-{token}-{i}", pure=False)
                 for i, task in enumerate(tasks)
             ]
+            by_key = {fut.key: task for fut, task in zip(futures, tasks, strict=True)}
             for fut in as_completed(futures):
-                res: ChunkResult = fut.result()
+                try:
+                    res: ChunkResult = fut.result()
+                except KilledWorker:
+                    task = by_key[fut.key]
+                    raise WorkerLost(
+                        f"{task.slice.uri} ({task.slice.chunk_id}, {task.slice.rows:,} rows): the Dask worker scoring "
+                        f"it died every time it tried (out of memory? local memory limit "
+                        f"{settings.dask.memory_limit!r} per worker); nothing committed, the previous predictions "
+                        "still serve"
+                    ) from None
                 if not staged_by_workers:
                     t = time.perf_counter()
                     if res.ids is None or res.scores is None or res.labels is None:

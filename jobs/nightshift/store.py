@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import sqlite3
@@ -43,6 +44,9 @@ from nightshift.errors import CommitError, DuplicateEntityError, NightshiftError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
+
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(NightshiftError):
@@ -348,7 +352,9 @@ class Store:
         t0 = time.perf_counter()
         r, p, c = schema.runs, schema.partitions, schema.run_chunks
         with self.begin() as conn:
-            run = conn.execute(sa.select(r).where(r.c.run_id == run_id)).mappings().first()
+            # FOR UPDATE: a run that lost its lock session must not commit over the 'abandoned' mark
+            # of the run that took over (start_run's UPDATE waits for, or is seen by, this lock).
+            run = conn.execute(sa.select(r).where(r.c.run_id == run_id).with_for_update()).mappings().first()
             if run is None:
                 raise CommitError(f"run {run_id} does not exist")
             where = f"model {run['model']!r} version {run['version']} ds={run['ds']} (run {run_id})"
@@ -390,19 +396,24 @@ class Store:
             if old is not None and old != run_id:
                 conn.execute(r.update().where(r.c.run_id == old).values(status="superseded"))
         seconds = time.perf_counter() - t0
-        self.cleanup(run["model"], run["version"], run["ds"])
+        try:
+            self.cleanup(run["model"], run["version"], run["ds"])
+        except Exception as exc:  # noqa: BLE001 - committed is committed; `nightshift gc` finishes the cleanup
+            log.warning("run %s committed, but removing replaced rows failed (run `nightshift gc`): %s", run_id, exc)
         return CommitResult(run_id=run_id, rows=int(stored), replaced_run_id=old, seconds=seconds)
 
     def fail_run(self, run_id: int, error: str) -> None:
         """Mark a run failed and drop its staged rows. The committed partition is untouched."""
         r = schema.runs
         with self.begin() as conn:
-            conn.execute(
+            marked = conn.execute(
                 r.update()
                 .where(r.c.run_id == run_id, r.c.status == "running")
                 .values(status="failed", finished_at=utcnow(), error=error[:4000])
-            )
-        self._delete_run_rows([run_id])
+            ).rowcount
+        if marked:
+            # Only a run that was still running loses its rows: never one that committed meanwhile.
+            self._delete_run_rows([run_id])
 
     def cleanup(self, model: str, version: int, ds: date) -> int:
         """Delete the staged rows of replaced, failed and abandoned runs of one partition."""
