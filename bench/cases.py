@@ -1,0 +1,459 @@
+"""The benchmark cases. Each runs in a fresh process, times its contenders round-robin and records them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import limits, peers, profiling
+from bench.common import (
+    ClusterHolder,
+    Contender,
+    Measurement,
+    Recorder,
+    count_rows,
+    interleave,
+    local_cluster,
+    reset_plain_table,
+    run_isolated,
+    scratch_database,
+    worker_pids,
+)
+from bench.data import Dataset, ModelArtifacts
+from bench.nightshift_path import NightshiftRunner
+
+PLAIN = "bench_predictions"
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a suite run is. `rows` in `files` is the main dataset; the rest derive from it."""
+
+    name: str
+    rows: int
+    files: int
+    #: The naive peers write through to_sql at tens of thousands of rows/s: they score the first
+    #: files up to this many rows (their rate is per row, so the comparison holds).
+    naive_rows: int
+    #: Rows the forest's in-memory ONNX Runtime limits use (a forest is ~10x slower than the linear model).
+    ort_forest_rows: int
+    repeats: int = 3
+    #: The forest scores ~5x slower than the linear model: by default its end-to-end cases use the
+    #: quarter dataset (the same rows as the main dataset's first quarter of files) to keep a
+    #: default run well under 30 minutes; --forest-full gives it the main dataset.
+    forest_on_quarter: bool = True
+    few_files: int = 4
+    many_files: int = 64
+    train_rows: int = 100_000
+
+
+SIZES = {
+    "default": Size("default", rows=4_000_000, files=16, naive_rows=500_000, ort_forest_rows=262_144),
+    "small": Size("small", rows=1_000_000, files=16, naive_rows=250_000, ort_forest_rows=131_072),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a case needs, picklable: sizes, datasets, models, where results go."""
+
+    size: Size
+    out: Path
+    main: Dataset
+    #: A quarter of the rows in a quarter of the files (same rows per file): rows scaling.
+    quarter: Dataset
+    few_files: Dataset
+    many_files: Dataset
+    models: dict[str, ModelArtifacts]
+    pg_url: str | None
+    dask_ml_missing: str | None
+    profile: bool = True
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def recorder(self) -> Recorder:
+        return Recorder(self.out / "results.jsonl")
+
+    def data_for(self, label: str) -> Dataset:
+        """The dataset the end-to-end cases of model `label` score."""
+        return self.quarter if label != "linear" and self.size.forest_on_quarter else self.main
+
+    def naive_paths_for(self, label: str) -> list[str]:
+        """The first files of the model's dataset, up to size.naive_rows rows (half for the slower forest)."""
+        cap = self.size.naive_rows if label == "linear" else self.size.naive_rows // 2
+        paths: list[str] = []
+        rows = 0
+        for path in self.data_for(label).paths:
+            rows += rows_in([path])
+            if paths and rows > cap:
+                break
+            paths.append(path)
+        return paths
+
+    def workdir(self, name: str) -> Path:
+        path = self.out / "work" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _record(
+    plan: Plan,
+    group: str,
+    model: str | None,
+    results: dict[str, tuple[list[float], list[dict[str, Any]]]],
+    rows: dict[str, int],
+    what: dict[str, str],
+) -> None:
+    rec = plan.recorder
+    block = uuid.uuid4().hex[:8]
+    for name, (seconds, extras) in results.items():
+        m = Measurement(name, group, rows[name], seconds, model=model, what=what.get(name, ""), extras=extras)
+        m.block = block
+        rec.add(m)
+
+
+def rows_in(paths: list[str]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(p).num_rows for p in paths)
+
+
+def _expect(url: str, table: str, rows: int) -> Callable[[], None]:
+    def check() -> None:
+        got = count_rows(url, table)
+        if got != rows:
+            raise RuntimeError(f"{table}: {got} rows written, expected {rows}")
+
+    return check
+
+
+# -- the machine's limits, stage by stage -------------------------------------------------------
+
+
+def case_parts(plan: Plan) -> None:
+    """Arrow read rate; PostgreSQL binary COPY without and with a primary key."""
+    data = plan.main
+    limits.arrow_read(data.paths)  # the files into the page cache, as for every other case
+    read = Contender(lambda: _rows(limits.arrow_read(data.paths)))
+    results = interleave({"Arrow read, 1 thread": read}, plan.size.repeats)
+    _record(plan, "parts", None, results, {"Arrow read, 1 thread": data.rows}, {})
+    if plan.pg_url is None:
+        return
+    bodies = limits.copy_bodies(data.rows, data.files)
+    with scratch_database(plan.pg_url) as url:
+        results = interleave(
+            {
+                "PG binary COPY, no index": Contender(
+                    lambda: _rows(limits.pg_copy(url, PLAIN, bodies)),
+                    setup=lambda: reset_plain_table(url, PLAIN),
+                ),
+                "PG binary COPY, primary key": Contender(
+                    lambda: _rows(limits.pg_copy(url, PLAIN, bodies)),
+                    setup=lambda: reset_plain_table(url, PLAIN, primary_key=True),
+                ),
+            },
+            plan.size.repeats,
+        )
+    what = "prebuilt binary COPY bodies, one connection, one transaction, into (run_id, entity_id, score, label)"
+    _record(plan, "parts", None, results, dict.fromkeys(results, data.rows), dict.fromkeys(results, what))
+
+
+def _on_warm_cluster(runner: NightshiftRunner, data: Dataset, warm: ClusterHolder) -> Contender:
+    """nightshift with `client=` a cluster started before, and stopped after, the timed call."""
+
+    def setup() -> None:
+        warm.start()
+        runner.setup()
+
+    def after() -> None:
+        runner.teardown()
+        warm.stop()
+
+    return Contender(lambda: runner.score(data, client=warm.client), setup=setup, after=after)
+
+
+def _indexed(rows: int, url: str) -> None:
+    _rows(rows)
+    limits.add_primary_key(url, PLAIN)
+
+
+def _rows(n: int) -> None:
+    if n <= 0:
+        raise RuntimeError("nothing was processed")
+
+
+def case_onnx(plan: Plan, label: str) -> None:
+    """ONNX Runtime alone on in-memory features: 64k-row batches vs the whole matrix in one call."""
+    art = plan.models[label]
+    cap = plan.size.ort_forest_rows if art.kind != "logistic_regression" else None
+    feeds = limits.load_feeds(plan.main.paths, cap)
+    rows = len(next(iter(feeds.values())))
+    sess = limits.session(art.onnx_bytes)
+    limits.onnx_in_batches(sess, {k: v[:65_536] for k, v in feeds.items()})  # warm up the session
+    results = interleave(
+        {
+            "ONNX Runtime, 64k batches": Contender(lambda: _rows(limits.onnx_in_batches(sess, feeds))),
+            "ONNX Runtime, whole matrix": Contender(lambda: _rows(limits.onnx_whole(sess, feeds))),
+        },
+        plan.size.repeats,
+    )
+    what = "one thread, features already in memory"
+    _record(plan, "parts", label, results, dict.fromkeys(results, rows), dict.fromkeys(results, what))
+
+
+# -- end to end: PostgreSQL -------------------------------------------------------------------
+
+
+def case_postgres(plan: Plan, label: str) -> None:
+    """nightshift into PostgreSQL (fresh and pre-started cluster) vs the pipelined limit and the peers,
+    all in one round-robin."""
+    assert plan.pg_url is not None
+    art, data = plan.models[label], plan.data_for(label)
+    pipeline, onnx_bytes = art.pipeline(), art.onnx_bytes
+    runner = NightshiftRunner("postgresql", plan.workdir(f"pg_{label}"), art, plan.pg_url)
+    warm = ClusterHolder(2)
+    try:
+        with scratch_database(plan.pg_url) as url:
+            reset = lambda: reset_plain_table(url, PLAIN)  # noqa: E731
+            check = _expect(url, PLAIN, data.rows)
+            contenders = {
+                "pipelined limit": Contender(
+                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, url, PLAIN)), setup=reset, after=check
+                ),
+                "nightshift, fresh cluster": Contender(
+                    lambda: runner.score(data), setup=runner.setup, after=runner.teardown
+                ),
+                "nightshift, pre-started cluster": _on_warm_cluster(runner, data, warm),
+                "pipelined limit + primary key": Contender(
+                    lambda: _indexed(limits.pipelined(data.paths, onnx_bytes, url, PLAIN), url),
+                    setup=reset,
+                    after=check,
+                ),
+                "Dask peer": Contender(
+                    lambda: run_isolated(peers.dask_map_partitions, data.paths, art.pipeline_path, url, PLAIN),
+                    setup=reset,
+                    after=check,
+                ),
+            }
+            if plan.dask_ml_missing is None:
+                contenders["dask-ml peer"] = Contender(
+                    lambda: run_isolated(peers.dask_ml_parallel_post_fit, data.paths, art.pipeline_path, url, PLAIN),
+                    setup=reset,
+                    after=check,
+                )
+            if label == "linear":  # what writing costs; the forest is bound by scoring anyway
+                contenders["pipelined limit, no write"] = Contender(
+                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, None, PLAIN))
+                )
+            naive_paths = plan.naive_paths_for(label)
+            naive_rows = rows_in(naive_paths)
+            contenders["naive peer"] = Contender(
+                lambda: _rows(peers.naive(naive_paths, pipeline, url, PLAIN)),
+                setup=reset,
+                after=_expect(url, PLAIN, naive_rows),
+            )
+            results = interleave(contenders, plan.size.repeats)
+            rows = dict.fromkeys(results, data.rows) | {"naive peer": naive_rows}
+            _record(plan, "postgres", label, results, rows, WHAT)
+    finally:
+        warm.stop()
+        runner.close()
+
+
+WHAT = {
+    "pipelined limit": "2 forked processes: Arrow read, ONNX Runtime 64k batches, one binary COPY stream each "
+    "into a plain table (no index, no contract check, no commit, no catalog)",
+    "pipelined limit, no write": "the pipelined limit without writing: read + score only",
+    "pipelined limit + primary key": "the pipelined limit, then ADD PRIMARY KEY (run_id, entity_id) on its table: "
+    "the limit for rows that can be served by id",
+    "nightshift, fresh cluster": "score_partition(): model + contract checks, local Dask cluster started by the call, "
+    "staging, index + attach, catalog commit",
+    "nightshift, pre-started cluster": "score_partition(client=...) on an already running 2-worker cluster",
+    "Dask peer": "local cluster (2 forked workers) started by the program, dd.read_parquet -> map_partitions "
+    "(sklearn predict_proba, COPY csv from each worker)",
+    "dask-ml peer": "local cluster started by the program, dask-ml ParallelPostFit.predict_proba, "
+    "ids joined per block, COPY csv",
+    "naive peer": "one process: pandas.read_parquet -> sklearn predict_proba -> DataFrame.to_sql, file by file "
+    "(first files only)",
+    "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
+    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: 1 worker scores, the driver inserts",
+    "nightshift -> SQLite, pre-started cluster": "the same on an already running 1-worker cluster",
+    "nightshift -> SQLite, 2 workers": "score_partition() into SQLite with dask.n_workers = 2 (the default keeps "
+    "a core for the driver: 1 worker on 2 cores)",
+    "naive peer -> SQLite": "pandas.read_parquet -> predict_proba -> DataFrame.to_sql into SQLite (first files only)",
+}
+
+
+# -- end to end: SQLite ------------------------------------------------------------------------
+
+
+def _bulk_insert_in_child(path: Path, rows: int) -> float:
+    """Builds the rows and times only the insert, in a forked child, so this process stays small."""
+    tuples = limits.sqlite_rows(rows)
+    t = time.perf_counter()
+    limits.sqlite_bulk_insert(path, tuples)
+    return time.perf_counter() - t
+
+
+def case_sqlite(plan: Plan, label: str) -> None:
+    """nightshift into SQLite vs SQLite's own bulk-insert rate (and the naive peer), in one round-robin."""
+    art, data = plan.models[label], plan.data_for(label)
+    work = plan.workdir(f"sqlite_{label}")
+    runner = NightshiftRunner("sqlite", work, art)
+    warm = ClusterHolder(1)
+    bulk_db = work / "bulk.db"
+
+    def bulk() -> dict[str, Any]:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            seconds = pool.apply(_bulk_insert_in_child, (bulk_db, data.rows))
+        bulk_db.unlink(missing_ok=True)
+        return {"seconds": seconds}
+
+    contenders = {
+        "SQLite bulk insert": Contender(bulk),
+        "nightshift -> SQLite, fresh cluster": Contender(
+            lambda: runner.score(data), setup=runner.setup, after=runner.teardown
+        ),
+        # Not the default: what a second scoring worker (instead of a core kept for the driver) gives.
+        "nightshift -> SQLite, 2 workers": Contender(
+            lambda: runner.score(data, n_workers=2), setup=runner.setup, after=runner.teardown
+        ),
+    }
+    rows = dict.fromkeys(contenders, data.rows)
+    if label == "linear":  # the forest's SQLite run is bound by scoring: these add nothing there
+        contenders["nightshift -> SQLite, pre-started cluster"] = _on_warm_cluster(runner, data, warm)
+        naive_paths = plan.naive_paths_for(label)
+        db = work / "naive.db"
+        contenders["naive peer -> SQLite"] = Contender(
+            lambda: _rows(peers.naive(naive_paths, art.pipeline(), f"sqlite:///{db}", PLAIN)),
+            setup=lambda: db.unlink(missing_ok=True),
+        )
+        rows |= {"nightshift -> SQLite, pre-started cluster": data.rows, "naive peer -> SQLite": rows_in(naive_paths)}
+    try:
+        results = interleave(contenders, plan.size.repeats)
+        _record(plan, "sqlite", label, results, rows, WHAT)
+    finally:
+        warm.stop()
+        runner.close()
+
+
+# -- scaling and memory ------------------------------------------------------------------------
+
+
+def _layout(data: Dataset) -> str:
+    return f"{data.rows / 1e6:g}M rows / {data.files} files"
+
+
+def case_scaling(plan: Plan) -> None:
+    """Linear model into PostgreSQL on pre-started clusters, one round-robin: rows, files per partition,
+    1 vs 2 workers (each contender's cluster starts before and stops after its own run, untimed)."""
+    assert plan.pg_url is not None
+    art = plan.models["linear"]
+    runner = NightshiftRunner("postgresql", plan.workdir("scaling"), art, plan.pg_url)
+    clusters = {1: ClusterHolder(1), 2: ClusterHolder(2)}
+
+    layouts = [(plan.quarter, 2), (plan.few_files, 2), (plan.main, 2), (plan.many_files, 2), (plan.main, 1)]
+    names = {f"{_layout(d)}, {w} worker{'s' if w > 1 else ''}": (d, w) for d, w in layouts}
+    try:
+        contenders = {name: _on_warm_cluster(runner, d, clusters[w]) for name, (d, w) in names.items()}
+        # What the machine itself gains from a second process (other jobs share its 2 cores).
+        for procs in (1, 2):
+            contenders[f"pipelined limit (no write), {procs} process{'es' if procs > 1 else ''}"] = Contender(
+                lambda procs=procs: _rows(limits.pipelined(plan.main.paths, art.onnx_bytes, None, PLAIN, procs))
+            )
+            names[f"pipelined limit (no write), {procs} process{'es' if procs > 1 else ''}"] = (plan.main, procs)
+        results = interleave(contenders, plan.size.repeats)
+        _record(plan, "scaling", "linear", results, {name: d.rows for name, (d, _) in names.items()}, {})
+    finally:
+        for c in clusters.values():
+            c.stop()
+        runner.close()
+
+
+def case_memory(plan: Plan) -> None:
+    """Peak RSS of each worker process as the files of a partition grow: one fresh-cluster call per layout."""
+    assert plan.pg_url is not None
+    runner = NightshiftRunner("postgresql", plan.workdir("memory"), plan.models["linear"], plan.pg_url)
+    layouts = [plan.many_files, plan.main, plan.few_files]
+    try:
+        results = interleave(
+            {
+                f"{_layout(d)}, fresh cluster": Contender(
+                    lambda d=d: runner.score(d), setup=runner.setup, after=runner.teardown
+                )
+                for d in layouts
+            },
+            1,
+        )
+        _record(plan, "memory", "linear", results, {f"{_layout(d)}, fresh cluster": d.rows for d in layouts}, {})
+    finally:
+        runner.close()
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+
+def case_profile(plan: Plan) -> None:
+    """py-spy on the Dask workers during one PostgreSQL scoring call per model, and on the driver
+    and the worker during one SQLite call: the share of samples per stage of nightshift's path."""
+    out = plan.out / "profiles"
+    rec = plan.recorder
+    if plan.pg_url is not None:
+        for label in plan.models:
+            work = plan.workdir(f"profile_pg_{label}")
+            runner = NightshiftRunner("postgresql", work, plan.models[label], plan.pg_url)
+            try:
+                with local_cluster(2) as client:
+                    runner.setup()
+                    runner.score(plan.quarter, client=client)  # warm the workers' sessions and connections
+                    runner.setup()
+                    t = time.perf_counter()
+                    with profiling.sampling(sorted(worker_pids(client)), out, f"pg-{label}-workers") as files:
+                        extras = runner.score(plan.data_for(label), client=client)
+                    seconds = time.perf_counter() - t
+                    runner.teardown()
+                rec.write(_profile_record("postgres", label, "Dask workers", files, seconds, extras))
+            finally:
+                runner.close()
+    import os
+
+    runner = NightshiftRunner("sqlite", plan.workdir("profile_sqlite"), plan.models["linear"])
+    try:
+        with local_cluster(1) as client:
+            runner.setup()
+            runner.score(plan.quarter, client=client)
+            runner.setup()
+            t = time.perf_counter()
+            with (
+                profiling.sampling([os.getpid()], out, "sqlite-linear-driver") as driver,
+                profiling.sampling(sorted(worker_pids(client)), out, "sqlite-linear-worker") as workers,
+            ):
+                extras = runner.score(plan.main, client=client)
+            seconds = time.perf_counter() - t
+            runner.teardown()
+        rec.write(_profile_record("sqlite", "linear", "driver", driver, seconds, extras))
+        rec.write(_profile_record("sqlite", "linear", "Dask worker", workers, seconds, extras))
+    finally:
+        runner.close()
+
+
+def _profile_record(
+    store: str, label: str, where: str, files: list[Path], seconds: float, extras: dict[str, Any]
+) -> dict[str, Any]:
+    breakdown = profiling.stage_breakdown(profiling.read_raw(files))
+    print(f"  profile {store} {label} {where}: {breakdown['stages']}", flush=True)
+    return {
+        "kind": "profile",
+        "store": store,
+        "model": label,
+        "where": where,
+        "seconds": round(seconds, 3),
+        "timings": extras.get("timings", {}),
+        "files": [str(f) for f in files],
+        **breakdown,
+    }

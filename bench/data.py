@@ -1,0 +1,159 @@
+"""The benchmark's data and models, generated once into bench/results/data and reused while their parameters match."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+DATA_ROOT = Path(__file__).resolve().parent / "results" / "data"
+#: The day every benchmark scores; training uses the day before it.
+SCORE_DS = date(2026, 11, 20)
+TRAIN_DS = date(2026, 11, 19)
+SEED = 42
+MODEL_NAME = "churn"
+
+#: Bump when the layout or the meaning of a cached entry changes.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One generated day of demo churn features: `rows` customers in `files` Parquet files."""
+
+    name: str
+    root: Path
+    rows: int
+    files: int
+    ds: date = SCORE_DS
+
+    @property
+    def features_root(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def partition_dir(self) -> Path:
+        return self.features_root / f"ds={self.ds.isoformat()}"
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(str(p) for p in self.partition_dir.glob("part-*.parquet"))
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """A trained model: its ONNX bytes (what nightshift scores) and its scikit-learn pipeline (what peers use)."""
+
+    kind: str
+    label: str
+    onnx_path: Path
+    pipeline_path: Path
+    train_rows: int
+
+    @property
+    def onnx_bytes(self) -> bytes:
+        return self.onnx_path.read_bytes()
+
+    def pipeline(self) -> Any:
+        with self.pipeline_path.open("rb") as f:
+            return pickle.load(f)  # our own cache file
+
+    def trained(self) -> Any:
+        """The cached TrainedModel (for registering it)."""
+        with (self.onnx_path.parent / "trained.pkl").open("rb") as f:
+            return pickle.load(f)  # our own cache file
+
+
+#: The models the suite scores with: the demo's linear pipeline and a 100-tree forest.
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    "linear": {"kind": "logistic_regression", "params": {"C": 1.0, "max_iter": 1000}},
+    "forest": {"kind": "random_forest", "params": {"n_estimators": 100, "max_depth": 10, "n_jobs": -1}},
+}
+
+
+def _cached(folder: Path, params: dict[str, Any]) -> bool:
+    marker = folder / "params.json"
+    return marker.is_file() and json.loads(marker.read_text()) == params
+
+
+def _mark(folder: Path, params: dict[str, Any]) -> None:
+    (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+
+
+def dataset(rows: int, files: int, *, ds: date = SCORE_DS, root: Path = DATA_ROOT, log: Any = print) -> Dataset:
+    """`rows` demo customers on day `ds` in `files` files, written by nightshift.demo.generate unless cached."""
+    from nightshift.demo import generate
+
+    name = f"churn_{rows}r_{files}f_{ds.isoformat()}"
+    folder = root / name
+    params = {"cache": _CACHE_VERSION, "rows": rows, "files": files, "ds": ds.isoformat(), "seed": SEED}
+    data = Dataset(name=name, root=folder, rows=rows, files=files, ds=ds)
+    if _cached(folder, params) and len(data.paths) == files:
+        return data
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    log(f"generating {rows:,} rows in {files} files -> {folder}")
+    generate(
+        folder / "features", folder / "labels", start=ds, days=1, rows_per_day=rows, files_per_day=files, seed=SEED
+    )
+    _mark(folder, params)
+    return data
+
+
+def train_model(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any = print) -> ModelArtifacts:
+    """Train model `label` (see MODEL_SPECS) with nightshift.training.train on `train_rows` labelled rows; cached."""
+    spec = MODEL_SPECS[label]
+    folder = root / f"model_{label}_{train_rows}"
+    params = {"cache": _CACHE_VERSION, "train_rows": train_rows, "seed": SEED, **spec}
+    art = ModelArtifacts(
+        kind=spec["kind"],
+        label=label,
+        onnx_path=folder / "model.onnx",
+        pipeline_path=folder / "pipeline.pkl",
+        train_rows=train_rows,
+    )
+    if _cached(folder, params) and art.onnx_path.is_file() and art.pipeline_path.is_file():
+        return art
+    import pyarrow.parquet as pq
+
+    from nightshift.config import EstimatorSettings, TrainingSettings
+    from nightshift.demo import DEMO_ENTITY_ID, DEMO_LABEL, demo_contract
+    from nightshift.training import train
+
+    # train() holds out a fifth of its rows for validation: generate enough for `train_rows` to fit on.
+    total = train_rows * 5 // 4
+    data = dataset(total, 1, ds=TRAIN_DS, root=root, log=log)
+    features = pq.read_table(data.partition_dir)
+    labels = pq.read_table(data.root / "labels" / f"ds={TRAIN_DS.isoformat()}")
+    joined = features.join(labels, keys=DEMO_ENTITY_ID).sort_by(DEMO_ENTITY_ID)
+    y = joined.column(DEMO_LABEL).to_numpy()
+    log(f"training {label} ({spec['kind']}, {spec['params']}) on {train_rows:,} rows")
+    trained = train(
+        joined.drop_columns([DEMO_LABEL]),
+        y,
+        demo_contract(),
+        EstimatorSettings(kind=spec["kind"], params=spec["params"]),
+        TrainingSettings(max_rows=total, validation_fraction=0.2, seed=SEED),
+    )
+    pipeline = trained.pipeline
+    if "classifier__n_jobs" in pipeline.get_params():
+        # Fitted on every core; scoring peers run one task per core, so one thread per call.
+        pipeline.set_params(classifier__n_jobs=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    art.onnx_path.write_bytes(trained.onnx_bytes)
+    with art.pipeline_path.open("wb") as f:
+        pickle.dump(pipeline, f, protocol=pickle.HIGHEST_PROTOCOL)
+    with (folder / "trained.pkl").open("wb") as f:
+        pickle.dump(trained, f, protocol=pickle.HIGHEST_PROTOCOL)
+    _mark(folder, params)
+    return art
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a Dataset or ModelArtifacts."""
+    return {k: str(v) if isinstance(v, Path | date) else v for k, v in asdict(obj).items()}

@@ -1,0 +1,244 @@
+"""The machine's limits: plain programs for each stage of scoring, and all stages pipelined without nightshift.
+
+Each function does one thing the way the fastest plain program would, with no contract
+check, no catalog, no atomic commit and no Dask: what is left is the cost of the work itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import libpq
+
+BATCH_ROWS = 65_536
+MISSING = "__missing__"  # what nightshift feeds the model for a null category (features.MISSING_CATEGORY)
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+COPY_TRAILER = b"\xff\xff"
+
+
+def feature_columns() -> tuple[str, list[str], list[str]]:
+    """(entity id, numeric features, categorical features) of the demo data."""
+    from nightshift.demo import demo_contract
+
+    contract = demo_contract()
+    return contract.entity_id, [c.name for c in contract.numeric], [c.name for c in contract.categorical]
+
+
+def read_batches(path: str, batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """Arrow record batches of one file: the id and feature columns, categoricals as dictionaries."""
+    import pyarrow.parquet as pq
+
+    entity, numeric, categorical = feature_columns()
+    pf = pq.ParquetFile(path, memory_map=True, read_dictionary=categorical)
+    yield from pf.iter_batches(batch_size=batch_rows, columns=[entity, *numeric, *categorical], use_threads=False)
+
+
+def onnx_feeds(batch: Any) -> dict[str, Any]:
+    """ONNX Runtime inputs of a batch: float32 [N, 1] per numeric (null -> NaN), strings [N, 1] per categorical."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _, numeric, categorical = feature_columns()
+    feeds: dict[str, Any] = {}
+    for name in numeric:
+        col = pc.cast(batch.column(name), pa.float32())
+        feeds[name] = col.to_numpy(zero_copy_only=False).reshape(-1, 1)
+    for name in categorical:
+        col = batch.column(name)
+        values = np.asarray([*col.dictionary.to_pylist(), MISSING], dtype=object)
+        codes = col.indices.fill_null(len(col.dictionary)).to_numpy(zero_copy_only=False)
+        feeds[name] = values[codes].reshape(-1, 1)
+    return feeds
+
+
+def session(onnx_bytes: bytes, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def copy_body(run_id: int, ids: Any, scores: Any, labels: Any) -> Any:
+    """Rows (run_id int8, entity_id text, score float4, label int2) in PostgreSQL's binary COPY format.
+
+    Fixed-width heads and tails are numpy structured arrays; Arrow joins them around the ids in C++.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(ids)
+    ids = ids.cast(pa.binary())
+    head = np.empty(n, np.dtype([("nf", ">i2"), ("l1", ">i4"), ("run", ">i8"), ("l2", ">i4")]))
+    head["nf"], head["l1"], head["run"], head["l2"] = 4, 8, run_id, pc.binary_length(ids).to_numpy()
+    tail = np.empty(n, np.dtype([("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("label", ">i2")]))
+    tail["l3"], tail["score"], tail["l4"], tail["label"] = 4, scores, 2, labels
+    heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)])
+    tails = pa.FixedSizeBinaryArray.from_buffers(pa.binary(14), n, [None, pa.py_buffer(tail)])
+    rows = pc.binary_join_element_wise(heads.cast(pa.binary()), ids, tails.cast(pa.binary()), b"")
+    offsets = rows.buffers()[1]
+    start, end = np.frombuffer(offsets, np.int32)[[rows.offset, rows.offset + n]]
+    return rows.buffers()[2].slice(int(start), int(end - start))
+
+
+def score_batch(sess: Any, batch: Any) -> tuple[Any, Any, Any]:
+    """(ids as strings, P(1) float32, label int16) of one batch."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    entity, _, _ = feature_columns()
+    proba = sess.run(["probabilities"], onnx_feeds(batch))[0]
+    scores = np.ascontiguousarray(proba[:, 1], dtype=np.float32)
+    return pc.cast(batch.column(entity), pa.string()), scores, (scores >= 0.5).astype(np.int16)
+
+
+# -- stage by stage ----------------------------------------------------------------------------
+
+
+def arrow_read(paths: Sequence[str]) -> int:
+    """Arrow read rate: every file's id and feature columns, in 64k-row batches, one thread (what one worker reads)."""
+    return sum(batch.num_rows for path in paths for batch in read_batches(path))
+
+
+def load_feeds(paths: Sequence[str], max_rows: int | None = None) -> dict[str, Any]:
+    """The whole feature matrix in memory as ONNX Runtime feeds (for the inference-only limits)."""
+    import numpy as np
+
+    parts: list[dict[str, Any]] = []
+    rows = 0
+    for path in paths:
+        for batch in read_batches(path):
+            parts.append(onnx_feeds(batch))
+            rows += batch.num_rows
+            if max_rows is not None and rows >= max_rows:
+                break
+        if max_rows is not None and rows >= max_rows:
+            break
+    feeds = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return {k: v[:max_rows] for k, v in feeds.items()} if max_rows else feeds
+
+
+def onnx_in_batches(sess: Any, feeds: dict[str, Any], batch_rows: int = BATCH_ROWS) -> int:
+    """ONNX Runtime alone on in-memory features, handed `batch_rows` rows per call (one thread)."""
+    n = len(next(iter(feeds.values())))
+    for lo in range(0, n, batch_rows):
+        sess.run(["probabilities"], {k: v[lo : lo + batch_rows] for k, v in feeds.items()})
+    return n
+
+
+def onnx_whole(sess: Any, feeds: dict[str, Any]) -> int:
+    """ONNX Runtime alone, handed the whole in-memory matrix in one call (one thread)."""
+    return len(sess.run(["probabilities"], feeds)[0])
+
+
+def copy_bodies(rows: int, files: int, run_id: int = 1) -> list[Any]:
+    """Binary COPY bodies of `rows` prediction rows split like `files` files (ids '1'..'rows'), built untimed."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    bounds = np.linspace(0, rows, files + 1).astype(np.int64)
+    bodies = []
+    for lo, hi in itertools.pairwise(bounds):
+        ids = pa.array(np.arange(lo + 1, hi + 1)).cast(pa.string())
+        scores = rng.random(hi - lo, dtype=np.float32)
+        bodies.append(copy_body(run_id, ids, scores, (scores >= 0.5).astype(np.int16)))
+    return bodies
+
+
+def pg_copy(url: str, table: str, bodies: Sequence[Any]) -> int:
+    """PostgreSQL binary COPY rate: prebuilt bodies streamed over one connection in one transaction."""
+    import psycopg
+
+    with psycopg.connect(libpq(url)) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)") as cp:
+            cp.write(COPY_HEADER)
+            for body in bodies:
+                cp.write(memoryview(body))
+            cp.write(COPY_TRAILER)
+        n = cur.rowcount
+    return int(n)
+
+
+SQLITE_DDL = (
+    "CREATE TABLE predictions (run_id INTEGER NOT NULL, entity_id VARCHAR(128) NOT NULL, score FLOAT NOT NULL, "
+    "label SMALLINT NOT NULL, PRIMARY KEY (run_id, entity_id)) WITHOUT ROWID"
+)
+
+
+def sqlite_rows(rows: int, run_id: int = 1) -> list[tuple[int, str, float, int]]:
+    """Prediction rows as Python tuples in key order, built untimed."""
+    import numpy as np
+
+    scores = np.random.default_rng(0).random(rows).astype(np.float32).tolist()
+    return sorted((run_id, str(i + 1), s, int(s >= 0.5)) for i, s in enumerate(scores))
+
+
+def sqlite_bulk_insert(path: Path, rows: list[tuple[int, str, float, int]]) -> int:
+    """SQLite's own bulk-insert rate: executemany of prebuilt tuples in key order, in one transaction,
+    into nightshift's predictions table shape (WITHOUT ROWID, primary key), WAL + synchronous=NORMAL."""
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(SQLITE_DDL)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO predictions (run_id, entity_id, score, label) VALUES (?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return len(rows)
+
+
+# -- pipelined ------------------------------------------------------------------------------------
+
+
+def _pipeline_process(paths: Sequence[str], onnx_bytes: bytes, url: str | None, table: str) -> int:
+    import psycopg
+
+    sess = session(onnx_bytes)
+    rows = 0
+    if url is None:  # score only, write nothing
+        for path in paths:
+            for batch in read_batches(path):
+                score_batch(sess, batch)
+                rows += batch.num_rows
+        return rows
+    copy = f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)"
+    with psycopg.connect(libpq(url)) as conn, conn.cursor() as cur, cur.copy(copy) as cp:
+        cp.write(COPY_HEADER)
+        for path in paths:
+            for batch in read_batches(path):
+                cp.write(memoryview(copy_body(1, *score_batch(sess, batch))))
+                rows += batch.num_rows
+        cp.write(COPY_TRAILER)
+    return rows
+
+
+def add_primary_key(url: str, table: str) -> None:
+    """Index a loaded table the way a served predictions table must be: a primary key on (run_id, entity_id)."""
+    import psycopg
+
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (run_id, entity_id)")
+
+
+def pipelined(paths: Sequence[str], onnx_bytes: bytes, url: str | None, table: str, processes: int = 2) -> int:
+    """The pipelined limit: `processes` forked processes, each reads its share of the files with Arrow,
+    scores 64k-row batches with ONNX Runtime (one thread) and streams one binary COPY into a plain table.
+    No contract check, no Dask, no atomic commit, no catalog. `url=None` scores without writing."""
+    shares = [list(paths[i::processes]) for i in range(processes)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        counts = pool.starmap(_pipeline_process, [(share, onnx_bytes, url, table) for share in shares])
+    return sum(counts)

@@ -1,0 +1,594 @@
+"""Monitoring benchmark: detector quality on demo nights with injected shifts, and the 1M-row cost vs plain scipy.
+
+    uv run python -m bench.monitor_bench                 # both parts (data cached in bench/results/monitor/)
+    uv run python -m bench.monitor_bench --skip-timing   # detection table only
+    uv run python -m bench.monitor_bench --evidently-full  # also Evidently's DataDriftPreset on all rows
+
+Part 1 runs the nightly code path (profile_files → run_checks → verdict, the same functions
+monitor_partition calls, with the sample scored by the model like the committed scores) over
+clean nights and nights with one injected shift each, and reports the detection rate per kind
+and size of shift and the false-alarm rate on clean nights. Part 2 commits a 1M-row partition
+to SQLite and times `monitor_partition` (each run in a fresh process, peak RSS from the kernel)
+against a direct pandas/scipy implementation of the same tests on every row.
+Results: bench/results/monitor_bench.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = RESULTS / "monitor"
+SEED = 42
+REF_DAYS = [date(2026, 1, 1), date(2026, 1, 2)]
+FIRST_NIGHT = date(2026, 2, 1)
+BIG_NIGHT = date(2026, 6, 1)
+
+#: (kind, sizes, columns the shift rotates over). Sizes bracket each kind's default threshold.
+SCENARIOS: list[tuple[str, list[float], list[str]]] = [
+    ("mean_shift", [0.1, 0.25, 0.5, 1.0], ["monthly_charges", "age", "tenure_months", "data_usage_gb_30d"]),
+    ("variance_change", [1.1, 1.25, 1.5, 2.0], ["monthly_charges", "credit_score", "logins_30d", "voice_minutes_30d"]),
+    ("new_category", [0.0005, 0.002, 0.01, 0.05], ["plan", "region", "payment_method", "plan"]),
+    ("missing_spike", [0.02, 0.05, 0.1, 0.3], ["tenure_months", "credit_score", "region", "estimated_income_k"]),
+]
+#: The check that should catch each kind (besides the night's verdict).
+TARGET = {
+    "mean_shift": "drift",
+    "variance_change": "drift",
+    "new_category": "new_category",
+    "missing_spike": "missing_share",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[monitor_bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set: VmHWM (getrusage's ru_maxrss survives exec and shows the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- data and project ------------------------------------------------------------------------
+
+
+def _generate_day(root: Path, day: date, rows: int, files: int, drift: list[Any]) -> None:
+    from nightshift.demo import generate
+
+    marker = root / "features" / f"ds={day.isoformat()}" / "_SUCCESS"
+    stamp = root / "features" / f"ds={day.isoformat()}" / ".params"
+    params = json.dumps({"rows": rows, "files": files, "drift": [str(d) for d in drift], "seed": SEED})
+    if marker.exists() and stamp.exists() and stamp.read_text() == params:
+        return
+    generate(
+        root / "features",
+        root / "labels",
+        start=day,
+        days=1,
+        rows_per_day=rows,
+        files_per_day=files,
+        seed=SEED,
+        drift=drift,
+    )
+    stamp.write_text(params)
+
+
+def write_project(work: Path, data: Path) -> Path:
+    from nightshift.demo import demo_contract
+
+    cols = ",\n".join(
+        "  {"
+        + ", ".join(f"{k} = {json.dumps(v)}" for k, v in c.model_dump(mode="json", exclude_none=True).items())
+        + "}"
+        for c in demo_contract().columns
+    )
+    text = f"""
+state_dir = {json.dumps(str(work / "state"))}
+
+[dask]
+threads_per_worker = 1
+
+[[models]]
+name = "churn"
+dataset = {json.dumps(str(data / "features"))}
+labels = {json.dumps(str(data / "labels"))}
+label_column = "churned"
+
+[models.estimator]
+kind = "logistic_regression"
+params = {{ C = 1.0, max_iter = 300 }}
+
+[models.training]
+window_days = 2
+max_rows = 50000
+
+[models.monitoring]
+report = false
+
+[models.contract]
+entity_id = "customer_id"
+entity_id_type = "int64"
+columns = [
+{cols}
+]
+"""
+    path = work / "nightshift.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Night:
+    day: date
+    kind: str  # "clean" or a drift kind
+    size: float
+    column: str | None
+
+
+def plan_nights(clean: int, per_size: int) -> list[Night]:
+    nights: list[Night] = []
+    day = FIRST_NIGHT
+    for i in range(clean):
+        nights.append(Night(day, "clean", 0.0, None))
+        day += timedelta(days=1)
+        _ = i
+    for kind, sizes, columns in SCENARIOS:
+        for size in sizes:
+            for k in range(per_size):
+                nights.append(Night(day, kind, size, columns[k % len(columns)]))
+                day += timedelta(days=1)
+    return nights
+
+
+# -- part 1: detection -----------------------------------------------------------------------
+
+
+def train_reference_model(settings: Any) -> bytes:
+    from nightshift.training import train
+    from nightshift.training_set import build_training_set
+
+    cfg = settings.model("churn")
+    cached = Path(cfg.dataset_uri(settings)).parent / f"model-{cfg.training.max_rows}.onnx"
+    if cached.exists():
+        return cached.read_bytes()
+    tset = build_training_set(settings, cfg, REF_DAYS[-1])
+    trained = train(tset.table, tset.labels, cfg.contract, cfg.estimator, cfg.training, cfg.decision_threshold)
+    cached.write_bytes(trained.onnx_bytes)
+    return trained.onnx_bytes
+
+
+def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, Any]:
+    from nightshift.demo import DriftSpec
+    from nightshift.monitoring.checks import FAIL, run_checks, verdict
+    from nightshift.monitoring.profile import profile_files
+    from nightshift.monitoring.reference import model_session, reference_from_files, score_sample
+
+    cfg = settings.model("churn")
+    mon = cfg.monitoring
+    nights = plan_nights(args.clean_nights, args.nights_per_size)
+    log(f"detection: generating {len(REF_DAYS)} reference days and {len(nights)} nights of {args.night_rows:,} rows")
+    for day in REF_DAYS:
+        _generate_day(data, day, args.ref_rows, 2, [])
+    for n in nights:
+        drift = [] if n.kind == "clean" else [DriftSpec(n.kind, str(n.column), n.size, n.day)]
+        _generate_day(data, n.day, args.night_rows, 2, drift)
+    onnx = train_reference_model(settings)
+    session = model_session(onnx)
+
+    def files(day: date) -> list[str]:
+        return sorted(str(p) for p in (data / "features" / f"ds={day.isoformat()}").glob("*.parquet"))
+
+    reference = reference_from_files(
+        [f for d in REF_DAYS for f in files(d)],
+        cfg.contract,
+        onnx,
+        model="churn",
+        version=1,
+        uri="memory://bench",
+        cap=mon.reference_rows,
+        seed=mon.sample_seed,
+    )
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for n in nights:
+        profile = profile_files(files(n.day), cfg.contract, cap=mon.sample_rows, seed=mon.sample_seed)
+        scores = score_sample(session, profile.sample, cfg.contract)
+        checks = run_checks(profile, reference, cfg, current_scores=scores, volume_history=[profile.rows] * 7)
+        failing = [c for c in checks if c.failing]
+        margins: dict[str, float] = {}
+        for c in checks:
+            if c.value is not None and c.threshold:
+                margins[c.kind] = max(margins.get(c.kind, 0.0), c.value / c.threshold)
+        target = None
+        if n.column is not None:
+            target = next(
+                (c for c in checks if c.kind == TARGET[n.kind] and c.column == n.column),
+                None,
+            )
+        rows.append(
+            {
+                "day": n.day.isoformat(),
+                "kind": n.kind,
+                "size": n.size,
+                "column": n.column,
+                "status": verdict(checks),
+                "failed": [f"{c.kind}[{c.column}]" if c.column else c.kind for c in failing],
+                "target_value": None if target is None else target.value,
+                "target_threshold": None if target is None else target.threshold,
+                "target_failed": None if target is None else target.status == FAIL,
+                "checks": len(checks),
+                "failed_checks": len(failing),
+                "sampled_rows": profile.sampled_rows,
+                "max_ratio": margins,
+            }
+        )
+    seconds = time.perf_counter() - t0
+    log(f"detection: {len(nights)} nights checked in {seconds:.1f}s")
+    table: dict[str, dict[str, Any]] = defaultdict(dict)
+    for kind, sizes, _ in SCENARIOS:
+        for size in sizes:
+            hit = [r for r in rows if r["kind"] == kind and r["size"] == size]
+            also = sorted({f.split("[")[0] for r in hit for f in r["failed"]} - {TARGET[kind]})
+            table[kind][str(size)] = {
+                "nights": len(hit),
+                "night_failed": sum(r["status"] == FAIL for r in hit) / len(hit),
+                "target_check_failed": sum(bool(r["target_failed"]) for r in hit) / len(hit),
+                "median_value": statistics.median(r["target_value"] for r in hit if r["target_value"] is not None),
+                "median_ratio": statistics.median(
+                    r["target_value"] / r["target_threshold"]
+                    for r in hit
+                    if r["target_value"] is not None and r["target_threshold"]
+                ),
+                "also_failed": also,
+            }
+    clean = [r for r in rows if r["kind"] == "clean"]
+    clean_checks = sum(r["checks"] for r in clean)
+    false_alarm = {
+        "nights": len(clean),
+        "night_false_alarm_rate": sum(r["status"] == FAIL for r in clean) / len(clean),
+        "check_false_alarm_rate": sum(r["failed_checks"] for r in clean) / clean_checks if clean_checks else 0.0,
+        "checks_per_night": clean_checks / len(clean) if clean else 0,
+        "false_alarms": [f"{r['day']}: {', '.join(r['failed'])}" for r in clean if r["failed"]],
+        "max_ratio_by_check": {
+            kind: round(max(r["max_ratio"].get(kind, 0.0) for r in clean), 3)
+            for kind in sorted({k for r in clean for k in r["max_ratio"]})
+        },
+    }
+    return {
+        "night_rows": args.night_rows,
+        "reference_rows": reference.stats["rows"],
+        "reference_sampled": reference.sample.num_rows,
+        "sample_cap": mon.sample_rows,
+        "nights": len(nights),
+        "seconds": round(seconds, 2),
+        "per_night_s": round(seconds / len(nights), 3),
+        "table": table,
+        "clean": false_alarm,
+        "rows": rows,
+    }
+
+
+# -- part 2: 1M-row timing -------------------------------------------------------------------
+
+
+def prepare_big(args: argparse.Namespace, config: Path, data: Path) -> dict[str, Any]:
+    """A registered model (trained on the reference days), a committed 1M-row night, its stored reference."""
+    from nightshift.config import load_settings
+    from nightshift.flows import open_registry, open_store, train_and_register
+    from nightshift.monitoring import ensure_reference
+    from nightshift.scoring import score_partition
+
+    for day in REF_DAYS:
+        _generate_day(data, day, args.ref_rows, 2, [])
+    _generate_day(data, BIG_NIGHT, args.big_rows, 4, [])
+    settings = load_settings(config)
+    store = open_store(settings, check=False)
+    store.upgrade()
+    registry = open_registry(settings, store)
+    if not registry.versions("churn"):
+        log("timing: training and registering the model on the reference days")
+        train_and_register(settings, "churn", REF_DAYS[-1])
+    mv = registry.resolve("churn")
+    if store.partition("churn", mv.version, BIG_NIGHT) is None:
+        log(f"timing: scoring the {args.big_rows:,}-row night into SQLite")
+        score_partition(settings, "churn", BIG_NIGHT)
+    part = store.partition("churn", mv.version, BIG_NIGHT)
+    assert part is not None
+    ref = ensure_reference(settings, mv)
+    return {"run_id": part.run_id, "rows": part.row_count, "reference": ref.uri, "store": store.url}
+
+
+def child_ours(config: str, report: bool) -> dict[str, Any]:
+    import_s = 0.0
+    if report:  # Evidently's import is timed apart: once per process, whatever the partition
+        t = time.perf_counter()
+        import evidently  # noqa: F401
+
+        import_s = time.perf_counter() - t
+    from nightshift.config import load_settings
+    from nightshift.monitoring import monitor_partition
+
+    settings = load_settings(config)
+    t = time.perf_counter()
+    result = monitor_partition(settings, "churn", BIG_NIGHT, report=report, alert=False)
+    seconds = time.perf_counter() - t
+    return {
+        "seconds": seconds,
+        "evidently_import_s": import_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "status": result.status,
+        "sampled_rows": result.sampled_rows,
+        "rows": result.rows,
+        "timings": result.summary["timings"],
+        "failed": result.summary["failed"],
+    }
+
+
+def child_scipy(config: str, run_id: int, reference: str) -> dict[str, Any]:
+    """The same tests written directly with pandas + scipy on every row: no sampling, no streaming."""
+    import sqlite3
+
+    import numpy as np
+    import pandas as pd
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    from nightshift.config import load_settings
+
+    settings = load_settings(config)
+    cfg = settings.model("churn")
+    t = time.perf_counter()
+    files = sorted((Path(cfg.dataset_uri(settings)) / f"ds={BIG_NIGHT.isoformat()}").glob("*.parquet"))
+    cur = pd.concat([pd.read_parquet(f, columns=cfg.contract.feature_names) for f in files], ignore_index=True)
+    ref = pd.read_parquet(Path(reference) / "reference.parquet")
+    stats = json.loads((Path(reference) / "reference.json").read_text())["columns"]
+    out: dict[str, float] = {}
+    for spec in cfg.contract.columns:
+        c = cur[spec.name]
+        out[f"missing:{spec.name}"] = float(c.isna().mean())
+        if spec.type.is_categorical:
+            present = c.dropna()
+            out[f"new:{spec.name}"] = float((~present.isin(list(stats[spec.name]["categories"]))).mean())
+            r = ref[spec.name].dropna()
+            keys = sorted(set(r.unique()) | set(present.unique()))
+            p = r.value_counts(normalize=True).reindex(keys, fill_value=0).to_numpy()
+            q = present.value_counts(normalize=True).reindex(keys, fill_value=0).to_numpy()
+            out[f"js:{spec.name}"] = float(jensenshannon(p, q))
+        else:
+            present = c.dropna()
+            lo = spec.min if spec.min is not None else -np.inf
+            hi = spec.max if spec.max is not None else np.inf
+            out[f"oor:{spec.name}"] = float(((present < lo) | (present > hi)).mean())
+            r = ref[spec.name].dropna()
+            out[f"w:{spec.name}"] = float(wasserstein_distance(r, present) / max(float(np.std(r)), 0.001))
+    db = sqlite3.connect(settings.resolved_store_url.removeprefix("sqlite:///"))
+    scores = pd.read_sql_query("SELECT score FROM predictions WHERE run_id = ?", db, params=(run_id,))["score"]
+    r = ref["__score__"]
+    out["w:score"] = float(wasserstein_distance(r, scores) / max(float(np.std(r)), 0.001))
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "rows": len(cur), "tests": len(out)}
+
+
+def child_evidently_full(config: str, reference: str) -> dict[str, Any]:
+    """Evidently's DataDriftPreset on every row of the night against the 100k reference sample."""
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from nightshift.config import load_settings
+
+    settings = load_settings(config)
+    cfg = settings.model("churn")
+    t = time.perf_counter()
+    files = sorted((Path(cfg.dataset_uri(settings)) / f"ds={BIG_NIGHT.isoformat()}").glob("*.parquet"))
+    cur = pd.concat([pd.read_parquet(f, columns=cfg.contract.feature_names) for f in files], ignore_index=True)
+    ref = pd.read_parquet(Path(reference) / "reference.parquet", columns=cfg.contract.feature_names)
+    definition = DataDefinition(
+        numerical_columns=[c.name for c in cfg.contract.numeric],
+        categorical_columns=[c.name for c in cfg.contract.categorical],
+    )
+    Report([DataDriftPreset(num_method="wasserstein", cat_method="jensenshannon")]).run(
+        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition)
+    )
+    return {"seconds": time.perf_counter() - t, "peak_rss_mib": peak_rss_mib(), "rows": len(cur)}
+
+
+#: Bytecode cache for the child processes, outside the source tree: this environment sets
+#: PYTHONDONTWRITEBYTECODE, which would make every fresh process recompile pandas, scipy and
+#: Evidently from source (seconds) and swamp what is measured; a deployment has its .pyc files.
+PYCACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "nightshift-bench-pycache"
+
+
+def run_child(*argv: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.monitor_bench", "--child", *argv]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1], env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def timing(args: argparse.Namespace, config: Path, data: Path) -> dict[str, Any]:
+    info = prepare_big(args, config, data)
+    log(f"timing: {info['rows']:,} committed rows; {args.runs} fresh-process run(s) per contender")
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    contenders = {
+        "nightshift monitor_partition (checks, stored verdict)": ("ours", str(config), "0"),
+        "direct pandas + scipy, same tests on every row": (
+            "scipy",
+            str(config),
+            str(info["run_id"]),
+            info["reference"],
+        ),
+        "nightshift monitor_partition + Evidently HTML report": ("ours", str(config), "1"),
+    }
+    for argv in contenders.values():  # warm-up, untimed: fills the bytecode cache
+        run_child(*argv)
+    for i in range(args.runs):  # round-robin, so machine drift hits every contender alike
+        for name, argv in contenders.items():
+            res = run_child(*argv)
+            runs[name].append(res)
+            log(f"  run {i + 1}: {name}: {res['seconds']:.2f}s, peak RSS {res['peak_rss_mib']:.0f} MiB")
+    if args.evidently_full:
+        name = "Evidently DataDriftPreset on every row (reference only)"
+        res = run_child("evidently_full", str(config), info["reference"])
+        runs[name].append(res)
+        log(f"  {name}: {res['seconds']:.1f}s, peak RSS {res['peak_rss_mib']:.0f} MiB")
+    summary: dict[str, Any] = {}
+    for name, rs in runs.items():
+        secs = [r["seconds"] for r in rs]
+        summary[name] = {
+            "median_s": round(statistics.median(secs), 3),
+            "min_s": round(min(secs), 3),
+            "max_s": round(max(secs), 3),
+            "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rs), 1),
+            "runs": [{k: v for k, v in r.items() if k != "failed"} for r in rs],
+        }
+    base = summary["direct pandas + scipy, same tests on every row"]["median_s"]
+    for s in summary.values():
+        s["ratio_to_scipy"] = round(s["median_s"] / base, 3)
+    return {"rows": info["rows"], "contenders": summary}
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# Monitoring benchmark", "", f"Run at {result['at']} on {result['machine']}.", ""]
+    det = result.get("detection")
+    if det:
+        lines += [
+            "## Detector quality",
+            "",
+            f"{det['nights']} simulated nights of {det['night_rows']:,} demo rows (reference: "
+            f"{det['reference_rows']:,} rows of 2 days, {det['reference_sampled']:,} sampled; sample cap "
+            f"{det['sample_cap']:,}); one injected "
+            "shift per drifted night, rotating over columns; default thresholds. *Night failed*: the night's verdict; "
+            "*check*: the check aimed at the shifted column (drift for mean/variance, new_category, missing_share); "
+            "*value / threshold*: its median over the nights (1 = on the threshold; the missing-share threshold is "
+            "the column's reference share + 0.05).",
+            "",
+            "| kind | size | nights | night failed | check failed | median value | value / threshold "
+            "| other failing checks |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for kind, sizes in det["table"].items():
+            for size, row in sizes.items():
+                lines.append(
+                    f"| {kind} | {size} | {row['nights']} | {row['night_failed']:.0%} "
+                    f"| {row['target_check_failed']:.0%} | {row['median_value']:.4g} | {row['median_ratio']:.2f} "
+                    f"| {', '.join(row['also_failed']) or '—'} |"
+                )
+        clean = det["clean"]
+        lines += [
+            "",
+            f"Clean nights: {clean['nights']}; nights with a false alarm: {clean['night_false_alarm_rate']:.1%}; "
+            f"failing checks: {clean['check_false_alarm_rate']:.2%} of {clean['checks_per_night']:.0f} checks "
+            "per night.",
+            "",
+            "Largest value / threshold on the clean nights, per check (1 would be an alarm): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in clean["max_ratio_by_check"].items())
+            + ".",
+            "",
+            f"Checking took {det['per_night_s']:.2f}s per night (profile + sample scoring + checks).",
+            "",
+        ]
+        if clean["false_alarms"]:
+            lines += ["False alarms:", *[f"- {x}" for x in clean["false_alarms"]], ""]
+    tim = result.get("timing")
+    if tim:
+        lines += [
+            f"## Monitoring one {tim['rows']:,}-row partition",
+            "",
+            "Each run in a fresh process; peak RSS is the process's maximum resident set (imports included).",
+            "",
+            "| contender | median s | min–max s | × scipy | peak RSS MiB |",
+            "|---|---|---|---|---|",
+        ]
+        for name, s in tim["contenders"].items():
+            lines.append(
+                f"| {name} | {s['median_s']:.2f} | {s['min_s']:.2f}–{s['max_s']:.2f} | {s['ratio_to_scipy']:.2f} "
+                f"| {s['peak_rss_mib']:.0f} |"
+            )
+        ours = tim["contenders"]["nightshift monitor_partition + Evidently HTML report"]["runs"]
+        imp = statistics.median(r["evidently_import_s"] for r in ours)
+        lines += ["", f"Importing Evidently (once per process, not in the times above): {imp:.1f}s.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--night-rows", type=int, default=50_000)
+    parser.add_argument("--ref-rows", type=int, default=100_000, help="rows per reference day (2 days)")
+    parser.add_argument("--clean-nights", type=int, default=32)
+    parser.add_argument("--nights-per-size", type=int, default=4)
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-detection", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--evidently-full", action="store_true", help="also time DataDriftPreset on every row")
+    parser.add_argument("--fresh", action="store_true", help="delete the cached data and store first")
+    parser.add_argument("--work", default="default", help="cache folder under bench/results/monitor/")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, *rest = args.child
+        if mode == "ours":
+            out = child_ours(rest[0], rest[1] == "1")
+        elif mode == "scipy":
+            out = child_scipy(rest[0], int(rest[1]), rest[2])
+        else:
+            out = child_evidently_full(rest[0], rest[1])
+        print(json.dumps(out, default=str))
+        return 0
+    work = WORK / args.work
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    config = write_project(work, data)
+    from nightshift.config import load_settings
+
+    settings = load_settings(config)
+    result: dict[str, Any] = {
+        "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start",
+        "command": "uv run python -m bench.monitor_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    if not args.skip_detection:
+        result["detection"] = detection(args, settings, data)
+    if not args.skip_timing:
+        result["timing"] = timing(args, config, data)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "monitor_bench" if args.work == "default" else f"monitor_bench-{args.work}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+    md = markdown(result)
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

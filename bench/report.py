@@ -1,0 +1,441 @@
+"""The report of one suite run: summary.md (targets, throughput, parts, scaling, profile) and PNG charts."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.profiling import read_raw, stage_breakdown
+
+GIB = 2**30
+MEMORY_LIMIT_GIB = 1.5
+MODELS = ("linear", "forest")
+MODEL_TITLES = {"linear": "linear pipeline (logistic regression)", "forest": "random forest (100 trees, depth 10)"}
+
+NS_PG = "nightshift, fresh cluster"
+NS_PG_WARM = "nightshift, pre-started cluster"
+NS_SQLITE = "nightshift -> SQLite, fresh cluster"
+
+
+def load(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class Results:
+    """The measurements of a run, by (group, model, name)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        self.m = {(r["group"], r["model"], r["name"]): r for r in records if r.get("kind") == "measurement"}
+
+    def get(self, group: str, model: str | None, name: str) -> dict[str, Any] | None:
+        return self.m.get((group, model, name))
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("kind") == kind]
+
+
+@dataclass
+class Ratio:
+    """How many times faster `a` is than `b` (rate over rate): median, min and max."""
+
+    median: float
+    low: float
+    high: float
+    paired: bool
+
+    def __str__(self) -> str:
+        return f"{_num(self.median)} [{_num(self.low)}–{_num(self.high)}]"
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
+def rate_ratio(a: dict[str, Any], b: dict[str, Any]) -> Ratio:
+    """Rate of `a` over rate of `b`. Runs timed round-robin together pair by round (min/max over the
+    rounds); otherwise the ratio of medians, with the extremes of the two ranges."""
+    ra = [a["rows"] / s for s in a["seconds"]]
+    rb = [b["rows"] / s for s in b["seconds"]]
+    if a.get("block") and a.get("block") == b.get("block") and len(ra) == len(rb):
+        pairs = [x / y for x, y in zip(ra, rb, strict=True)]
+        return Ratio(statistics.median(pairs), min(pairs), max(pairs), True)
+    return Ratio(statistics.median(ra) / statistics.median(rb), min(ra) / max(rb), max(ra) / min(rb), False)
+
+
+def time_ratio(a: dict[str, Any], b: dict[str, Any]) -> Ratio:
+    """Time of `a` over time of `b` (paired by round when timed together)."""
+    if a.get("block") and a.get("block") == b.get("block") and len(a["seconds"]) == len(b["seconds"]):
+        pairs = [x / y for x, y in zip(a["seconds"], b["seconds"], strict=True)]
+        return Ratio(statistics.median(pairs), min(pairs), max(pairs), True)
+    return Ratio(a["median_s"] / b["median_s"], a["min_s"] / b["max_s"], a["max_s"] / b["min_s"], False)
+
+
+def _rate(r: dict[str, Any]) -> str:
+    q = r["rows_per_s"]
+    return f"{q['median'] / 1e3:,.0f} k [{q['min'] / 1e3:,.0f}–{q['max'] / 1e3:,.0f}]"
+
+
+def _secs(r: dict[str, Any]) -> str:
+    return f"{r['median_s']:.2f} [{r['min_s']:.2f}–{r['max_s']:.2f}]"
+
+
+def _peak_gib(r: dict[str, Any]) -> float | None:
+    peaks = [e.get("peak_worker_rss_bytes") for e in r.get("extras", []) if e.get("peak_worker_rss_bytes")]
+    return max(peaks) / GIB if peaks else None
+
+
+# -- targets -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    model: str
+    measured: str
+    ratio: Ratio | None
+    goal: str
+    passed: bool | None
+    note: str = ""
+
+
+def targets(res: Results) -> list[Target]:
+    out: list[Target] = []
+
+    def at_least(name: str, model: str, a: Any, b: Any, goal: float, what: str, note: str = "") -> None:
+        if a is None or b is None:
+            out.append(Target(name, model, "not measured", None, f"≥ {goal}×", None, note or "skipped"))
+            return
+        r = rate_ratio(a, b)
+        measured = f"{a['rows_per_s']['median'] / 1e3:,.0f} k vs {b['rows_per_s']['median'] / 1e3:,.0f} k rows/s {what}"
+        out.append(Target(name, model, measured, r, f"≥ {goal}×", r.median >= goal, note))
+
+    for model in MODELS:
+        ns = res.get("postgres", model, NS_PG)
+        warm = res.get("postgres", model, NS_PG_WARM)
+        limit = res.get("postgres", model, "pipelined limit")
+        at_least("PostgreSQL: nightshift ≥ 0.9× pipelined limit", model, ns, limit, 0.9, "")
+        at_least(
+            "  same, cluster pre-started (client=)", model, warm, limit, 0.9, "", "info: not interleaved with the limit"
+        )
+        at_least(
+            "  vs the limit + a primary key (rows servable by id)",
+            model,
+            ns,
+            res.get("postgres", model, "pipelined limit + primary key"),
+            0.9,
+            "",
+            "info: the index nightshift must build",
+        )
+        naive, dask_ml = res.get("postgres", model, "naive peer"), res.get("postgres", model, "dask-ml peer")
+        at_least("PostgreSQL: nightshift ≥ 25× naive peer", model, ns, naive, 25, "")
+        at_least("PostgreSQL: nightshift ≥ 2.5× dask-ml", model, ns, dask_ml, 2.5, "")
+        at_least(
+            "SQLite: nightshift ≥ 0.8× SQLite bulk insert",
+            model,
+            res.get("sqlite", model, NS_SQLITE),
+            res.get("sqlite", model, "SQLite bulk insert"),
+            0.8,
+            "",
+        )
+    peaks = [
+        (r["name"], p)
+        for r in res.m.values()
+        if r["name"].startswith("nightshift") or r["group"] in ("scaling", "memory")
+        if (p := _peak_gib(r)) is not None
+    ]
+    if peaks:
+        name, worst = max(peaks, key=lambda x: x[1])
+        mem = [r for r in res.m.values() if r["group"] == "memory"]
+        by_layout = ", ".join(f"{r['name'].split(',')[0]}: {_peak_gib(r) or 0:.2f}" for r in mem)
+        out.append(
+            Target(
+                "peak RSS per worker ≤ 1.5 GiB, any number of files",
+                "linear+forest",
+                f"worst {worst:.2f} GiB ({name}); fresh cluster by layout: {by_layout or 'n/a'}",
+                Ratio(worst / MEMORY_LIMIT_GIB, worst / MEMORY_LIMIT_GIB, worst / MEMORY_LIMIT_GIB, False),
+                "≤ 1.0 of 1.5 GiB",
+                worst <= MEMORY_LIMIT_GIB,
+            )
+        )
+    big, small = _scaling_pair(res)
+    if big and small:
+        r = time_ratio(big, small)
+        out.append(
+            Target(
+                f"t({big['rows'] / 1e6:g}M) ≤ 4.4× t({small['rows'] / 1e6:g}M rows)",
+                "linear",
+                f"{big['median_s']:.2f} s vs {small['median_s']:.2f} s (pre-started cluster, same rows per file)",
+                r,
+                "≤ 4.4×",
+                r.median <= 4.4,
+            )
+        )
+    return out
+
+
+def _scaling_pair(res: Results) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    rows = [r for r in res.m.values() if r["group"] == "scaling" and r["name"].endswith(", 2 workers")]
+    if not rows:
+        return None, None
+    big_rows = max(r["rows"] for r in rows)
+    small = min(rows, key=lambda r: r["rows"])
+    same_density = [
+        r
+        for r in rows
+        if r["rows"] == big_rows and _files(r) * small["rows"] == _files(small) * big_rows  # same rows per file
+    ]
+    return (same_density[0] if same_density else None), small
+
+
+def _files(r: dict[str, Any]) -> int:
+    return int(r["name"].split("/")[1].split("files")[0])
+
+
+# -- markdown ------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def targets_table(res: Results) -> list[str]:
+    rows = []
+    for t in targets(res):
+        verdict = "—" if t.passed is None else ("**pass**" if t.passed else "**FAIL**")
+        if t.note.startswith("info"):
+            verdict = "(info)"
+        rows.append([t.name, t.model, t.measured, str(t.ratio) if t.ratio else "—", t.goal, verdict])
+    return _table(["target", "model", "measured", "ratio, median [min–max]", "goal", "result"], rows)
+
+
+def throughput_table(res: Results, model: str) -> list[str]:
+    ns = res.get("postgres", model, NS_PG)
+    ns_sqlite = res.get("sqlite", model, NS_SQLITE)
+    rows = []
+    for group in ("postgres", "sqlite"):
+        ref = ns if group == "postgres" else ns_sqlite
+        for r in (r for r in res.m.values() if r["group"] == group and r["model"] == model):
+            vs = str(rate_ratio(ref, r)) if ref and r is not ref else "1"
+            rows.append([group, r["name"], f"{r['rows']:,}", _secs(r), _rate(r), vs])
+    return _table(
+        ["store", "path", "rows", "seconds, median [min–max]", "rows/s, median [min–max]", "nightshift ÷ this"], rows
+    )
+
+
+def parts_table(res: Results) -> list[str]:
+    rows = []
+    for r in res.m.values():
+        if r["group"] == "parts" or r["name"] in ("SQLite bulk insert", "pipelined limit, no write"):
+            rows.append([r["name"], r["model"] or "—", f"{r['rows']:,}", _rate(r)])
+    return _table(["stage", "model", "rows", "rows/s, median [min–max]"], rows)
+
+
+def scaling_table(res: Results) -> list[str]:
+    rows = []
+    for r in res.m.values():
+        if r["group"] in ("scaling", "memory"):
+            peak = _peak_gib(r)
+            ru = max((e.get("ru_maxrss_worker_bytes") or 0 for e in r["extras"]), default=0) / GIB
+            rows.append([r["name"], str(r["runs"]), _secs(r), _rate(r), f"{peak:.2f}" if peak else "—", f"{ru:.2f}"])
+    lines = _table(
+        ["layout (linear, PostgreSQL)", "runs", "seconds", "rows/s", "peak RSS/worker GiB (psutil)", "ru_maxrss GiB"],
+        rows,
+    )
+    derived = []
+    scal = {r["name"]: r for r in res.m.values() if r["group"] == "scaling"}
+    one = next((r for n, r in scal.items() if n.endswith("1 worker")), None)
+    two = next((r for n, r in scal.items() if one and n == one["name"].replace("1 worker", "2 workers")), None)
+    if one and two:
+        derived.append(f"- nightshift, 2 workers vs 1: {time_ratio(one, two)}× faster (t1/t2; ideal 2 on 2 idle cores)")
+    lim1 = next((r for n, r in scal.items() if n.startswith("pipelined limit") and n.endswith("1 process")), None)
+    lim2 = next((r for n, r in scal.items() if n.startswith("pipelined limit") and n.endswith("2 processes")), None)
+    if lim1 and lim2:
+        derived.append(f"- the machine (pipelined limit, no write), 2 processes vs 1: {time_ratio(lim1, lim2)}× faster")
+    big, small = _scaling_pair(res)
+    if big and small:
+        derived.append(f"- t({big['name'].split(',')[0]}) / t({small['name'].split(',')[0]}): {time_ratio(big, small)}")
+    many = [r for r in scal.values() if r["name"].endswith("2 workers") and big and r["rows"] == big["rows"]]
+    if len(many) >= 2:
+        lo, hi = min(many, key=_files), max(many, key=_files)
+        derived.append(
+            f"- {_files(hi)} vs {_files(lo)} files, same rows: t{_files(hi)}/t{_files(lo)} = {time_ratio(hi, lo)} "
+            f"(per-task overhead ≈ {(hi['median_s'] - lo['median_s']) / max(1, _files(hi) - _files(lo)) * 1e3:.0f} ms "
+            "per extra file)"
+        )
+    return lines + (["", *derived] if derived else [])
+
+
+TIMING_KEYS = (
+    "model_check_s",
+    "contract_check_s",
+    "cluster_start_s",
+    "score_s",
+    "commit_s",
+    "tasks_read_s",
+    "tasks_infer_s",
+    "tasks_write_s",
+)
+
+
+def timings_table(res: Results) -> list[str]:
+    rows = []
+    for group, name in (("postgres", NS_PG), ("postgres", NS_PG_WARM), ("sqlite", NS_SQLITE)):
+        for model in MODELS:
+            r = res.get(group, model, name)
+            if not r:
+                continue
+            med = {k: statistics.median(e.get("timings", {}).get(k, 0.0) for e in r["extras"]) for k in TIMING_KEYS}
+            rest = r["median_s"] - sum(med[k] for k in TIMING_KEYS[:5])
+            rows.append(
+                [f"{name} ({model})", f"{r['median_s']:.2f}"]
+                + [f"{med[k]:.2f}" for k in TIMING_KEYS]
+                + [f"{max(rest, 0):.2f}"]
+            )
+    header = ["call", "wall s", *[k.removesuffix("_s") for k in TIMING_KEYS], "other s"]
+    return _table(header, rows)
+
+
+def profile_section(res: Results) -> list[str]:
+    lines: list[str] = []
+    for p in res.of_kind("profile"):
+        files = [Path(f) for f in p.get("files", [])]
+        if files and all(f.exists() for f in files):  # re-read: the stage rules may have changed since
+            p = {**p, **stage_breakdown(read_raw(files))}
+        stages = ", ".join(f"{k} {v:.0%}" for k, v in p["stages"].items() if v >= 0.01)
+        where = f"{p['store']} / {p['model']} / {p['where']}"
+        busy = f"busy {p.get('busy', 1):.0%} of samples"
+        lines.append(f"- **{where}** ({p['seconds']} s, {p['samples']} busy samples, {busy}): {stages}")
+    return lines
+
+
+def write(folder: Path) -> str:
+    """Write summary.md and the charts for the results in `folder`; returns the markdown."""
+    records = load(folder)
+    res = Results(records)
+    env = next(iter(res.of_kind("environment")), {})
+    plan = next(iter(res.of_kind("plan")), {})
+    done = next(iter(res.of_kind("finished")), {})
+    md = [
+        f"# nightshift benchmark — {env.get('size', {}).get('name', '?')} ({env.get('started', '?')})",
+        "",
+        f"`{env.get('command', 'python -m bench')}` on {env.get('cpus', '?')} cores, {env.get('memory_gib', '?')} GiB; "
+        f"load average at start {_load(env.get('load_avg'))}, at end {_load(done.get('load_avg'))}; "
+        f"total {done.get('seconds', '?')} s. Each figure: median of {env.get('size', {}).get('repeats', '?')} runs "
+        "[min–max]; contenders of one comparison ran round-robin in the same process; ratios of rates.",
+        "",
+        "## Targets",
+        "",
+        *targets_table(res),
+        "",
+    ]
+    for model in MODELS:
+        if any(r["model"] == model and r["group"] in ("postgres", "sqlite") for r in res.m.values()):
+            md += [f"## End to end — {MODEL_TITLES[model]}", "", *throughput_table(res, model), ""]
+    md += ["## The machine's limits, stage by stage", "", *parts_table(res), ""]
+    md += ["## Scaling and memory", "", *scaling_table(res), ""]
+    md += ["## Where nightshift's time goes (runs.timings, medians)", "", *timings_table(res), ""]
+    md += [
+        "`tasks_*` are sums over all tasks (both workers); `other` = wall − the first five.",
+        "",
+    ]
+    prof = profile_section(res)
+    if prof:
+        md += ["## Profile (py-spy, share of samples per stage)", "", *prof, ""]
+    notes = [f"- {v}" for v in plan.get("skipped", {}).values()]
+    notes += [f"- case **{e['case']}** failed: {e['error']}" for e in res.of_kind("error")]
+    if notes:
+        md += ["## Notes", "", *notes, ""]
+    md += [
+        "Charts: ![throughput](throughput.png) ![scaling](scaling.png)",
+        "",
+        "Each contender in words:",
+        "",
+        *sorted({f"- **{r['name']}**: {r['what']}" for r in res.m.values() if r.get("what")}),
+        "",
+    ]
+    text = "\n".join(md)
+    (folder / "summary.md").write_text(text)
+    try:
+        charts(res, folder)
+    except Exception as exc:  # a missing matplotlib must not lose the numbers
+        (folder / "charts-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+    return text
+
+
+def _load(v: Any) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
+# -- charts --------------------------------------------------------------------------------------
+
+
+def charts(res: Results, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, model in zip(axes, MODELS, strict=True):
+        bars = [
+            r
+            for r in res.m.values()
+            if r["model"] == model and r["group"] in ("postgres", "sqlite") and r["rows_per_s"]["median"] > 0
+        ]
+        bars.sort(key=lambda r: r["rows_per_s"]["median"])
+        names = [("SQLite: " if r["group"] == "sqlite" else "") + r["name"].replace(" -> SQLite", "") for r in bars]
+        med = [r["rows_per_s"]["median"] / 1e3 for r in bars]
+        err = [
+            [m - r["rows_per_s"]["min"] / 1e3 for m, r in zip(med, bars, strict=True)],
+            [r["rows_per_s"]["max"] / 1e3 - m for m, r in zip(med, bars, strict=True)],
+        ]
+        colors = [
+            "tab:orange" if "nightshift" in n else ("tab:green" if "limit" in n or "bulk" in n else "tab:gray")
+            for n in names
+        ]
+        ax.barh(names, med, xerr=err, color=colors, capsize=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("k rows/s (log scale; median, min–max)")
+        ax.set_title(MODEL_TITLES[model], fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle("Parquet → scores → committed rows: nightshift (orange), limits (green), peers (gray)")
+    fig.tight_layout()
+    path = folder / "throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    rows = [r for r in res.m.values() if r["group"] in ("scaling", "memory")]
+    if rows:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+        scal = [r for r in rows if r["group"] == "scaling"]
+        left.barh(
+            [r["name"] for r in scal],
+            [r["median_s"] for r in scal],
+            xerr=[[r["median_s"] - r["min_s"] for r in scal], [r["max_s"] - r["median_s"] for r in scal]],
+            color="tab:blue",
+            capsize=3,
+        )
+        left.set_xlabel("seconds (pre-started cluster)")
+        left.tick_params(axis="y", labelsize=8)
+        mem = [r for r in rows if _peak_gib(r)]
+        right.barh([r["name"] for r in mem], [_peak_gib(r) for r in mem], color="tab:purple")
+        right.axvline(MEMORY_LIMIT_GIB, color="red", linestyle="--", label="1.5 GiB target")
+        right.set_xlabel("peak RSS per worker, GiB")
+        right.tick_params(axis="y", labelsize=8)
+        right.legend(fontsize=8)
+        fig.suptitle("nightshift scaling (linear model, PostgreSQL)")
+        fig.tight_layout()
+        path = folder / "scaling.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
