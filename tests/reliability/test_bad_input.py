@@ -163,6 +163,32 @@ def test_strings_in_a_float_column_are_refused_naming_only_that_file(
     s.assert_old_rows_serve(run_id, before)
 
 
+def test_float64_values_beyond_float32_range_are_refused_not_scored_as_infinity(
+    scenario: Callable[..., Scenario], data_root: Path
+) -> None:
+    s = scenario()
+    run_id, before = s.baseline()
+    victim = _files(data_root)[1]
+
+    def overflow(t: pa.Table) -> pa.Table:
+        values = t.column("monthly_charges").to_pylist()
+        values[:2] = [1e300, -1e300]
+        return _replace(t, "monthly_charges", pa.array(values, pa.float64()))
+
+    _rewrite(victim, overflow)
+    ids = [str(i) for i in pq.read_table(victim, columns=["customer_id"]).column(0).to_pylist()[:2]]
+    refusal = _refusal(s)
+    if refusal is None:
+        now = committed(s.store)
+        raise LibraryBug(
+            f"1e300 and -1e300 in {victim.name}:monthly_charges were committed as scores {now[ids[0]]} and "
+            f"{now[ids[1]]} (previously {before[ids[0]]:.4f} and {before[ids[1]]:.4f})"
+        )
+    assert victim.name in refusal
+    assert "monthly_charges" in refusal
+    s.assert_old_rows_serve(run_id, before)
+
+
 def test_nan_in_a_non_nullable_float_column_is_refused(scenario: Callable[..., Scenario], data_root: Path) -> None:
     for f in _files(data_root):
         _rewrite(f, lambda t: _replace(t, "credit_score", pc.fill_null(t.column("credit_score"), 650.0)))
