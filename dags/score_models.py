@@ -122,8 +122,19 @@ def scoring_dag(model: str, dataset: str, partition_key: str, marker: str, owner
                     night[alias], night[f"{alias}_ok"] = None, None
                     continue
                 # monitor_partition stores the verdict and notifies on a failing or unjudgeable night itself.
-                with fail_without_retry_on_bad_input(ReferenceUnavailable):
-                    result = monitor_partition(settings, model, ds, version=int(version), report=False)
+                try:
+                    with fail_without_retry_on_bad_input():
+                        result = monitor_partition(settings, model, ds, version=int(version), report=False)
+                except ReferenceUnavailable as exc:
+                    # A version without recorded training days cannot be judged: say so loudly, but the
+                    # night's predictions are committed and serving, so the scoring run does not fail.
+                    from nightshift.notify import notify
+
+                    notify(settings, "monitoring_unavailable", f"{model} v{version} ds={ds}: {exc}", model=model)
+                    if alias == "champion":
+                        raise AirflowSkipException(f"{model} v{version} cannot be monitored: {exc}") from None
+                    night[alias], night[f"{alias}_ok"] = None, None
+                    continue
                 night[alias], night[f"{alias}_ok"] = result.as_dict(), result.ok
             return night
 
