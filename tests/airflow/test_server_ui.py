@@ -66,8 +66,11 @@ def test_backfill_two_dates_from_the_ui(
             dialog.get_by_text("Run this Dag for a range of dates").click()
             for i, day in enumerate(UI_DAYS):
                 page.get_by_test_id("datetime-input").nth(i).click()
-                page.get_by_placeholder("YYYY/MM/DD").fill(day.strftime("%Y/%m/%d"))
-                page.get_by_placeholder("HH:mm").fill("00:00")
+                # Depending on the UI's render, the placeholder belongs to a picker popover (one match)
+                # or to the From/To fields themselves (two matches): take the i-th field then.
+                dates, times = page.get_by_placeholder("YYYY/MM/DD"), page.get_by_placeholder("HH:mm")
+                (dates.nth(i) if dates.count() > 1 else dates.first).fill(day.strftime("%Y/%m/%d"))
+                (times.nth(i) if times.count() > 1 else times.first).fill("00:00")
                 page.keyboard.press("Escape")  # closes the date picker, not the dialog
             expect(dialog.get_by_text("2 runs will be triggered.")).to_be_visible()
             page.locator("input[name=max_active_runs]").fill("2")
