@@ -269,7 +269,7 @@ WHAT = {
     "pipelined limit": "2 forked processes: Arrow read, ONNX Runtime 64k batches, one binary COPY stream each "
     "into a plain table (no index, no contract check, no commit, no catalog)",
     "pipelined limit, no write": "the pipelined limit without writing: read + score only",
-    "pipelined limit + primary key": "the pipelined limit, then ADD PRIMARY KEY (run_id, entity_id) on its table: "
+    "pipelined limit + primary key": "the pipelined limit, then ADD PRIMARY KEY (entity_id, run_id) on its table: "
     "the limit for rows that can be served by id",
     "nightshift, fresh cluster": "score_partition(): model + contract checks, local Dask cluster started by the call, "
     "staging, index + attach, catalog commit",

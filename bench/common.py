@@ -276,10 +276,10 @@ PLAIN_TABLE_DDL = (
 
 
 def reset_plain_table(url: str, table: str, *, primary_key: bool = False) -> None:
-    """(Re)create `table` empty, with or without a primary key on (run_id, entity_id)."""
+    """(Re)create `table` empty, with or without a primary key on (entity_id, run_id), as nightshift's."""
     import psycopg
 
-    pk = ", PRIMARY KEY (run_id, entity_id)" if primary_key else ""
+    pk = ", PRIMARY KEY (entity_id, run_id)" if primary_key else ""
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(PLAIN_TABLE_DDL.format(table=table, pk=pk))

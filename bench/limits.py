@@ -227,11 +227,11 @@ def _pipeline_process(paths: Sequence[str], onnx_bytes: bytes, url: str | None, 
 
 
 def add_primary_key(url: str, table: str) -> None:
-    """Index a loaded table the way a served predictions table must be: a primary key on (run_id, entity_id)."""
+    """Index a loaded table the way a served predictions table must be: nightshift's primary key (entity_id, run_id)."""
     import psycopg
 
     with psycopg.connect(libpq(url), autocommit=True) as conn:
-        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (run_id, entity_id)")
+        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (entity_id, run_id)")
 
 
 def pipelined(paths: Sequence[str], onnx_bytes: bytes, url: str | None, table: str, processes: int = 2) -> int:

@@ -253,5 +253,13 @@ CREATE INDEX ix_audit_events_model ON audit_events (model, event_id);
 
 UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
 
+-- Running upgrade 0004 -> 0005
+
+ALTER TABLE predictions DROP CONSTRAINT predictions_pkey;
+
+ALTER TABLE predictions ADD CONSTRAINT predictions_pkey PRIMARY KEY (entity_id, run_id);
+
+UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
+
 COMMIT;
 

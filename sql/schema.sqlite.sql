@@ -252,3 +252,7 @@ CREATE INDEX ix_audit_events_model ON audit_events (model, event_id);
 
 UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
 
+-- Running upgrade 0004 -> 0005
+
+UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
+

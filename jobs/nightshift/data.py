@@ -174,3 +174,39 @@ def iter_batches(
     yield from pf.iter_batches(
         batch_size=batch_rows, row_groups=list(task.row_groups), columns=columns, use_threads=False
     )
+
+
+def locate_entity_ids(files: list[str], entity_column: str, wanted: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """Where each of `wanted` (entity ids as text) occurs: (file, row number) pairs, in file order.
+
+    Reads only the id column of each file; used to name the files behind a duplicate-id failure.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: dict[str, list[tuple[str, int]]] = {w: [] for w in wanted}
+    value_set = pa.array(wanted, pa.string())
+    for uri in files:
+        col = open_parquet(uri).read(columns=[entity_column]).column(0).combine_chunks()
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = pc.cast(col, pa.string())
+        rows = np.flatnonzero(pc.is_in(col, value_set=value_set).to_numpy(zero_copy_only=False))
+        for row in rows.tolist():
+            found[str(col[row].as_py())].append((uri, row))
+    return found
+
+
+def describe_duplicates(found: dict[str, list[tuple[str, int]]], limit_rows: int = 5) -> list[str]:
+    """One line per repeated id: '<file>: entity id 'x' appears 2 times (rows 0, 7)' when one file
+    holds every copy, else "entity id 'x' is in a.parquet (row 0) and b.parquet (row 3)"."""
+    lines = []
+    for entity, places in found.items():
+        names = sorted({uri.rsplit("/", 1)[-1] for uri, _ in places})
+        if len(names) == 1:
+            rows = ", ".join(str(r) for _, r in places[:limit_rows])
+            lines.append(f"{names[0]}: entity id {entity!r} appears {len(places)} times (rows {rows})")
+        elif places:
+            where = " and ".join(f"{u.rsplit('/', 1)[-1]} (row {r})" for u, r in places[:limit_rows])
+            lines.append(f"entity id {entity!r} is in {where}")
+    return lines

@@ -32,7 +32,18 @@ class ParityError(NightshiftError):
 
 
 class DuplicateEntityError(ContractError):
-    """The same entity id appears more than once in one partition."""
+    """The same entity id appears more than once in one partition.
+
+    `entity_ids` holds some of the repeated ids (as stored, text) when the raiser knows them, so
+    the driver can name the files that hold them.
+    """
+
+    def __init__(self, message: str, entity_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.entity_ids = tuple(entity_ids)
+
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...]]]:  # survives pickling (Dask)
+        return (type(self), (str(self), self.entity_ids))
 
 
 class CommitError(NightshiftError):

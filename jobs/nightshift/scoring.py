@@ -143,66 +143,126 @@ def get_session(handle: ModelHandle) -> ort.InferenceSession:
     return session
 
 
-def _duplicate_examples(ids: pa.Array, limit: int = 5) -> list[str]:
-    import pyarrow.compute as pc
-
-    counts = pc.value_counts(ids)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
-    return [str(v) for v in dup.field("values").to_pylist()[:limit]]
-
-
-def score_chunk(task: ChunkTask) -> ChunkResult:
-    """Score one slice of one file: Arrow batches → ONNX Runtime → staged rows (or back to the driver)."""
+def _check_scores(scores: np.ndarray, source: str) -> None:
     import numpy as np
-    import pyarrow as pa
+
+    if len(scores) and not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ContractError(f"{source}: the model produced {bad} non-finite score(s); nothing was written")
+
+
+def _scored_batches(
+    task: ChunkTask, session: ort.InferenceSession, clock: dict[str, float]
+) -> Iterator[tuple[pa.Array, np.ndarray, np.ndarray]]:
+    """(entity ids, P(1) as float32, labels as int16) of each batch of the task's rows.
+
+    Adds the seconds spent reading (Parquet decode and conversion to model inputs) and in
+    ONNX Runtime to `clock`; the time the consumer spends between batches is not counted.
+    """
+    import numpy as np
 
     from nightshift.features import entity_ids, model_inputs
 
-    session = get_session(task.model)
     contract = task.contract
     source = task.slice.uri
-    out_ids: list[pa.Array] = []
-    out_scores: list[np.ndarray] = []
-    read_s = infer_s = 0.0
-    t = time.perf_counter()
     categorical = [c.name for c in contract.categorical]
-    for batch in iter_batches(task.slice, contract.read_columns, task.batch_rows, categorical):
-        feeds = model_inputs(batch, contract, source)
-        out_ids.append(entity_ids(batch, contract, source))
-        t1 = time.perf_counter()
-        read_s += t1 - t
-        probabilities = session.run([PROBABILITIES], feeds)[0]
-        out_scores.append(np.asarray(probabilities[:, 1], dtype=np.float32))
+    batches = iter_batches(task.slice, contract.read_columns, task.batch_rows, categorical)
+    while True:
         t = time.perf_counter()
-        infer_s += t - t1
-    ids: pa.Array = pa.concat_arrays(out_ids) if out_ids else pa.array([], pa.string())
-    scores = np.concatenate(out_scores) if out_scores else np.zeros(0, np.float32)
+        batch = next(batches, None)
+        if batch is None:
+            clock["read_s"] += time.perf_counter() - t
+            return
+        feeds = model_inputs(batch, contract, source)
+        ids = entity_ids(batch, contract, source)
+        t1 = time.perf_counter()
+        probabilities = session.run([PROBABILITIES], feeds)[0]
+        scores = np.ascontiguousarray(probabilities[:, 1], dtype=np.float32)
+        clock["read_s"] += t1 - t
+        clock["infer_s"] += time.perf_counter() - t1
+        _check_scores(scores, source)
+        yield ids, scores, (scores >= task.model.decision_threshold).astype(np.int16)
+
+
+def score_chunk(task: ChunkTask) -> ChunkResult:
+    """Score one slice of one file: Arrow batches → ONNX Runtime → staged rows (or back to the driver).
+
+    PostgreSQL: each batch is streamed into the run's table as soon as it is scored, in one
+    transaction per chunk (`store.chunk_writer`); entity ids repeated within or across files are
+    found by the primary key the commit builds. SQLite: the rows go back to the driver sorted by
+    id, and ids repeated within the chunk are found here (neighbours after the sort).
+    """
+    session = get_session(task.model)
+    source = task.slice.uri
+    clock = {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
+    if task.store_url is not None:
+        from nightshift.store import chunk_writer
+
+        with chunk_writer(task.store_url, task.run_id, task.slice.chunk_id) as writer:
+            if writer.done is None:
+                for ids, scores, labels in _scored_batches(task, session, clock):
+                    t = time.perf_counter()
+                    writer.write(ids, scores, labels)
+                    clock["write_s"] += time.perf_counter() - t
+                if writer.rows != task.slice.rows:
+                    raise ContractError(f"{source}: read {writer.rows} rows, its footer says {task.slice.rows}")
+            t = time.perf_counter()
+        clock["write_s"] += time.perf_counter() - t  # the COPY's end and the ledger row's commit
+        return ChunkResult(
+            task.slice.chunk_id,
+            writer.rows,
+            clock["read_s"],
+            clock["infer_s"],
+            clock["write_s"],
+            os.getpid(),
+            _peak_rss(),
+        )
+    return _score_for_driver(task, session, clock)
+
+
+def _score_for_driver(task: ChunkTask, session: ort.InferenceSession, clock: dict[str, float]) -> ChunkResult:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from nightshift.features import numpy_values
+
+    source = task.slice.uri
+    parts = list(_scored_batches(task, session, clock))
+    ids: pa.Array = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
+    scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+    labels = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int16)
     if len(ids) != task.slice.rows:
         raise ContractError(f"{source}: read {len(ids)} rows, its footer says {task.slice.rows}")
-    if len(ids) and not np.isfinite(scores).all():
-        bad = int((~np.isfinite(scores)).sum())
-        raise ContractError(f"{source}: the model produced {bad} non-finite score(s); nothing was written")
-    dupes = _duplicate_examples(ids)
-    if dupes:
-        raise DuplicateEntityError(
-            f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file; "
-            "duplicate entity ids are an error"
-        )
-    labels = (scores >= task.model.decision_threshold).astype(np.int16)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if task.store_url is None:
-        # The driver inserts these into SQLite's B-tree: in key order the inserts append.
-        import pyarrow.compute as pc
+    # The driver inserts these into SQLite's B-tree: in key order the inserts append.
+    order = pc.sort_indices(ids)
+    ids = ids.take(order)
+    order_np = numpy_values(order, "<u8")
+    if len(ids) > 1:
+        repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+        if pc.any(repeated).as_py():
+            dupes = ids.slice(1).filter(repeated).unique()[:5].to_pylist()
+            raise DuplicateEntityError(
+                f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file; "
+                "duplicate entity ids are an error",
+                tuple(str(d) for d in dupes),
+            )
+    return ChunkResult(
+        task.slice.chunk_id,
+        len(ids),
+        clock["read_s"],
+        clock["infer_s"],
+        clock["write_s"],
+        os.getpid(),
+        _peak_rss(),
+        ids,
+        scores[order_np],
+        labels[order_np],
+    )
 
-        order = pc.sort_indices(ids)
-        ids = ids.take(order)
-        order_np = order.to_numpy()
-        scores, labels = scores[order_np], labels[order_np]
-        return ChunkResult(task.slice.chunk_id, len(ids), read_s, infer_s, 0.0, os.getpid(), peak, ids, scores, labels)
-    t = time.perf_counter()
-    rows = stage_chunk(task.store_url, task.run_id, task.slice.chunk_id, ids, scores, labels)
-    write_s = time.perf_counter() - t
-    return ChunkResult(task.slice.chunk_id, rows, read_s, infer_s, write_s, os.getpid(), peak)
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- the driver side ------------------------------------------------------------------------
@@ -236,6 +296,27 @@ def dask_client(
         Client(cluster) as c,
     ):
         yield c
+
+
+def _locate_duplicates(exc: BaseException, partition: Any, contract: FeatureContract) -> DuplicateEntityError | None:
+    """A duplicate-id failure restated with the files and rows that hold each repeated id."""
+    if not isinstance(exc, DuplicateEntityError) or not exc.entity_ids:
+        return None
+    from nightshift.data import describe_duplicates, locate_entity_ids
+
+    try:
+        found = locate_entity_ids([f.uri for f in partition.files], contract.entity_id, list(exc.entity_ids))
+    except Exception:  # the original error still says which ids
+        log.exception("could not locate the duplicate entity ids")
+        return None
+    lines = describe_duplicates(found)
+    if not lines:
+        return None
+    return DuplicateEntityError(
+        f"partition {partition.uri}: duplicate entity ids are an error; nothing committed, the previous "
+        "predictions still serve:\n  " + "\n  ".join(lines),
+        exc.entity_ids,
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -375,8 +456,11 @@ def _run(
         for fut in futures:
             with contextlib.suppress(Exception):
                 fut.cancel()
+        located = _locate_duplicates(exc, partition, contract)
         with contextlib.suppress(Exception):
-            store.fail_run(run_id, _describe(exc))
+            store.fail_run(run_id, _describe(located or exc))
+        if located is not None:
+            raise located from None
         raise
     seconds = time.perf_counter() - t0
     timings["commit_s"] = round(commit.seconds, 4)

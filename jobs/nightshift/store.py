@@ -363,7 +363,9 @@ class Store:
             staged = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(c.c.rows), 0)).where(c.c.run_id == run_id)
             ).scalar_one()
-            stored = self._count_run_rows(conn, run_id)
+            # SQLite: count the rows. PostgreSQL: each ledger row holds the count its COPY reported,
+            # written in the same transaction as the rows (counting 4M rows again costs 0.1 s).
+            stored = self._count_run_rows(conn, run_id) if self.is_sqlite else self._staged_rows(conn, run_id, staged)
             if not (int(staged) == int(stored) == int(expected_rows)):
                 raise CommitError(
                     f"{where}: row count check failed: input {expected_rows} rows, ledger {staged}, "
@@ -624,6 +626,11 @@ class Store:
             return 0
         return int(conn.exec_driver_sql(f"SELECT count(*) FROM {staging_table(run_id)}").scalar_one())
 
+    def _staged_rows(self, conn: Connection, run_id: int, ledger: int) -> int:
+        """The ledger's count, once the run's table is known to exist (0 if it is gone)."""
+        exists = conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": staging_table(run_id)}).scalar()
+        return int(ledger) if exists is not None else 0
+
     def _attach_run(self, conn: Connection, run_id: int, where: str) -> None:
         """Index a staged run's table and attach it as its partition (inside the commit transaction)."""
         from psycopg import errors as pg_errors
@@ -631,13 +638,26 @@ class Store:
         table = staging_table(run_id)
         try:
             with conn.begin_nested():
-                conn.exec_driver_sql(f"CREATE UNIQUE INDEX {table}_pkey ON {table} (run_id, entity_id)")
+                # A PRIMARY KEY constraint, not a bare unique index: only a constraint matches the
+                # parent's, so ATTACH adopts it instead of building a second index (4M rows: 1.4 s
+                # saved). Key order as the parent's (migration 0005): entity_id first sorts faster.
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (entity_id, run_id)")
         except sa.exc.IntegrityError as exc:
             if isinstance(exc.orig, pg_errors.UniqueViolation):
                 detail = (exc.orig.diag.message_detail or "").strip()
+                # The failure path may be slow: find the repeated ids exactly, for the error message.
+                dupes = tuple(
+                    str(v)
+                    for (v,) in conn.exec_driver_sql(
+                        f"SELECT entity_id FROM {table} GROUP BY entity_id HAVING count(*) > 1 "
+                        "ORDER BY entity_id LIMIT 5"
+                    )
+                )
+                shown = ", ".join(map(repr, dupes)) if dupes else detail
                 raise DuplicateEntityError(
-                    f"{where}: an entity id appears more than once in the partition ({detail}); "
-                    "duplicate entity ids are an error; nothing committed"
+                    f"{where}: entity id(s) {shown} appear more than once in the partition; "
+                    "duplicate entity ids are an error; nothing committed",
+                    dupes,
                 ) from None
             raise
         conn.exec_driver_sql(f"ALTER TABLE predictions ATTACH PARTITION {table} FOR VALUES IN ({int(run_id)})")
@@ -789,7 +809,8 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.n
             dupes = _existing_ids_sqlite(conn, run_id, ids)
             raise DuplicateEntityError(
                 f"{chunk}: entity id(s) {', '.join(map(repr, dupes[:5]))} appear more than once in the partition "
-                "(also in another file); duplicate entity ids are an error"
+                "(also in another file); duplicate entity ids are an error",
+                tuple(dupes[:5]),
             ) from None
         conn.execute("COMMIT")
     except BaseException:
@@ -831,16 +852,20 @@ def _binary_copy_body(run_id: int, ids: pa.Array, scores: np.ndarray, labels: np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from nightshift.features import numpy_values
+
     n = len(ids)
     ids = ids.cast(pa.binary())
-    lengths = pc.binary_length(ids).to_numpy(zero_copy_only=False)
+    lengths = numpy_values(pc.binary_length(ids), "<i4")
     head = np.empty(n, np.dtype([("fields", ">i2"), ("len1", ">i4"), ("run_id", ">i8"), ("len2", ">i4")]))
     head["fields"], head["len1"], head["run_id"], head["len2"] = 4, 8, run_id, lengths
     tail = np.empty(n, np.dtype([("len3", ">i4"), ("score", ">f4"), ("len4", ">i4"), ("label", ">i2")]))
     tail["len3"], tail["score"], tail["len4"], tail["label"] = 4, scores, 2, labels
     heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)]).cast(pa.binary())
     tails = pa.FixedSizeBinaryArray.from_buffers(pa.binary(14), n, [None, pa.py_buffer(tail)]).cast(pa.binary())
-    rows = pc.binary_join_element_wise(heads, ids, tails, b"")
+    # The empty separator as an array, not b"": a Python scalar argument makes pyarrow import pandas.
+    empty = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b"")])
+    rows = pc.binary_join_element_wise(heads, ids, tails, empty)
     offsets = np.frombuffer(rows.buffers()[1], np.int32, count=n + 1, offset=rows.offset * 4)
     data = rows.buffers()[2]
     if data is None:
@@ -848,36 +873,87 @@ def _binary_copy_body(run_id: int, ids: pa.Array, scores: np.ndarray, labels: np
     return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
-def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> int:
+class ChunkWriter:
+    """Streams one chunk's rows into a PostgreSQL run table inside one transaction (see `chunk_writer`)."""
+
+    def __init__(self, run_id: int, copy: Any = None, done: int | None = None) -> None:
+        self.run_id = run_id
+        self.rows = done or 0
+        #: Rows an earlier attempt of this chunk already staged (then write nothing), or None.
+        self.done = done
+        self._copy = copy
+
+    def write(self, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> None:
+        if self._copy is None:
+            raise RuntimeError("this chunk was already staged; write nothing")
+        if len(ids):
+            self._copy.write(memoryview(_binary_copy_body(self.run_id, ids, scores, labels)))
+            self.rows += len(ids)
+
+
+@contextlib.contextmanager
+def chunk_writer(url: str, run_id: int, chunk: str) -> Iterator[ChunkWriter]:
+    """Stage one chunk into a PostgreSQL run table, exactly once, streaming batch by batch.
+
+    One transaction holds the binary COPY of every batch written to the writer and, at the end,
+    the chunk's ledger row with its row count: the database parses the rows while the worker
+    scores the next batch, and a chunk is either wholly staged or not at all. If an earlier
+    attempt of the chunk (a task Dask recomputed) already staged it, `writer.done` holds its
+    row count and nothing is written. An exception inside the block rolls the chunk back.
+    """
     import psycopg
     from psycopg import errors as pg_errors
 
+    url = normalize_url(url)
     conn: psycopg.Connection[Any] = _staging_connection(url)
-    n = len(ids)
-    body = _binary_copy_body(run_id, ids, scores, labels)
     table = staging_table(run_id)
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
             row = cur.fetchone()
             if row is not None:
-                return int(row[0])
-            cur.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (%s, %s, %s)", (run_id, chunk, n))
+                yield ChunkWriter(run_id, done=int(row[0]))
+                return
             with cur.copy(f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)") as cp:
                 cp.write(_COPY_HEADER)
-                if n:
-                    cp.write(memoryview(body))
+                writer = ChunkWriter(run_id, cp)
+                yield writer
                 cp.write(_COPY_TRAILER)
-    except pg_errors.UniqueViolation:
-        # A concurrent attempt of the same chunk committed its ledger row first: its rows stand.
-        with conn.cursor() as cur:
-            cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
-            row = cur.fetchone()
-        conn.rollback()
-        if row is not None:
-            return int(row[0])
-        raise
+            # The ledger records the rows PostgreSQL says it stored ("COPY n"), in the same
+            # transaction as the rows: the commit trusts the ledger without counting the table.
+            if cur.rowcount != writer.rows:
+                raise CommitError(f"{chunk}: sent {writer.rows} rows, PostgreSQL stored {cur.rowcount}")
+            try:
+                with conn.transaction():
+                    stored = cur.rowcount
+                    ledger = "INSERT INTO run_chunks (run_id, chunk, rows) VALUES (%s, %s, %s)"
+                    cur.execute(ledger, (run_id, chunk, stored))
+            except pg_errors.UniqueViolation:
+                # A concurrent attempt of the same chunk committed its ledger row first: its rows stand, ours go.
+                cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
+                found = cur.fetchone()
+                if found is None:
+                    raise
+                writer.done = writer.rows = int(found[0])
+                raise _ChunkSuperseded from None
+    except _ChunkSuperseded:
+        return
     except pg_errors.UndefinedTable:
-        conn.rollback()
         raise CommitError(f"{chunk}: run {run_id} is no longer staging (it failed or was replaced)") from None
-    return n
+    except NightshiftError:
+        raise  # bad data: the connection is fine
+    except BaseException:
+        # A broken connection must not be reused by the next chunk.
+        _drop_staging_connection(url)
+        raise
+
+
+class _ChunkSuperseded(Exception):
+    """Internal: roll this attempt's rows back, another attempt of the chunk committed first."""
+
+
+def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> int:
+    with chunk_writer(url, run_id, chunk) as writer:
+        if writer.done is None:
+            writer.write(ids, scores, labels)
+    return writer.rows

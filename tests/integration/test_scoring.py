@@ -340,3 +340,36 @@ def test_an_empty_partition_commits_empty_when_the_model_says_so(
     part = open_store(settings).partition("churn", 1, SCORE_DS)
     assert part is not None
     assert part.row_count == 0
+
+
+def test_scoring_a_chunk_never_imports_pandas(data_root: Path, trained_model: Any, tmp_path: Path) -> None:
+    """pyarrow's to_numpy imports pandas (0.2-0.7 s in every fresh Dask worker); the scoring path avoids it."""
+    import hashlib
+    import subprocess
+    import sys
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(trained_model.onnx_bytes)
+    files = sorted(_part_dir(data_root).glob("*.parquet"))
+    # A chunk with nulls in numeric and categorical columns (the demo data has both).
+    code = f"""
+import sys
+import pyarrow.parquet as pq
+from nightshift.data import TaskSlice
+from nightshift.demo import demo_contract
+from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
+from nightshift.store import _binary_copy_body
+assert "pandas" not in sys.modules, "imported before scoring"
+path = {str(files[0])!r}
+meta = pq.ParquetFile(path).metadata
+task = ChunkTask(TaskSlice(path, tuple(range(meta.num_row_groups)), meta.num_rows), demo_contract(),
+                 ModelHandle({str(model)!r}, {hashlib.sha256(trained_model.onnx_bytes).hexdigest()!r}, 1, 0.5),
+                 1024, 1, None)
+result = score_chunk(task)
+assert result.rows == meta.num_rows and result.ids is not None
+_binary_copy_body(1, result.ids, result.scores, result.labels)
+print("pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -213,3 +213,61 @@ def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
     assert store.current_revision() is None
     store.upgrade()
     assert store.current_revision() == head
+
+
+@pytest.mark.postgres
+def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_url: str) -> None:
+    from nightshift.errors import ContractError
+    from nightshift.store import chunk_writer
+
+    store = Store(pg_url)
+    run = store.start_run("m", 1, DS, input_rows=3)
+    with pytest.raises(ContractError, match="bad second batch"):
+        with chunk_writer(store.url, run, "a") as writer:
+            writer.write(*_chunk(["1", "2"]))
+            raise ContractError("bad second batch")
+    assert store.count_predictions(run) == 0
+    with chunk_writer(store.url, run, "a") as writer:
+        assert writer.done is None
+        writer.write(*_chunk(["1", "2"]))
+        writer.write(*_chunk(["3"]))
+    assert writer.rows == 3
+    assert store.commit_run(run, 3).rows == 3
+
+
+@pytest.mark.postgres
+def test_two_attempts_of_one_chunk_at_once_stage_it_once(pg_url: str) -> None:
+    """A Dask task recomputed while its first attempt still runs: the later ledger row loses, its rows go."""
+    from nightshift.store import chunk_writer
+
+    store = Store(pg_url)
+    run = store.start_run("m", 1, DS, input_rows=2)
+    first_wrote = threading.Event()
+    second_done = threading.Event()
+    results: dict[str, tuple[int | None, int]] = {}
+
+    def first() -> None:
+        with chunk_writer(store.url, run, "a") as writer:
+            writer.write(*_chunk(["1", "2"], 0.1))
+            first_wrote.set()
+            assert second_done.wait(30)
+        results["first"] = (writer.done, writer.rows)
+
+    def second() -> None:
+        assert first_wrote.wait(30)
+        with chunk_writer(store.url, run, "a") as writer:
+            assert writer.done is None  # the first attempt's ledger row is not committed yet
+            writer.write(*_chunk(["1", "2"], 0.9))
+        results["second"] = (writer.done, writer.rows)
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {"second": (None, 2), "first": (2, 2)}
+    assert store.count_predictions(run) == 2
+    store.commit_run(run, 2)
+    rows = store.lookup("m", 1, DS, ["1", "2"])
+    assert [round(p.score, 3) for p in rows] == [0.9, 0.9]
