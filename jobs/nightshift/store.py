@@ -363,9 +363,10 @@ class Store:
             staged = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(c.c.rows), 0)).where(c.c.run_id == run_id)
             ).scalar_one()
-            # SQLite: count the rows. PostgreSQL: each ledger row holds the count its COPY reported,
-            # written in the same transaction as the rows (counting 4M rows again costs 0.1 s).
-            stored = self._count_run_rows(conn, run_id) if self.is_sqlite else self._staged_rows(conn, run_id, staged)
+            # Each ledger row holds the count the database reported for its chunk's rows (COPY's
+            # "COPY n", executemany's rowcount), written in the same transaction as the rows:
+            # counting a 4M-row run again would cost 0.1 s.
+            stored = self._staged_rows(conn, run_id, staged)
             if not (int(staged) == int(stored) == int(expected_rows)):
                 raise CommitError(
                     f"{where}: row count check failed: input {expected_rows} rows, ledger {staged}, "
@@ -627,7 +628,11 @@ class Store:
         return int(conn.exec_driver_sql(f"SELECT count(*) FROM {staging_table(run_id)}").scalar_one())
 
     def _staged_rows(self, conn: Connection, run_id: int, ledger: int) -> int:
-        """The ledger's count, once the run's table is known to exist (0 if it is gone)."""
+        """The ledger's count, once the run's rows are known to be there (0 if they are gone)."""
+        if self.is_sqlite:
+            p = schema.predictions
+            q = sa.select(p.c.run_id).where(p.c.run_id == run_id).limit(1)
+            return int(ledger) if conn.execute(q).first() is not None else 0
         exists = conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": staging_table(run_id)}).scalar()
         return int(ledger) if exists is not None else 0
 
@@ -796,12 +801,11 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.n
         if row is not None:
             conn.execute("ROLLBACK")
             return int(row[0])
-        conn.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (?, ?, ?)", (run_id, chunk, n))
         try:
-            conn.executemany(
+            stored = conn.executemany(
                 "INSERT INTO predictions (run_id, entity_id, score, label) VALUES (?, ?, ?, ?)",
                 zip([run_id] * n, ids.to_pylist(), scores.tolist(), labels.tolist(), strict=True),
-            )
+            ).rowcount
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
@@ -812,6 +816,10 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.n
                 "(also in another file); duplicate entity ids are an error",
                 tuple(dupes[:5]),
             ) from None
+        if stored != n:
+            raise CommitError(f"{chunk}: sent {n} rows, SQLite stored {stored}")
+        # The ledger holds the count SQLite reports, in the rows' transaction (see commit_run).
+        conn.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (?, ?, ?)", (run_id, chunk, stored))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
