@@ -12,7 +12,7 @@ $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 install: $(UV)  ## install the locked dependencies (all extras, dev tools) into .venv
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen --all-extras --compile-bytecode
 
 demo: install  ## the demo: data, train, register, then the nightly scoring run through Airflow, read back
 	$(AIRFLOW_RUN) python -m nightshift_airflow.demo
@@ -40,12 +40,11 @@ clean:  ## remove local state and demo data
 	rm -rf .nightshift data
 
 # -- benchmarks: bench/, docs/performance.md ------------------------------------------------------
-# The dask-ml peer and the py-spy profile need `uv pip install dask-ml py-spy` (not in the lock file;
-# `make install` removes them again); without them the suite skips those parts and says so.
+# dask-ml (its peer) and py-spy (the profile) are in the lock file's dev group.
 SIZE ?= default
 
 .PHONY: bench
-bench:  ## benchmarks vs baselines (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
+bench: install  ## benchmarks vs baselines (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
 	$(RUN) python -m bench --size $(SIZE) $(BENCH_ARGS)
 
 # -- production: the images and the compose stack (docker/, docs/operations.md) ---------------
