@@ -38,8 +38,8 @@ class DaskSettings(BaseModel):
         default=None,
         ge=1,
         le=256,
-        description="local worker processes; default: one per core, less one when the store is SQLite "
-        "(its rows are written by the driver, which then needs a core of its own)",
+        description="local worker processes; default: one per core (with SQLite the driver writes the rows "
+        "and workers wait whenever they get ahead of it)",
     )
     threads_per_worker: int = Field(default=1, ge=1, le=64)
     memory_limit: str = Field(default="2GiB", description="per local worker, Dask syntax ('2GiB', 'auto')")
@@ -57,12 +57,12 @@ class DaskSettings(BaseModel):
         "the cores busy without oversubscribing them",
     )
 
-    def local_workers(self, store_is_sqlite: bool) -> int:
+    def local_workers(self) -> int:
         """How many local workers to start (see n_workers)."""
         if self.n_workers is not None:
             return self.n_workers
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores - 1) if store_is_sqlite else max(1, cores)
+        return max(1, cores)
 
     @field_validator("scheduler_address")
     @classmethod

@@ -269,9 +269,7 @@ def _peak_rss() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(
-    settings: DaskSettings, client: Client | None = None, *, store_is_sqlite: bool = False
-) -> Iterator[Client]:
+def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterator[Client]:
     """The configured Dask client: an existing scheduler, or a local cluster for this run."""
     if client is not None:
         yield client
@@ -286,7 +284,7 @@ def dask_client(
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": settings.start_method}),
         LocalCluster(
-            n_workers=settings.local_workers(store_is_sqlite),
+            n_workers=settings.local_workers(),
             threads_per_worker=settings.threads_per_worker,
             processes=settings.processes,
             memory_limit=settings.memory_limit,
@@ -409,18 +407,32 @@ def _run(
     futures: list[Any] = []
     try:
         t_cluster = time.perf_counter()
-        with dask_client(settings.dask, client, store_is_sqlite=not staged_by_workers) as c:
+        with dask_client(settings.dask, client) as c:
             from distributed import KilledWorker, as_completed
 
             t_submit = time.perf_counter()
             # Keys unique across stores and processes sharing one cluster (run ids restart per store).
             token = uuid.uuid4().hex[:12]
-            futures = [
-                c.submit(score_chunk, task, key=f"nightshift-score-{mv.model}-r{run_id}-{token}-{i}", pure=False)
-                for i, task in enumerate(tasks)
-            ]
-            by_key = {fut.key: task for fut, task in zip(futures, tasks, strict=True)}
-            for fut in as_completed(futures):
+            by_key: dict[Any, ChunkTask] = {}
+
+            def submit(i: int) -> Any:
+                fut = c.submit(
+                    score_chunk, tasks[i], key=f"nightshift-score-{mv.model}-r{run_id}-{token}-{i}", pure=False
+                )
+                by_key[fut.key] = tasks[i]
+                futures.append(fut)
+                return fut
+
+            # Workers that stage their own rows get every task at once. When the driver writes
+            # (SQLite), at most `window` chunks are in flight: workers that would outrun the
+            # driver wait instead of taking its CPU, and the driver holds a bounded backlog.
+            window = len(tasks) if staged_by_workers else max(2, 2 * sum(c.nthreads().values()))
+            pending = as_completed([submit(i) for i in range(min(window, len(tasks)))])
+            next_task = min(window, len(tasks))
+            for fut in pending:
+                if next_task < len(tasks):
+                    pending.add(submit(next_task))
+                    next_task += 1
                 try:
                     res: ChunkResult = fut.result()
                 except KilledWorker:

@@ -373,3 +373,40 @@ print("pandas" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
+    sqlite_url: str, make_settings: Any, registered: Any, data_root: Path, trained_model: Any
+) -> None:
+    """The driver keeps at most 2 chunks per worker thread in flight; later chunks go out as earlier ones land."""
+    for path in sorted(_part_dir(data_root).glob("*.parquet")):
+        table = pq.read_table(path)
+        third = -(-table.num_rows // 3)
+        for k in range(3):
+            pq.write_table(table.slice(k * third, third), path.with_name(f"{path.stem}-{k}.parquet"))
+        path.unlink()
+    from distributed import Client, LocalCluster
+
+    settings = make_settings(sqlite_url)
+    registered(settings)
+    seen: list[int] = []
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
+        summary = score_partition(
+            settings, "churn", SCORE_DS, client=client, progress=lambda done, total: seen.append(done)
+        )
+    assert summary.tasks == 3 * DEMO_FILES > 2  # a window of 2: one worker with one thread
+    assert summary.rows == DEMO_ROWS
+    assert seen == sorted(seen)
+    assert seen[-1] == DEMO_ROWS
+    assert len(seen) == summary.tasks
+    store = open_store(settings)
+    table = pq.read_table(_part_dir(data_root))
+    from nightshift.features import model_inputs
+
+    expected = onnx_scores(trained_model.onnx_bytes, model_inputs(table, settings.model("churn").contract))
+    got = _committed(store)
+    ids = [str(i) for i in table.column("customer_id").to_pylist()]
+    assert np.allclose([got[i] for i in ids], expected, atol=1e-6)

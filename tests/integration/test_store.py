@@ -222,10 +222,14 @@ def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_
 
     store = Store(pg_url)
     run = store.start_run("m", 1, DS, input_rows=3)
-    with pytest.raises(ContractError, match="bad second batch"):
+
+    def fail_midway() -> None:
         with chunk_writer(store.url, run, "a") as writer:
             writer.write(*_chunk(["1", "2"]))
             raise ContractError("bad second batch")
+
+    with pytest.raises(ContractError, match="bad second batch"):
+        fail_midway()
     assert store.count_predictions(run) == 0
     with chunk_writer(store.url, run, "a") as writer:
         assert writer.done is None
