@@ -725,6 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--quick", action="store_true", help="100k rows, 1 round of 3 s: a smoke run")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for api_bench.jsonl and api_bench.md")
     ap.add_argument("--_load", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._load:
@@ -736,7 +737,8 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("pgbench") is None:
         sys.exit("pgbench (postgresql-client) is needed for the database baseline")
     plan = Plan(args.rows, args.partitions, args.seconds, args.rounds, args.connections, args.batch_size, tool)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "kind": "meta",
         "bench": "api",
@@ -783,13 +785,13 @@ def main(argv: list[str] | None = None) -> None:
             _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         shutil.rmtree(workdir, ignore_errors=True)
     summary = summarise(plan)
-    jsonl = RESULTS / "api_bench.jsonl"
+    jsonl = out / "api_bench.jsonl"
     with jsonl.open("a") as f:
         f.write(json.dumps(meta) + "\n")
         for m in plan.results:
             f.write(json.dumps(m.record()) + "\n")
         f.write(json.dumps(summary) + "\n")
-    md = RESULTS / "api_bench.md"
+    md = out / "api_bench.md"
     write_markdown(md, plan, summary, meta)
     print()
     print(md.read_text())

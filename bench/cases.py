@@ -459,3 +459,23 @@ def _profile_record(
         "files": [str(f) for f in files],
         **breakdown,
     }
+
+
+# -- the lookup API and monitoring (their own modules, results beside the scoring figures) ------------
+
+
+def case_api(plan: Plan) -> None:
+    """`bench.api_bench` (wrk or a Python load against the real server, pgbench for the database's own rate);
+    `--quick` at size small. Writes api_bench.md/.jsonl into the results folder."""
+    from bench import api_bench
+
+    api_bench.main([*(["--quick"] if plan.size.name == "small" else []), "--out", str(plan.out)])
+
+
+def case_monitor(plan: Plan) -> None:
+    """`bench.monitor_bench` (detector quality over simulated nights; cost on 1M rows vs direct scipy and
+    Evidently); fewer nights and 250k rows at size small. Writes monitor_bench.md/.json into the results folder."""
+    from bench import monitor_bench
+
+    small = ["--clean-nights", "8", "--nights-per-size", "2", "--big-rows", "250000", "--work", "small"]
+    monitor_bench.main([*(small if plan.size.name == "small" else []), "--out", str(plan.out)])

@@ -551,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidently-full", action="store_true", help="also time DataDriftPreset on every row")
     parser.add_argument("--fresh", action="store_true", help="delete the cached data and store first")
     parser.add_argument("--work", default="default", help="cache folder under bench/results/monitor/")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for monitor_bench.json and .md")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -581,11 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         result["detection"] = detection(args, settings, data)
     if not args.skip_timing:
         result["timing"] = timing(args, config, data)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     name = "monitor_bench" if args.work == "default" else f"monitor_bench-{args.work}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     md = markdown(result)
-    (RESULTS / f"{name}.md").write_text(md)
+    (args.out / f"{name}.md").write_text(md)
     print(md)
     return 0
 

@@ -324,6 +324,14 @@ def profile_section(res: Results) -> list[str]:
     return lines
 
 
+def _demoted(markdown: str) -> list[str]:
+    """A sub-benchmark's markdown under a section of the summary: its title dropped, headings one level down."""
+    lines = markdown.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return [("#" + line) if line.startswith("#") else line for line in lines]
+
+
 def write(folder: Path) -> str:
     """Write summary.md and the charts for the results in `folder`; returns the markdown."""
     records = load(folder)
@@ -357,6 +365,9 @@ def write(folder: Path) -> str:
     prof = profile_section(res)
     if prof:
         md += ["## Profile (py-spy, share of samples per stage)", "", *prof, ""]
+    for pattern, title in (("api_bench*.md", "Lookup API"), ("monitor_bench*.md", "Monitoring")):
+        for path in sorted(folder.glob(pattern)):
+            md += [f"## {title} (`{path.name}`)", "", *_demoted(path.read_text()), ""]
     notes = [f"- {v}" for v in plan.get("skipped", {}).values()]
     notes += [f"- case **{e['case']}** failed: {e['error']}" for e in res.of_kind("error")]
     if notes:

@@ -42,6 +42,8 @@ CASES: dict[str, tuple[Callable[..., None], tuple[Any, ...], bool]] = {
     "scaling": (cases.case_scaling, (), True),
     "memory": (cases.case_memory, (), True),
     "profile": (cases.case_profile, (), False),
+    "api": (cases.case_api, (), True),
+    "monitor": (cases.case_monitor, (), False),
 }
 
 
