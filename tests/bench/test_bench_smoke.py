@@ -78,6 +78,7 @@ def test_nightshift_keeps_within_a_ratio_of_the_pipelined_limit(
     # Rates over the same rows: the ratio of rates is the inverse ratio of times, paired by round.
     ratios = [lim / ns for lim, ns in zip(results["limit"][0], results["nightshift"][0], strict=True)]
     ratio = statistics.median(ratios)
+    print(f"nightshift / pipelined limit, per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}")
     assert ratio >= MIN_RATIO, (
         f"nightshift ran at {ratio:.2f}x the pipelined limit's rate (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
         f"expected at least {MIN_RATIO}x. Run `make bench SIZE=small` and see docs/performance.md."
