@@ -282,7 +282,7 @@ WHAT = {
     "(first files only)",
     "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
     "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: 2 workers score, the driver inserts, "
-    "at most 2 chunks per worker thread in flight",
+    "an adaptive window of chunks in flight",
     "nightshift -> SQLite, pre-started cluster": "the same on an already running 2-worker cluster",
     "nightshift -> SQLite, 1 worker": "score_partition() into SQLite with dask.n_workers = 1 (a core kept for "
     "the driver)",
@@ -321,7 +321,7 @@ def case_sqlite(plan: Plan, label: str) -> None:
             lambda: runner.score(data), setup=runner.setup, after=runner.teardown
         ),
         # Not the default: one worker, a core kept for the driver (the default before the driver's
-        # in-flight window made workers wait for it).
+        # adaptive in-flight window made idle workers wait for it).
         "nightshift -> SQLite, 1 worker": Contender(
             lambda: runner.score(data, n_workers=1), setup=runner.setup, after=runner.teardown
         ),

@@ -424,14 +424,31 @@ def _run(
                 return fut
 
             # Workers that stage their own rows get every task at once. When the driver writes
-            # (SQLite), at most `window` chunks are in flight: workers that would outrun the
-            # driver wait instead of taking its CPU, and the driver holds a bounded backlog.
-            window = len(tasks) if staged_by_workers else max(2, 2 * sum(c.nthreads().values()))
-            pending = as_completed([submit(i) for i in range(min(window, len(tasks)))])
-            next_task = min(window, len(tasks))
-            for fut in pending:
-                if next_task < len(tasks):
-                    pending.add(submit(next_task))
+            # (SQLite), at most `window` chunks are in flight, and the window adapts: a result
+            # already there when the driver asks for the next one means the driver is the
+            # bottleneck (a cheap model), so fewer chunks go out and idle workers leave the driver
+            # its CPU; a driver that had to wait lets more out, up to two per worker thread (an
+            # expensive model keeps every core scoring). Either way the driver's backlog is bounded.
+            most = len(tasks) if staged_by_workers else max(2, 2 * sum(c.nthreads().values()))
+            window = most
+            outstanding = {submit(i) for i in range(min(window, len(tasks)))}
+            pending = as_completed(list(outstanding))
+            next_task = len(outstanding)
+            results = iter(pending)
+            while True:
+                t_wait = time.perf_counter()
+                fut = next(results, None)
+                if fut is None:
+                    break
+                outstanding.discard(fut)
+                if not staged_by_workers:
+                    waited = time.perf_counter() - t_wait > 0.01
+                    window = min(most, window + 1) if waited else max(1, window - 1)
+                # Top up before staging this chunk, so the next ones score meanwhile.
+                while next_task < len(tasks) and len(outstanding) < window:
+                    new = submit(next_task)
+                    outstanding.add(new)
+                    pending.add(new)
                     next_task += 1
                 try:
                     res: ChunkResult = fut.result()
