@@ -37,19 +37,11 @@ def register(settings: Any, art: ModelArtifacts) -> None:
 
     trained = art.trained()
     registry = open_registry(settings)
-    mv = registry.register(
+    mv = registry.register_trained(
         MODEL_NAME,
-        trained.onnx_bytes,
-        algorithm=trained.algorithm,
-        hyperparameters=trained.hyperparameters,
-        libraries=trained.libraries,
-        features=[c.model_dump(mode="json") for c in settings.model(MODEL_NAME).contract.columns],
-        input_schema=trained.input_schema,
-        output_schema=trained.output_schema,
+        trained,
+        settings.model(MODEL_NAME).contract,
         training_data={"rows": trained.train_rows},
-        metrics=trained.metrics,
-        parity=trained.parity.as_dict(),
-        feature_importance=trained.feature_importance,
         decision_threshold=0.5,
     )
     registry.set_alias(MODEL_NAME, "champion", mv.version, reason="benchmark")

@@ -208,24 +208,17 @@ def trained_model(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 def registered(trained_model: Any) -> Callable[[Any], Any]:
-    """Register the session's trained model in a store as champion; returns its ModelVersion."""
+    """Register the session's trained model in a store as champion (optionally with other training
+    metadata); returns its ModelVersion."""
     from nightshift.flows import open_registry
 
-    def _register(settings: Any) -> Any:
+    def _register(settings: Any, training_data: dict[str, Any] | None = None) -> Any:
         registry = open_registry(settings)
-        mv = registry.register(
+        mv = registry.register_trained(
             "churn",
-            trained_model.onnx_bytes,
-            algorithm=trained_model.algorithm,
-            hyperparameters=trained_model.hyperparameters,
-            libraries=trained_model.libraries,
-            features=[c.model_dump(mode="json") for c in settings.model("churn").contract.columns],
-            input_schema=trained_model.input_schema,
-            output_schema=trained_model.output_schema,
-            training_data={"rows": trained_model.train_rows},
-            metrics=trained_model.metrics,
-            parity=trained_model.parity.as_dict(),
-            feature_importance=trained_model.feature_importance,
+            trained_model,
+            settings.model("churn").contract,
+            training_data=training_data or {"rows": trained_model.train_rows},
             decision_threshold=0.5,
         )
         registry.set_alias("churn", "champion", mv.version, reason="test")

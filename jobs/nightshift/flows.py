@@ -73,19 +73,11 @@ def train_and_register(
             "seed": cfg.training.seed,
         }
     )
-    mv = registry.register(
+    mv = registry.register_trained(
         model,
-        trained.onnx_bytes,
-        algorithm=trained.algorithm,
-        hyperparameters=trained.hyperparameters,
-        libraries=trained.libraries,
-        features=[c.model_dump(mode="json") for c in cfg.contract.columns],
-        input_schema=trained.input_schema,
-        output_schema=trained.output_schema,
+        trained,
+        cfg.contract,
         training_data=record,
-        metrics=trained.metrics,
-        parity=trained.parity.as_dict(),
-        feature_importance=trained.feature_importance,
         decision_threshold=cfg.decision_threshold,
         description=cfg.description,
         created_by=created_by,

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import sqlalchemy as sa
@@ -17,6 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from nightshift import schema
 from nightshift.errors import ArtifactIntegrityError, ModelNotFound, NightshiftError
 from nightshift.store import Store, _as_utc, utcnow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nightshift.contracts import FeatureContract
+    from nightshift.training import TrainedModel
 
 CHAMPION = "champion"
 _ALIAS_PATTERN = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -119,6 +123,38 @@ class Registry:
         self.artifacts_uri = artifacts_uri.rstrip("/")
 
     # -- writing --------------------------------------------------------------------------
+
+    def register_trained(
+        self,
+        model: str,
+        trained: TrainedModel,
+        contract: FeatureContract,
+        *,
+        training_data: dict[str, Any],
+        decision_threshold: float,
+        description: str = "",
+        created_by: str | None = None,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> ModelVersion:
+        """`register` a model fresh from `training.train`, with the metadata it carries."""
+        return self.register(
+            model,
+            trained.onnx_bytes,
+            algorithm=trained.algorithm,
+            hyperparameters=trained.hyperparameters,
+            libraries=trained.libraries,
+            features=[c.model_dump(mode="json") for c in contract.columns],
+            input_schema=trained.input_schema,
+            output_schema=trained.output_schema,
+            training_data=training_data,
+            metrics=trained.metrics,
+            parity=trained.parity.as_dict(),
+            feature_importance=trained.feature_importance,
+            decision_threshold=decision_threshold,
+            description=description,
+            created_by=created_by,
+            extra_files=extra_files,
+        )
 
     def register(
         self,

@@ -207,19 +207,11 @@ class Rollouts:
 
         e2e = make_e2e_set(test.table, cfg.contract, gates.e2e_rows, cfg.training.seed)
         expected = trained.pipeline.predict_proba(model_frame(e2e, cfg.contract))[:, 1]
-        mv = self.registry.register(
+        mv = self.registry.register_trained(
             model,
-            trained.onnx_bytes,
-            algorithm=trained.algorithm,
-            hyperparameters=trained.hyperparameters,
-            libraries=trained.libraries,
-            features=[c.model_dump(mode="json") for c in cfg.contract.columns],
-            input_schema=trained.input_schema,
-            output_schema=trained.output_schema,
+            trained,
+            cfg.contract,
             training_data={**tset.record(), "confidence_test": data_record["confidence_test"], "candidate_id": cid},
-            metrics=trained.metrics,
-            parity=trained.parity.as_dict(),
-            feature_importance=trained.feature_importance,
             decision_threshold=cfg.decision_threshold,
             description=cfg.description,
             created_by=who,

@@ -101,29 +101,12 @@ def mon_settings(tmp_path: Path, mon_root: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def mon_registered(trained_model: Any) -> Callable[[Any], Any]:
+def mon_registered(trained_model: Any, registered: Callable[..., Any]) -> Callable[[Any], Any]:
     """Register the session's model as champion with the training days recorded (what the reference reads)."""
-    from nightshift.flows import open_registry
 
     def _register(settings: Any) -> Any:
-        registry = open_registry(settings)
-        mv = registry.register(
-            "churn",
-            trained_model.onnx_bytes,
-            algorithm=trained_model.algorithm,
-            hyperparameters=trained_model.hyperparameters,
-            libraries=trained_model.libraries,
-            features=[c.model_dump(mode="json") for c in settings.model("churn").contract.columns],
-            input_schema=trained_model.input_schema,
-            output_schema=trained_model.output_schema,
-            training_data={"rows": trained_model.train_rows, "partitions": [{"ds": d.isoformat()} for d in TRAIN_DAYS]},
-            metrics=trained_model.metrics,
-            parity=trained_model.parity.as_dict(),
-            feature_importance=trained_model.feature_importance,
-            decision_threshold=0.5,
-        )
-        registry.set_alias("churn", "champion", mv.version, reason="test")
-        return mv
+        days = [{"ds": d.isoformat()} for d in TRAIN_DAYS]
+        return registered(settings, training_data={"rows": trained_model.train_rows, "partitions": days})
 
     return _register
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,11 @@ def _edited(onnx_bytes: bytes, kind: str) -> bytes:
 
 def _register_champion(settings: Any, onnx_bytes: bytes, trained_model: Any) -> Any:
     registry = open_registry(settings)
-    mv = registry.register(
+    mv = registry.register_trained(
         MODEL,
-        onnx_bytes,
-        algorithm=trained_model.algorithm,
-        hyperparameters=trained_model.hyperparameters,
-        libraries=trained_model.libraries,
-        features=[c.model_dump(mode="json") for c in settings.model(MODEL).contract.columns],
-        input_schema=trained_model.input_schema,
-        output_schema=trained_model.output_schema,
+        dataclasses.replace(trained_model, onnx_bytes=onnx_bytes),
+        settings.model(MODEL).contract,
         training_data={"rows": trained_model.train_rows},
-        metrics=trained_model.metrics,
-        parity=trained_model.parity.as_dict(),
-        feature_importance=trained_model.feature_importance,
         decision_threshold=0.5,
     )
     registry.set_alias(MODEL, "champion", mv.version, reason="a model for another contract")
