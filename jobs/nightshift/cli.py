@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import date, timedelta
+from enum import StrEnum
 from typing import Any
 
 import typer
@@ -122,18 +123,26 @@ def demo_data(
     )
 
 
+class Promote(StrEnum):
+    if_first = "if-first"
+    always = "always"
+    never = "never"
+
+
 @app.command("train")
 def train_cmd(
     model: ModelOpt,
     ds: str = typer.Option(..., help="train on the labelled window of days ending on this day (YYYY-MM-DD)"),
-    promote: str = typer.Option("if-first", help="if-first | always | never: make the new version champion"),
+    promote: Promote = typer.Option(
+        Promote.if_first, help="make the new version champion: if-first (only when the model has none), always, never"
+    ),
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, export to ONNX, check ONNX-vs-scikit-learn parity, and register a new version."""
     from nightshift.flows import train_and_register
 
-    result = train_and_register(_settings(config), model, _parse_ds(ds), promote=promote)
+    result = train_and_register(_settings(config), model, _parse_ds(ds), promote=promote.value)
     if as_json:
         _print_json(result.as_dict())
         return
@@ -334,7 +343,7 @@ def demo_cmd(
     )
     out.rule("2/4 train, export to ONNX, parity check, register")
     train_cmd(
-        model=model, ds=(newest - timedelta(days=1)).isoformat(), promote="if-first", config=config, as_json=False
+        model=model, ds=(newest - timedelta(days=1)).isoformat(), promote=Promote.if_first, config=config, as_json=False
     )
     out.rule(f"3/4 score ds={newest} on Dask with ONNX Runtime, commit atomically")
     score_cmd(

@@ -51,7 +51,7 @@ class CommitError(NightshiftError):
 
 
 class RunLockTimeout(NightshiftError):
-    """Another run of the same (model, version, ds) holds the lock."""
+    """Another run of the same (model, ds) holds the lock."""
 
 
 class ModelSchemaError(NightshiftError):

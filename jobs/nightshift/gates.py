@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,14 +143,18 @@ def e2e_gate(artifact_uri: str, sha256: str, e2e_uri: str, contract: FeatureCont
             store_url=None,
         )
         result = score_chunk(task)
+        if result.ids is None or result.scores is None:
+            raise RuntimeError("the end-to-end run returned no rows")
+        # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
+        file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
+        got = dict(zip(result.ids.to_pylist(), result.scores.tolist(), strict=True))
+        lost = [i for i in file_ids if i not in got]
+        if lost:
+            raise RuntimeError(f"no score for entity id(s) {', '.join(map(repr, lost[:5]))}")
+        scores = np.array([got[i] for i in file_ids], dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - any failure of the end-to-end run fails the gate, with its cause
-        return GateResult("end_to_end", False, None, f"|Δ| <= {tolerance}", f"{type(exc).__name__}: {exc}")
-    if result.ids is None or result.scores is None:
-        raise RuntimeError("the end-to-end run returned no rows")
-    # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
-    file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
-    got = dict(zip(result.ids.to_pylist(), result.scores.tolist(), strict=True))
-    scores = np.array([got[i] for i in file_ids], dtype=np.float64)
+        detail = f"{e2e_uri}: {type(exc).__name__}: {exc}"
+        return GateResult("end_to_end", False, None, f"|Δ| <= {tolerance}", detail)
     diff = float(np.max(np.abs(scores - expected))) if len(scores) else 0.0
     ok = len(scores) == len(expected) and diff <= tolerance
     return GateResult(
@@ -171,8 +174,3 @@ def score_with(onnx_bytes: bytes, table: pa.Table, contract: FeatureContract) ->
     for batch in table.to_batches(max_chunksize=65_536):
         out.append(onnx_scores(onnx_bytes, model_inputs(batch, contract)))
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def write_local(path: str, data: bytes) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(data)

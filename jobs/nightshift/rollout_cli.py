@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
     def demo_loop_cmd(
         config: ConfigOpt = None,
         model: str = typer.Option("churn", "--model", "-m"),
-        start: str = typer.Option("", help="first day (default: 6 days before yesterday)"),
+        start: str = typer.Option("", help="first day (default: 6 days ago, so the last of the 6 days is yesterday)"),
         rows_per_day: int = typer.Option(50_000, min=5_000),
         drift: str = typer.Option("mean_shift:monthly_charges:1.5", help="kind:column:magnitude"),
     ) -> None:

@@ -169,7 +169,12 @@ def _scored_batches(
     batches = iter_batches(task.slice, contract.read_columns, task.batch_rows, categorical)
     while True:
         t = time.perf_counter()
-        batch = next(batches, None)
+        try:
+            batch = next(batches, None)
+        except (OSError, ValueError) as exc:  # pyarrow's errors (ArrowInvalid, ArrowIOError) are both
+            # A footer that reads but a damaged data page: pyarrow's message names no file.
+            where = f"row group(s) {', '.join(map(str, task.slice.row_groups))}"
+            raise ContractError(f"{source} {where}: unreadable data ({type(exc).__name__}: {exc})") from exc
         if batch is None:
             clock["read_s"] += time.perf_counter() - t
             return
@@ -404,7 +409,9 @@ def _run(
     totals = {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
     peak = 0
     done_rows = 0
-    futures: list[Any] = []
+    # Submitted and not yet consumed: cancelled on failure. A consumed future is dropped at once,
+    # so Dask frees its result (on SQLite, a whole chunk's rows) instead of keeping it to the end.
+    outstanding: set[Any] = set()
     try:
         t_cluster = time.perf_counter()
         with dask_client(settings.dask, client) as c:
@@ -420,7 +427,7 @@ def _run(
                     score_chunk, tasks[i], key=f"nightshift-score-{mv.model}-r{run_id}-{token}-{i}", pure=False
                 )
                 by_key[fut.key] = tasks[i]
-                futures.append(fut)
+                outstanding.add(fut)
                 return fut
 
             # Workers that stage their own rows get every task at once. When the driver writes
@@ -431,8 +438,7 @@ def _run(
             # expensive model keeps every core scoring). Either way the driver's backlog is bounded.
             most = len(tasks) if staged_by_workers else max(2, 2 * sum(c.nthreads().values()))
             window = most
-            outstanding = {submit(i) for i in range(min(window, len(tasks)))}
-            pending = as_completed(list(outstanding))
+            pending = as_completed([submit(i) for i in range(min(window, len(tasks)))])
             next_task = len(outstanding)
             results = iter(pending)
             while True:
@@ -446,9 +452,7 @@ def _run(
                     window = min(most, window + 1) if waited else max(1, window - 1)
                 # Top up before staging this chunk, so the next ones score meanwhile.
                 while next_task < len(tasks) and len(outstanding) < window:
-                    new = submit(next_task)
-                    outstanding.add(new)
-                    pending.add(new)
+                    pending.add(submit(next_task))
                     next_task += 1
                 try:
                     res: ChunkResult = fut.result()
@@ -482,7 +486,7 @@ def _run(
         }
         commit: CommitResult = store.commit_run(run_id, partition.rows, timings)
     except BaseException as exc:
-        for fut in futures:
+        for fut in outstanding:
             with contextlib.suppress(Exception):
                 fut.cancel()
         located = _locate_duplicates(exc, partition, contract)

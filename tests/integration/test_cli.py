@@ -85,6 +85,7 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, sqlite_url: str) -> Non
         (["score", "-m", "churn", "--ds", "2026-13-01"], "is not a date: expected YYYY-MM-DD", 2),
         (["score", "-m", "churn", "--ds", "2026-11-18"], "has no 'champion' alias", 1),
         (["score", "-m", "churn", "--ds", "2030-01-01"], "", 1),
+        (["train", "-m", "churn", "--ds", "2026-11-17", "--promote", "bogus"], "'bogus' is not one of", 2),
     ],
 )
 def test_cli_errors_are_one_clear_line_without_a_traceback(

@@ -193,3 +193,30 @@ def test_no_rollback_when_the_previous_version_fails_the_same_night(store_url: s
     # The data moved: both versions fail their monitoring, so going back would not help.
     assert r.advance("churn", date.today(), champion_ok=False, challenger_ok=None, previous_ok=False) == "unchanged"
     assert r.registry.aliases("churn") == {CHAMPION: 2, PREVIOUS: 1}
+
+
+def test_a_broken_or_missing_end_to_end_set_fails_the_gate_naming_it(store_url: str, make_settings: Any) -> None:
+    """A failure inside the end-to-end gate is a failed gate that names the set, never a crash of the retrain."""
+    import pyarrow.parquet as pq
+
+    from nightshift.gates import EXPECTED_COLUMN, e2e_gate
+
+    settings, r = _with_champion(make_settings, store_url)
+    out = r.retrain("churn", SCORE_DS, trigger={"kind": "manual", "by": "test"}, by="alice")
+    mv = r.registry.get("churn", 2)
+    e2e = Path(mv.artifact_uri).with_name("e2e.parquet")
+    contract = settings.model("churn").contract
+    ok = e2e_gate(mv.artifact_uri, mv.sha256, str(e2e), contract, 1e-5)
+    assert ok.passed, (out.reason, ok.detail)
+    # The same set with an id column that cannot be read as the contract's: scoring it fails.
+    broken = e2e.with_name("broken.parquet")
+    table = pq.read_table(e2e)
+    pq.write_table(table.drop_columns([contract.columns[0].name]), broken)
+    failed = e2e_gate(mv.artifact_uri, mv.sha256, str(broken), contract, 1e-5)
+    assert not failed.passed
+    assert str(broken) in failed.detail
+    missing = e2e.with_name("missing.parquet")
+    gone = e2e_gate(mv.artifact_uri, mv.sha256, str(missing), contract, 1e-5)
+    assert not gone.passed
+    assert str(missing) in gone.detail
+    assert EXPECTED_COLUMN in table.column_names

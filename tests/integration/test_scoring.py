@@ -410,3 +410,21 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
     got = _committed(store)
     ids = [str(i) for i in table.column("customer_id").to_pylist()]
     assert np.allclose([got[i] for i in ids], expected, atol=1e-6)
+
+
+def test_a_damaged_data_page_fails_naming_the_file_and_row_group(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    """The footer reads (the contract check passes) but a data page does not: the error names the file."""
+    settings = make_settings(store_url)
+    registered(settings)
+    victim = sorted(_part_dir(data_root).glob("*.parquet"))[0]
+    meta = pq.ParquetFile(victim).metadata
+    column = meta.row_group(0).column(5)  # a numeric feature's first column chunk
+    raw = bytearray(victim.read_bytes())
+    start = column.data_page_offset + 32
+    raw[start : start + 64] = bytes(64 * [0xFF])
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(ContractError, match=rf"{victim.name} row group\(s\) 0: unreadable data"):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert open_store(settings).partition("churn", 1, SCORE_DS) is None
