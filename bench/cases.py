@@ -281,8 +281,8 @@ WHAT = {
     "naive peer": "one process: pandas.read_parquet -> sklearn predict_proba -> DataFrame.to_sql, file by file "
     "(first files only)",
     "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
-    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores, the driver inserts, "
-    "an adaptive window of chunks in flight",
+    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores, "
+    "the driver inserts, an adaptive window of chunks in flight",
     "nightshift -> SQLite, pre-started cluster": "the same on an already running 2-worker cluster",
     "nightshift -> SQLite, 1 worker": "score_partition() into SQLite with dask.n_workers = 1 (a core kept for "
     "the driver)",
