@@ -12,6 +12,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 from nightshift.errors import ContractError
 
+#: The ONNX output holding [P(0), P(1)] per row: what training exports and scoring reads.
+PROBABILITIES = "probabilities"
+
 
 class ColumnType(StrEnum):
     """Logical column types a contract can declare."""

@@ -111,7 +111,8 @@ def _row_to_version(row: Any) -> ModelVersion:
     )
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON types (anything else as its str), ready for a JSON column."""
     return json.loads(json.dumps(value, default=str))
 
 
@@ -200,15 +201,15 @@ class Registry:
                 "created_at": utcnow(),
                 "created_by": created_by or current_user(),
                 "algorithm": algorithm,
-                "hyperparameters": _json_safe(hyperparameters),
-                "libraries": _json_safe(libraries),
-                "features": _json_safe(features),
-                "input_schema": _json_safe(input_schema),
-                "output_schema": _json_safe(output_schema),
-                "training_data": _json_safe(training_data),
-                "metrics": _json_safe(metrics),
-                "parity": _json_safe(parity),
-                "feature_importance": _json_safe(feature_importance),
+                "hyperparameters": json_safe(hyperparameters),
+                "libraries": json_safe(libraries),
+                "features": json_safe(features),
+                "input_schema": json_safe(input_schema),
+                "output_schema": json_safe(output_schema),
+                "training_data": json_safe(training_data),
+                "metrics": json_safe(metrics),
+                "parity": json_safe(parity),
+                "feature_importance": json_safe(feature_importance),
                 "decision_threshold": float(decision_threshold),
                 "artifact_uri": uri,
                 "sha256": sha,

@@ -17,7 +17,7 @@ from nightshift import schema
 from nightshift.canary import canary_bucket, serves_challenger  # noqa: F401 - re-exported
 from nightshift.config import ModelSettings, Settings
 from nightshift.errors import ModelNotFound, NightshiftError, ParityError, PartitionNotReady
-from nightshift.registry import CHAMPION, ModelVersion, Registry, current_user
+from nightshift.registry import CHAMPION, ModelVersion, Registry, current_user, json_safe
 from nightshift.store import Store, _as_date, _as_utc, _dialect_insert, utcnow
 
 CHALLENGER = "challenger"
@@ -39,12 +39,6 @@ class RetrainOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _json(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value, default=str))
 
 
 class Rollouts:
@@ -76,7 +70,7 @@ class Rollouts:
                     at=utcnow(),
                     by=by or current_user(),
                     event=event,
-                    detail=_json(detail),
+                    detail=json_safe(detail),
                 )
             )
 
@@ -166,7 +160,7 @@ class Rollouts:
                     ds=ds,
                     created_at=now,
                     created_by=who,
-                    trigger=_json(trigger),
+                    trigger=json_safe(trigger),
                     status="training",
                     strategy=cfg.rollout.strategy,
                     updated_at=now,
@@ -532,7 +526,7 @@ class Rollouts:
 def _json_values(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in values.items():
-        out[k] = _json(v) if isinstance(v, dict | list) else v
+        out[k] = json_safe(v) if isinstance(v, dict | list) else v
     return out
 
 

@@ -14,7 +14,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from nightshift.config import DaskSettings, Settings
-from nightshift.contracts import FeatureContract
+from nightshift.contracts import PROBABILITIES, FeatureContract
 from nightshift.data import TaskSlice, inspect_partition, iter_batches
 from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError, NightshiftError
 from nightshift.registry import ModelVersion, Registry, read_artifact
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Largest number of rows one Dask task scores; bigger files are split by row groups.
 MAX_ROWS_PER_TASK = 1_000_000
-PROBABILITIES = "probabilities"
 
 
 @dataclass(frozen=True)

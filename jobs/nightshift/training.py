@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nightshift.contracts import FeatureContract
+from nightshift.contracts import PROBABILITIES, FeatureContract
 from nightshift.errors import ParityError
 from nightshift.features import model_frame, model_inputs
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 TARGET_OPSET: dict[str, int] = {"": 21, "ai.onnx.ml": 3}
 
 #: The ONNX output holding class probabilities ([N, 2], columns in `classes_` order).
-PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 
 #: Categories written into perturbed parity rows: never seen in training by construction.
@@ -188,8 +187,8 @@ def export_onnx(pipeline: Pipeline, contract: FeatureContract) -> bytes:
         options={id(classifier): {"zipmap": False}},
     )
     outputs = [o.name for o in model.graph.output]
-    if outputs != [LABEL_OUTPUT, PROBABILITIES_OUTPUT]:  # pragma: no cover - a converter change
-        raise RuntimeError(f"unexpected ONNX outputs {outputs}, expected {[LABEL_OUTPUT, PROBABILITIES_OUTPUT]}")
+    if outputs != [LABEL_OUTPUT, PROBABILITIES]:  # pragma: no cover - a converter change
+        raise RuntimeError(f"unexpected ONNX outputs {outputs}, expected {[LABEL_OUTPUT, PROBABILITIES]}")
     data: bytes = model.SerializeToString()
     return data
 
@@ -211,7 +210,7 @@ def onnx_scores(onnx_bytes: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
     missing = [n for n in names if n not in feeds]
     if missing:
         raise ValueError(f"ONNX model needs input(s) {', '.join(map(repr, missing))} that the feeds lack")
-    (proba,) = session.run([PROBABILITIES_OUTPUT], {n: feeds[n] for n in names})
+    (proba,) = session.run([PROBABILITIES], {n: feeds[n] for n in names})
     return np.asarray(proba, dtype=np.float64)[:, 1]
 
 

@@ -77,8 +77,8 @@ def model_session(onnx_bytes: bytes) -> ort.InferenceSession:
 
 def score_sample(session: ort.InferenceSession, table: pa.Table, contract: FeatureContract) -> np.ndarray:
     """P(class 1) of every row of a sample from the model's ONNX session, in 64k-row batches, float32 like the store."""
+    from nightshift.contracts import PROBABILITIES
     from nightshift.features import model_inputs
-    from nightshift.scoring import PROBABILITIES
 
     names = [i.name for i in session.get_inputs()]
     out: list[np.ndarray] = []
