@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo demo-loop test lint typecheck pytest sql clean
+.PHONY: help install demo demo-loop test lint typecheck pytest soak sql clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,17 +24,20 @@ test: install lint typecheck pytest  ## lint, type-check and run the test suite
 
 lint:  ## ruff
 	$(RUN) ruff check .
-	$(RUN) ruff format --check jobs tests dags plugins bench
+	$(RUN) ruff format --check jobs tests dags bench
 
 typecheck:  ## mypy on the library, the DAGs and the Airflow plugin
 	$(RUN) mypy
-	MYPYPATH=plugins $(RUN) mypy plugins dags
+	$(RUN) mypy dags
 
 pytest:  ## the tests (PostgreSQL tests skip without a server, except with CI=true)
 	$(RUN) pytest $(PYTEST_ARGS)
 
+soak:  ## the long run left out of `make test`: a 5-minute soak of the real API process (PostgreSQL)
+	NIGHTSHIFT_SOAK_S=300 $(RUN) pytest tests/api/test_soak.py $(PYTEST_ARGS)
+
 sql:  ## regenerate the readable DDL in sql/ from the migrations
-	$(RUN) python -m nightshift.sqlgen sql
+	$(RUN) python -m nightshift.db.sqlgen sql
 
 clean:  ## remove local state and demo data
 	rm -rf .nightshift data
@@ -67,10 +70,10 @@ docker-down:  ## stop the stack, keeping its volumes
 deploy-check: install  ## the deployment tests, no Docker engine needed (tests/deploy)
 	$(RUN) pytest tests/deploy $(PYTEST_ARGS)
 
-# -- Airflow: dags/, plugins/, docs/airflow.md -------------------------------------------------
+# -- Airflow: dags/, jobs/nightshift_airflow/, docs/airflow.md -------------------------------------------------
 # A local Airflow on this repo's dags/ and plugins/, metadata in SQLite under .nightshift/airflow.
 AIRFLOW_PORT ?= 8080
-AIRFLOW_RUN := PYTHONPATH=$(CURDIR)/plugins $(RUN)
+AIRFLOW_RUN := $(RUN)
 
 .PHONY: airflow airflow-demo airflow-env airflow-test
 

@@ -367,8 +367,8 @@ def create_store(rows: int, partitions: int, artifacts: Path) -> tuple[str, str,
     from sqlalchemy.engine import make_url
 
     from nightshift.api.keys import KeyManager  # noqa: F401 - the migration that creates api_keys must exist
-    from nightshift.registry import Registry
-    from nightshift.store import Store, stage_chunk
+    from nightshift.db.store import Store, stage_chunk
+    from nightshift.models.registry import Registry
 
     name = f"ns_apibench_{uuid.uuid4().hex[:8]}"
     _admin(f'CREATE DATABASE "{name}"')
@@ -755,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {total:,} rows committed in {time.perf_counter() - t0:.1f}s", flush=True)
     try:
         from nightshift.api.keys import KeyManager
-        from nightshift.store import Store
+        from nightshift.db.store import Store
 
         store = Store(url)
         key = KeyManager(store).create("bench", "*", created_by="bench")[1]

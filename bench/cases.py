@@ -218,19 +218,21 @@ def case_postgres(plan: Plan, label: str) -> None:
     runner = NightshiftRunner("postgresql", plan.workdir(f"pg_{label}"), art, plan.pg_url)
     warm = ClusterHolder(2)
     try:
-        with scratch_database(plan.pg_url) as url:
+        with scratch_database(plan.pg_url) as url, limits.LimitWorkers(2) as lw:
             reset = lambda: reset_plain_table(url, PLAIN)  # noqa: E731
             check = _expect(url, PLAIN, data.rows)
             contenders = {
                 "pipelined limit": Contender(
-                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, url, PLAIN)), setup=reset, after=check
+                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, url, PLAIN, workers=lw)),
+                    setup=reset,
+                    after=check,
                 ),
                 "nightshift, fresh cluster": Contender(
                     lambda: runner.score(data), setup=runner.setup, after=runner.teardown
                 ),
                 "nightshift, pre-started cluster": _on_warm_cluster(runner, data, warm),
                 "pipelined limit + primary key": Contender(
-                    lambda: _indexed(limits.pipelined(data.paths, onnx_bytes, url, PLAIN), url),
+                    lambda: _indexed(limits.pipelined(data.paths, onnx_bytes, url, PLAIN, workers=lw), url),
                     setup=reset,
                     after=check,
                 ),
@@ -248,7 +250,7 @@ def case_postgres(plan: Plan, label: str) -> None:
                 )
             if label == "linear":  # what writing costs; the forest is bound by scoring anyway
                 contenders["pipelined limit, no write"] = Contender(
-                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, None, PLAIN))
+                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, None, PLAIN, workers=lw))
                 )
             naive_paths = plan.naive_paths_for(label)
             naive_rows = rows_in(naive_paths)
@@ -294,7 +296,8 @@ WHAT = {
 
 
 def _bulk_insert_in_child(path: Path, rows: int) -> float:
-    """Builds the rows and times only the insert, in a forked child, so this process stays small."""
+    """Builds the rows and times only the insert, in a spawned child, so this process stays small (and never forks
+    while its Dask client runs threads)."""
     tuples = limits.sqlite_rows(rows)
     t = time.perf_counter()
     limits.sqlite_bulk_insert(path, tuples)
@@ -310,7 +313,7 @@ def case_sqlite(plan: Plan, label: str) -> None:
     bulk_db = work / "bulk.db"
 
     def bulk() -> dict[str, Any]:
-        with multiprocessing.get_context("fork").Pool(1) as pool:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
             seconds = pool.apply(_bulk_insert_in_child, (bulk_db, data.rows))
         bulk_db.unlink(missing_ok=True)
         return {"seconds": seconds}
@@ -358,6 +361,7 @@ def case_scaling(plan: Plan) -> None:
     art = plan.models["linear"]
     runner = NightshiftRunner("postgresql", plan.workdir("scaling"), art, plan.pg_url)
     clusters = {1: ClusterHolder(1), 2: ClusterHolder(2)}
+    limit_workers = {1: limits.LimitWorkers(1).__enter__(), 2: limits.LimitWorkers(2).__enter__()}
 
     layouts = [(plan.quarter, 2), (plan.few_files, 2), (plan.main, 2), (plan.many_files, 2), (plan.main, 1)]
     names = {f"{_layout(d)}, {w} worker{'s' if w > 1 else ''}": (d, w) for d, w in layouts}
@@ -366,7 +370,9 @@ def case_scaling(plan: Plan) -> None:
         # What the machine itself gains from a second process (other jobs share its 2 cores).
         for procs in (1, 2):
             contenders[f"pipelined limit (no write), {procs} process{'es' if procs > 1 else ''}"] = Contender(
-                lambda procs=procs: _rows(limits.pipelined(plan.main.paths, art.onnx_bytes, None, PLAIN, procs))
+                lambda procs=procs: _rows(
+                    limits.pipelined(plan.main.paths, art.onnx_bytes, None, PLAIN, procs, workers=limit_workers[procs])
+                )
             )
             names[f"pipelined limit (no write), {procs} process{'es' if procs > 1 else ''}"] = (plan.main, procs)
         results = interleave(contenders, plan.size.repeats)
@@ -374,6 +380,8 @@ def case_scaling(plan: Plan) -> None:
     finally:
         for c in clusters.values():
             c.stop()
+        for w in limit_workers.values():
+            w.__exit__(None, None, None)
         runner.close()
 
 

@@ -164,7 +164,7 @@ def plan_nights(clean: int, per_size: int) -> list[Night]:
 
 def train_reference_model(settings: Any) -> bytes:
     from nightshift.training import train
-    from nightshift.training_set import build_training_set
+    from nightshift.training.dataset import build_training_set
 
     cfg = settings.model("churn")
     cached = Path(cfg.dataset_uri(settings)).parent / f"model-{cfg.training.max_rows}.onnx"
@@ -293,9 +293,11 @@ def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, 
 def prepare_big(args: argparse.Namespace, config: Path, data: Path) -> dict[str, Any]:
     """A registered model (trained on the reference days), a committed 1M-row night, its stored reference."""
     from nightshift.config import load_settings
-    from nightshift.flows import open_registry, open_store, train_and_register
+    from nightshift.db import open_store
+    from nightshift.models import open_registry
     from nightshift.monitoring import ensure_reference
     from nightshift.scoring import score_partition
+    from nightshift.training import train_and_register
 
     for day in REF_DAYS:
         _generate_day(data, day, args.ref_rows, 2, [])

@@ -33,7 +33,7 @@ def make_settings(state_dir: Path, store_url: str, data: Dataset, art: ModelArti
 
 def register(settings: Any, art: ModelArtifacts) -> None:
     """Register the model's ONNX artifact as version 1, champion, as `nightshift train` would."""
-    from nightshift.flows import open_registry
+    from nightshift.models import open_registry
 
     trained = art.trained()
     registry = open_registry(settings)
@@ -58,7 +58,7 @@ class NightshiftRunner:
     """
 
     def __init__(self, dialect: str, workdir: Path, art: ModelArtifacts, admin_url: str = PG_ADMIN_URL) -> None:
-        from nightshift.store import Store
+        from nightshift.db.store import Store
 
         self.dialect = dialect
         self.workdir = workdir

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,23 +11,23 @@ from nightshift_airflow.retrain_trigger import retrain_trigger
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 from nightshift_airflow.sensors import PartitionReadySensor
 
-#: Same nightly rhythm as score_<model>: the run for day D starts at midnight after D.
-SCHEDULE = "0 0 * * *"
-#: Labels arrive later than features (churn is known weeks later in real life): wait long, deferred.
-LABELS_TIMEOUT_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_TIMEOUT_S", 7 * 24 * 3600))
-POKE_INTERVAL_S = float(os.environ.get("NIGHTSHIFT_AIRFLOW_LABELS_POKE_INTERVAL_S", 15 * 60))
 
+def quality_dag(model: str, cfg: Any, labels: str) -> DAG:
+    """Same rhythm as score_<model> ([models.schedule] cron); labels arrive later than features (churn is
+    known weeks later in real life), so the wait is long ([models.schedule] labels_timeout_s) and deferred."""
+    timeout = cfg.schedule.labels_timeout_s
 
-def quality_dag(model: str, labels: str, partition_key: str, marker: str, owner: str) -> DAG:
     @dag(
         dag_id=f"quality_{model}",
         description=f"Quality of {model} once each day's labels land",
-        schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+        schedule=CronDataIntervalTimetable(cfg.schedule.cron, timezone="UTC"),
         start_date=datetime(2024, 1, 1, tzinfo=UTC),
         catchup=False,
         max_active_runs=16,  # waiting for labels is deferred, so many days may wait at once
-        dagrun_timeout=timedelta(seconds=LABELS_TIMEOUT_S + 3600),
-        default_args={**DEFAULT_ARGS, "owner": owner},
+        dagrun_timeout=timedelta(seconds=timeout + 3600),
+        default_args={**DEFAULT_ARGS, "owner": cfg.owner},
+        # Unpaused from creation: it only measures, and a paused one would leave its runs queued silently.
+        is_paused_upon_creation=False,
         tags=["nightshift", "monitoring", model],
         doc_md=f"Waits (deferred) for the labels of ds (the day the run's interval starts) under `{labels}`, "
         f"computes the champion's ROC AUC, log loss, precision and recall on that day from its committed "
@@ -39,10 +38,10 @@ def quality_dag(model: str, labels: str, partition_key: str, marker: str, owner:
         wait = PartitionReadySensor(
             task_id="wait_for_labels",
             root=labels,
-            key=partition_key,
-            marker=marker,
-            poke_interval=POKE_INTERVAL_S,
-            timeout=LABELS_TIMEOUT_S,
+            key=cfg.partition_key,
+            marker=cfg.success_marker,
+            poke_interval=cfg.schedule.labels_poke_interval_s,
+            timeout=timeout,
         )
 
         @task
@@ -77,4 +76,4 @@ _wanted = get_parsing_context().dag_id  # a worker parsing for one DAG builds on
 for _m in _settings.models:
     _labels = _m.labels_uri(_settings)
     if _labels and (_wanted is None or _wanted == f"quality_{_m.name}"):
-        globals()[f"quality_{_m.name}"] = quality_dag(_m.name, _labels, _m.partition_key, _m.success_marker, _m.owner)
+        globals()[f"quality_{_m.name}"] = quality_dag(_m.name, _m, _labels)

@@ -24,6 +24,9 @@ def retraining_dag(model: str, owner: str) -> DAG:
         max_active_runs=1,  # one candidate of a model at a time
         dagrun_timeout=timedelta(days=4),  # the approval may wait APPROVAL_TIMEOUT
         default_args={**DEFAULT_ARGS, "owner": owner},
+        # Unpaused from creation: it runs only when score_<model> or quality_<model> triggers it (or a
+        # person does), and a paused one would leave a triggered retrain queued with no word anywhere.
+        is_paused_upon_creation=False,
         tags=["nightshift", "retraining", model],
         params={
             "ds": Param(

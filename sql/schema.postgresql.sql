@@ -261,5 +261,36 @@ ALTER TABLE predictions ADD CONSTRAINT predictions_pkey PRIMARY KEY (entity_id, 
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+ALTER TABLE alias_events ADD COLUMN effective_ds DATE;
+
+CREATE TABLE nights (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    decided_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    decided_by VARCHAR(128) NOT NULL, 
+    run_key VARCHAR(256), 
+    versions JSON NOT NULL, 
+    verdicts JSON NOT NULL, 
+    rollout TEXT NOT NULL, 
+    retrain JSON, 
+    PRIMARY KEY (model, ds)
+);
+
+CREATE TABLE served (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    version INTEGER NOT NULL, 
+    role VARCHAR(16) NOT NULL, 
+    share FLOAT NOT NULL, 
+    run_id BIGINT, 
+    recorded_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    PRIMARY KEY (model, ds, version), 
+    CONSTRAINT ck_served_share CHECK (share >= 0 AND share <= 1)
+);
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+
 COMMIT;
 

@@ -256,3 +256,34 @@ UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num 
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+ALTER TABLE alias_events ADD COLUMN effective_ds DATE;
+
+CREATE TABLE nights (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    decided_at DATETIME NOT NULL, 
+    decided_by VARCHAR(128) NOT NULL, 
+    run_key VARCHAR(256), 
+    versions JSON NOT NULL, 
+    verdicts JSON NOT NULL, 
+    rollout TEXT NOT NULL, 
+    retrain JSON, 
+    PRIMARY KEY (model, ds)
+);
+
+CREATE TABLE served (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    version INTEGER NOT NULL, 
+    role VARCHAR(16) NOT NULL, 
+    share FLOAT NOT NULL, 
+    run_id INTEGER, 
+    recorded_at DATETIME NOT NULL, 
+    PRIMARY KEY (model, ds, version), 
+    CONSTRAINT ck_served_share CHECK (share >= 0 AND share <= 1)
+);
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+

@@ -60,7 +60,7 @@ def pg_template(pg_admin_url: str) -> Iterator[str]:
     """A migrated database that each test's database is copied from."""
     import psycopg
 
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     name = f"ns_tmpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
@@ -88,7 +88,7 @@ def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     url = f"sqlite:///{tmp_path / 'state' / 'store.db'}"
     store = Store(url)
@@ -134,8 +134,8 @@ def data_root(demo_root: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def write_project(folder: Path, store_url: str, data_root: Path, *, extra_model: str = "", dask: str = "") -> Path:
-    """A project file for the demo contract, pointing at `data_root` and `store_url`."""
+def model_block(name: str, data_root: Path, extra_model: str = "") -> str:
+    """One `[[models]]` table on the demo contract, reading `data_root`/features and `data_root`/labels."""
     from nightshift.demo import demo_contract
 
     contract = demo_contract()
@@ -145,17 +145,9 @@ def write_project(folder: Path, store_url: str, data_root: Path, *, extra_model:
         + "}"
         for c in contract.columns
     )
-    text = f"""
-state_dir = {json.dumps(str(folder / "state"))}
-store_url = {json.dumps(store_url)}
-
-[dask]
-n_workers = 2
-threads_per_worker = 1
-{dask}
-
+    return f"""
 [[models]]
-name = "churn"
+name = "{name}"
 dataset = {json.dumps(str(data_root / "features"))}
 labels = {json.dumps(str(data_root / "labels"))}
 label_column = "churned"
@@ -176,6 +168,31 @@ columns = [
 {cols}
 ]
 """
+
+
+def write_project(
+    folder: Path,
+    store_url: str,
+    data_root: Path,
+    *,
+    extra_model: str = "",
+    dask: str = "",
+    more_models: dict[str, tuple[Path, str]] | None = None,
+) -> Path:
+    """A project file for the demo contract: model churn on `data_root`, and `more_models` (name → (data root,
+    extra TOML)) beside it, all on `store_url`."""
+    text = f"""
+state_dir = {json.dumps(str(folder / "state"))}
+store_url = {json.dumps(store_url)}
+
+[dask]
+n_workers = 2
+threads_per_worker = 1
+{dask}
+"""
+    text += model_block("churn", data_root, extra_model)
+    for name, (root, extra) in (more_models or {}).items():
+        text += model_block(name, root, extra)
     path = folder / "nightshift.toml"
     path.write_text(text)
     return path
@@ -197,7 +214,7 @@ def trained_model(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The demo model trained once per session on the first two demo days."""
     from nightshift.config import load_settings
     from nightshift.training import train
-    from nightshift.training_set import build_training_set
+    from nightshift.training.dataset import build_training_set
 
     folder = tmp_path_factory.mktemp("train")
     settings = load_settings(write_project(folder, f"sqlite:///{folder / 'unused.db'}", demo_root))
@@ -210,7 +227,7 @@ def trained_model(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def registered(trained_model: Any) -> Callable[[Any], Any]:
     """Register the session's trained model in a store as champion (optionally with other training
     metadata); returns its ModelVersion."""
-    from nightshift.flows import open_registry
+    from nightshift.models import open_registry
 
     def _register(settings: Any, training_data: dict[str, Any] | None = None) -> Any:
         registry = open_registry(settings)
@@ -244,3 +261,54 @@ def dask_client() -> Iterator[Any]:
         Client(cluster) as client,
     ):
         yield client
+
+
+# -- no process outlives the suite -------------------------------------------------------------
+
+#: Helpers multiprocessing starts once per process and ends by itself when its parent exits.
+_SELF_ENDING = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "multiprocessing.semaphore_tracker")
+
+
+def _survivors() -> list[Any]:
+    import psutil
+
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+            if child.status() == psutil.STATUS_ZOMBIE or any(h in cmdline for h in _SELF_ENDING):
+                continue
+        except psutil.Error:
+            continue
+        alive.append(child)
+    return alive
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process a test started is still alive at the end (an orphan would keep CI waiting):
+    name it, kill it and its children, and turn a green run red."""
+    import psutil
+
+    survivors = _survivors()
+    if not survivors:
+        return
+    _gone, still = psutil.wait_procs(survivors, timeout=5)  # a process that is just ending gets a moment
+    if not still:
+        return
+    lines = []
+    for proc in still:
+        try:
+            lines.append(f"pid {proc.pid}: {' '.join(proc.cmdline())[:300]}")
+            for p in [*proc.children(recursive=True), proc]:
+                p.kill()
+        except psutil.Error:
+            continue
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "processes started by the tests outlived the suite (killed now):\n  " + "\n  ".join(lines)
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    else:  # pragma: no cover
+        print(message)
+    if exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

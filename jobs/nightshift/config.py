@@ -129,6 +129,24 @@ class RolloutSettings(BaseModel):
     )
 
 
+class ScheduleSettings(BaseModel):
+    """When the model's nightly DAG runs and how long it waits for its data (`[models.schedule]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(
+        default="0 0 * * *", description="score_<model> runs at this cron (UTC) for the day its interval starts"
+    )
+    wait_timeout_s: float = Field(
+        default=6 * 3600, gt=0, description="how long a run waits for its partition's success marker, then fails"
+    )
+    poke_interval_s: float = Field(default=60, gt=0, description="how often the triggerer looks for the marker")
+    labels_timeout_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="how long quality_<model> waits for a day's labels"
+    )
+    labels_poke_interval_s: float = Field(default=15 * 60, gt=0, description="how often it looks for them")
+
+
 DriftMethod = Literal["wasserstein", "jensenshannon", "psi"]
 
 
@@ -232,6 +250,7 @@ class ModelSettings(BaseModel):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
     batch_rows: int = Field(default=65_536, ge=1_024, le=4_194_304, description="rows per ONNX Runtime call")
     empty_partition: Literal["error", "commit"] = Field(

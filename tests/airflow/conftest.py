@@ -27,6 +27,8 @@ configure_in_process()  # before anything imports airflow
 AF_START = date(2026, 11, 12)
 AF_DAYS = 7
 AF_ROWS = 1_000
+#: A second model in the server's project, on a private copy of the data (see test_server_nights.py).
+NIGHT_MODEL = "churn_night"
 
 
 _SESSION: dict[str, Any] = {}
@@ -61,11 +63,11 @@ def af_data() -> Path:
 def project(tmp_path: Path, af_data: Path) -> Callable[..., Path]:
     """Write a project file for a store URL (optionally with a webhook); migrate the store. Returns its path."""
 
-    def _make(store_url: str, *, webhook: str | None = None) -> Path:
+    def _make(store_url: str, *, webhook: str | None = None, extra_model: str = "") -> Path:
         from nightshift.config import load_settings
-        from nightshift.flows import open_store
+        from nightshift.db import open_store
 
-        path = write_project(tmp_path, store_url, af_data)
+        path = write_project(tmp_path, store_url, af_data, extra_model=extra_model)
         if webhook:
             path.write_text(path.read_text() + f"\n[notify]\nwebhook_url = {json.dumps(webhook)}\ntimeout_s = 5\n")
         store = open_store(load_settings(path), check=False)
@@ -144,13 +146,24 @@ def _server() -> AirflowServer:
     """The session's Airflow, launched (not yet waited for) on first call."""
     if "server" not in _SESSION:
         from nightshift.config import load_settings
-        from nightshift.flows import open_store
+        from nightshift.db import open_store
 
         folder = Path(tempfile.mkdtemp(prefix="nightshift-af-server-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         (folder / "project").mkdir()
         store = f"sqlite:///{folder / 'project' / 'state' / 'store.db'}"
-        project = write_project(folder / "project", store, _af_data())
+        # The triggerer looks for a partition every 2 s; a run waits up to 15 min for one.
+        schedule = "[models.schedule]\nwait_timeout_s = 900\npoke_interval_s = 2\n"
+        # NIGHT_MODEL has data of its own (a copy), which its tests may change (re-deliver a day drifted).
+        night_data = folder / "night-data"
+        shutil.copytree(_af_data(), night_data)
+        project = write_project(
+            folder / "project",
+            store,
+            _af_data(),
+            extra_model=schedule,
+            more_models={NIGHT_MODEL: (night_data, schedule)},
+        )
         open_store(load_settings(project), check=False).upgrade()
         home = folder / "airflow"
         home.mkdir()
@@ -159,8 +172,6 @@ def _server() -> AirflowServer:
             project,
             metadata_url=_metadata_db(),
             extra_env={
-                "NIGHTSHIFT_AIRFLOW_POKE_INTERVAL_S": "2",
-                "NIGHTSHIFT_AIRFLOW_WAIT_TIMEOUT_S": "900",
                 "NIGHTSHIFT_DASK__N_WORKERS": "1",  # two cores here: one forked Dask worker per scoring task
             },
         )

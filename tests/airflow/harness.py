@@ -19,11 +19,7 @@ from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-PLUGINS = REPO / "plugins"
 ARTIFACTS = REPO / "test-artifacts"
-
-if str(PLUGINS) not in sys.path:
-    sys.path.insert(0, str(PLUGINS))
 
 from nightshift_airflow.local import (  # noqa: E402
     ADMIN_USER,
@@ -72,7 +68,7 @@ def configure_in_process() -> Path:
         )
     home = Path(tempfile.mkdtemp(prefix="nightshift-airflow-test-"))
     env = airflow_env(home, port=free_port(), project=None, base={})
-    for key in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER"):
+    for key in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
         os.environ[key] = env[key]
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -103,6 +99,8 @@ class AirflowServer:
         self.home = home
         self.port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW", "NIGHTSHIFT_"))}
+        # `airflow standalone` starts its components as `airflow ...` from PATH: this interpreter's first.
+        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
         self.env = airflow_env(
             home,
             port=self.port,

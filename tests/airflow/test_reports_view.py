@@ -18,7 +18,7 @@ def _no_login() -> None:
 def stored(project: Callable[..., Path], sqlite_url: str) -> Any:
     """A project whose store holds one monitored night of churn v1 (ds 2026-11-16) with its HTML report."""
     from nightshift.config import load_settings
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
     from nightshift.monitoring.report import report_uri
     from nightshift.monitoring.results import MonitorResult, save_result
 
@@ -78,7 +78,7 @@ def test_every_route_needs_an_airflow_login(stored: Any) -> None:
 
 
 def test_the_plugin_mounts_the_view_before_the_lookup_api_and_links_it_in_the_ui() -> None:
-    from nightshift_plugin import NightshiftPlugin
+    from nightshift_airflow.plugin import NightshiftPlugin
 
     prefixes = [a["url_prefix"] for a in NightshiftPlugin.fastapi_apps]
     assert prefixes == ["/nightshift/reports", "/nightshift"]  # the first matching mount wins

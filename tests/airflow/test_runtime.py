@@ -72,6 +72,41 @@ def test_a_run_without_a_data_interval_fails_without_retrying() -> None:
         ds_of({"data_interval_start": None})
 
 
+def test_the_ds_param_wins_over_the_data_interval_and_a_bad_one_is_named() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from nightshift_airflow.runtime import ds_of
+
+    interval = {"data_interval_start": datetime(2026, 11, 20, tzinfo=UTC)}
+    assert ds_of({**interval, "params": {"ds": "2026-11-03"}}) == date(2026, 11, 3)
+    assert ds_of({"data_interval_start": None, "params": {"ds": "2026-11-03"}}) == date(2026, 11, 3)
+    assert ds_of({**interval, "params": {"ds": None}}) == date(2026, 11, 20)
+    with pytest.raises(AirflowFailException, match="the ds param '2026-13-01' is not a date"):
+        ds_of({**interval, "params": {"ds": "2026-13-01"}})
+
+
+def test_only_an_airflow_backfill_run_is_a_backfill_by_its_type() -> None:
+    from types import SimpleNamespace
+
+    from nightshift_airflow.runtime import is_backfill
+
+    assert is_backfill({"dag_run": SimpleNamespace(run_type="backfill")}) is True
+    # Any other run lets nightshift.nightly decide from its ds (older than the newest decided night: backfill).
+    for run_type in ("scheduled", "manual", "asset_triggered"):
+        assert is_backfill({"dag_run": SimpleNamespace(run_type=run_type)}) is None
+
+
+def test_the_local_airflow_starts_no_log_server_unless_asked() -> None:
+    from nightshift_airflow.local import component_commands
+
+    quiet = component_commands()
+    assert sorted(quiet) == ["api-server", "dag-processor", "scheduler", "triggerer"]
+    assert "--skip-serve-logs" in quiet["scheduler"]
+    assert "--skip-serve-logs" in quiet["triggerer"]
+    served = component_commands(serve_logs=True)
+    assert not any("--skip-serve-logs" in cmd for cmd in served.values())
+
+
 def test_bad_input_fails_at_once_while_other_errors_retry() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 

@@ -46,7 +46,7 @@ def _runs_for(server: AirflowServer, days: list[date], run_type: str = "backfill
 
 def _assert_exact_partitions(settings: Any, days: list[date]) -> list[dict[str, Any]]:
     """Exactly these days are committed, each with every input row once; returns the store's runs."""
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
 
     store = open_store(settings)
     try:

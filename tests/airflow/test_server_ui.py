@@ -40,7 +40,7 @@ def test_backfill_two_dates_from_the_ui(
     from playwright.sync_api import expect, sync_playwright
 
     from nightshift.config import load_settings
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
 
     settings = load_settings(server_project)  # no Connection: the project file's store
     mv = registered(settings)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from nightshift.config import ApiSettings, Settings
-from nightshift.registry import Registry
-from nightshift.store import Store, stage_chunk
+from nightshift.db.store import Store, stage_chunk
+from nightshift.models.registry import Registry
 
 DS1 = date(2026, 11, 17)
 DS2 = date(2026, 11, 18)

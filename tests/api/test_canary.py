@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from nightshift import schema
-from nightshift.canary import serves_challenger
-from nightshift.store import _dialect_insert
+from nightshift.db import schema
+from nightshift.db.store import _dialect_insert
+from nightshift.rollout.canary import serves_challenger
 from tests.api.conftest import DS2, ROWS, Seeded, make_key, score_of
 
 pytestmark = pytest.mark.timeout(120)

@@ -90,3 +90,48 @@ def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> N
     with api.client(key) as c:
         final = c.get("/v1/models/churn/predictions/1").json()
     assert (final["version"], salt_of(final["score"])) == (2, SALT_V2)
+
+
+def test_lookups_answer_throughout_a_promotion_to_a_version_without_predictions(seeded: Seeded, serve: Any) -> None:
+    """A champion promoted before it has a committed partition must not take the API down: the version it
+    replaced keeps answering (and /readyz stays ready) until the new champion's first partition commits."""
+    from tests.api.conftest import register_version
+
+    key = make_key(seeded.store, "churn")
+    api = serve(seeded.url)
+    v3 = register_version(seeded.registry, "churn")
+    statuses: list[tuple[int, int | None]] = []
+    ready: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        with api.client(key) as c:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                r = c.get(f"/v1/models/churn/predictions/{n % ROWS + 1}")
+                statuses.append((r.status_code, r.json().get("version") if r.status_code == 200 else None))
+                if n % 10 == 0:
+                    ready.append(c.get("/readyz").status_code)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        stop.wait(0.3)
+        # What `nightshift promote` (and a direct rollout) does: champion → v3, previous → v1, one transaction.
+        seeded.registry.switch_aliases("churn", {"champion": v3, "previous": 1}, reason="test promotion", by="tests")
+        stop.wait(0.5)
+        commit_partition(seeded.store, "churn", v3, DS2, salt=33)  # v3's first night commits
+        stop.wait(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert statuses, "no lookups were made"
+    assert {code for code, _ in statuses} == {200}, [s for s in statuses if s[0] != 200][:5]
+    assert set(ready) == {200}
+    versions = [v for _, v in statuses]
+    # v1 answered before and right after the switch; v3 from its first commit on, and never v1 again after.
+    assert versions[0] == 1
+    assert versions[-1] == v3
+    first_v3 = versions.index(v3)
+    assert set(versions[first_v3:]) == {v3}

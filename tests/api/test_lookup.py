@@ -175,7 +175,7 @@ def test_no_write_routes(seeded: Seeded, serve: Any) -> None:
 def test_serves_a_partition_scored_by_the_real_pipeline(
     store_url: str, make_settings: Any, registered: Any, dask_client: Any, serve: Any
 ) -> None:
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
     from nightshift.scoring import score_partition
     from tests.conftest import SCORE_DS
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from bench.common import Contender, interleave, reset_plain_table, scratch_database
 from bench.data import Dataset, ModelArtifacts
-from bench.limits import pipelined
+from bench.limits import LimitWorkers, pipelined
 from bench.nightshift_path import NightshiftRunner
 
 ROWS = 200_000
@@ -57,11 +57,11 @@ def test_nightshift_keeps_within_a_ratio_of_the_pipelined_limit(
     art = _artifacts(trained_model, tmp_path)
     runner = NightshiftRunner("postgresql", tmp_path / "ns", art, pg_admin_url)
     try:
-        with scratch_database(pg_admin_url) as url:
+        with scratch_database(pg_admin_url) as url, LimitWorkers(2) as workers:
             results = interleave(
                 {
                     "limit": Contender(
-                        lambda: {"rows": pipelined(smoke_data.paths, art.onnx_bytes, url, "plain")},
+                        lambda: {"rows": pipelined(smoke_data.paths, art.onnx_bytes, url, "plain", workers=workers)},
                         setup=lambda: reset_plain_table(url, "plain"),
                     ),
                     "nightshift": Contender(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.airflow.harness import DAGS, PLUGINS, REPO
+from tests.airflow.harness import DAGS, REPO
 from tests.conftest import write_project
 
 #: Never imported while a DAG file is parsed: heavy libraries, and anything that talks to the store.
@@ -25,9 +25,9 @@ FORBIDDEN_AT_PARSE = (
     "pyarrow",
     "pandas",
     "psycopg",
-    "nightshift.store",
+    "nightshift.db.store",
     "nightshift.scoring",
-    "nightshift.registry",
+    "nightshift.models.registry",
 )
 #: A store nobody can reach: connecting to it would hang far longer than the parse budget.
 UNREACHABLE_STORE = "postgresql://nightshift@10.255.255.1:5432/unreachable?connect_timeout=30"
@@ -85,15 +85,18 @@ def test_scoring_dag_shape(dagbag: Any) -> None:
     assert dag.catchup is False
     assert 1 < dag.max_active_runs <= 16
     assert _edges(dag) == {
-        ("wait_for_partition", "check_contract"),
-        ("check_contract", "score"),
+        ("wait_for_partition", "plan"),
+        ("plan", "score"),
+        ("plan", "monitor"),
+        ("plan", "report"),
+        ("plan", "decide"),
         ("score", "monitor"),
         ("monitor", "report"),  # a branch of its own: a failing report blocks nothing
-        ("monitor", "advance_rollout"),
-        ("monitor", "retrain_decision"),
-        ("advance_rollout", "retrain_decision"),
+        ("monitor", "decide"),
+        ("decide", "retrain_decision"),
         ("retrain_decision", "trigger_retrain"),
     }
+    assert dag.params["ds"] is None  # a manual run may name its day; empty: the data interval's
     wait = dag.get_task("wait_for_partition")
     assert isinstance(wait, PartitionReadySensor)
     assert wait.deferrable is True
@@ -187,7 +190,7 @@ print(json.dumps({"seconds": seconds, "new": new, "dags": dags}))
 
 
 def _probe(path: Path, env_extra: dict[str, str]) -> dict[str, Any]:
-    env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(REPO)])}
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-c", _PARSE_PROBE, str(path)],
         env=env,
@@ -221,7 +224,7 @@ def test_dag_file_parses_fast_without_heavy_imports_or_a_database(dag_file: str,
 
 @pytest.mark.slow
 def test_plugin_imports_cheaply_without_a_database() -> None:
-    result = _probe(PLUGINS / "nightshift_plugin.py", {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
+    result = _probe(REPO / "jobs" / "nightshift_airflow" / "plugin.py", {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
 
     loaded = [m for m in result["new"] if m.split(".")[0] in FORBIDDEN_AT_PARSE or m in FORBIDDEN_AT_PARSE]
     assert loaded == []

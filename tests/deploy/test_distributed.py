@@ -92,7 +92,7 @@ def _sessions_on_workers(address: str) -> dict[str, list[str]]:
     from distributed import Client
 
     with Client(address, timeout="30s") as client:
-        by_address = client.run(lambda: [k[0] for k in __import__("nightshift.scoring", fromlist=["_"])._sessions])
+        by_address = client.run(lambda: __import__("nightshift.scoring.sessions", fromlist=["_"]).cached_artifacts())
         names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
     return {str(names[a]): v for a, v in by_address.items()}
 
@@ -106,7 +106,7 @@ def test_scoring_through_an_existing_cluster_commits_what_a_local_cluster_commit
     dask_client: Any,
 ) -> None:
     from nightshift.config import load_settings
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
     from nightshift.scoring import score_partition
 
     # Configuration is all it takes: the scheduler address, and file:// URIs for the features
@@ -156,7 +156,7 @@ def test_features_and_models_at_object_storage_uris_need_no_code_change(
     import fsspec
 
     from nightshift.config import load_settings
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
     from nightshift.scoring import score_partition
 
     bucket = f"/nightshift-{tmp_path.name}"

@@ -74,7 +74,6 @@ def local_paths(deploy_dir: Path) -> dict[str, str]:
         "NIGHTSHIFT_REPORTS": str(deploy_dir / "reports"),
         "AIRFLOW_HOME": str(deploy_dir / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(deploy_dir / "airflow" / "passwords.json"),
         "NIGHTSHIFT_API_GRANTS_SQL": str(API_GRANTS),
@@ -108,7 +107,7 @@ def test_init_migrates_both_databases_as_their_owners(
 ) -> None:
     import psycopg
 
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     store = Store(pg_stack.store_owner_url)
     try:
@@ -174,7 +173,7 @@ def test_the_api_role_reads_what_lookups_need_and_nothing_else(pg_stack: PgStack
 
 
 def _commit_partition(store: Any, model: str, version: int, ds: date, ids: list[str]) -> int:
-    from nightshift.store import stage_chunk
+    from nightshift.db.store import stage_chunk
 
     with store.run_lock(model, ds, 10):
         run = store.start_run(model, version, ds, input_rows=len(ids))
@@ -195,7 +194,7 @@ def test_the_api_serves_lookups_as_the_read_only_role(
     processes: Processes,
 ) -> None:
     from nightshift.config import load_settings
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     # As the owner: a champion, a committed partition, created after the grants (a new table
     # attached as a partition: the SELECT on the parent covers it), and a key (`cli` service).
@@ -252,7 +251,7 @@ def test_gc_drops_expired_partitions_and_their_rows(
     """`nightshift gc` (the cli service) with retention_days: expired days' partition tables are dropped."""
     import psycopg
 
-    from nightshift.store import Store, staging_table
+    from nightshift.db.store import Store, staging_table
 
     project = write_project(tmp_path, pg_url, data_root, extra_model="retention_days = 2")
     today = date(2026, 11, 20)
@@ -302,7 +301,7 @@ def test_the_documented_backup_and_restore_of_the_store(pg_stack: PgStack, initi
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from nightshift.store import Store, staging_table
+    from nightshift.db.store import Store, staging_table
 
     owner = Store(pg_stack.store_owner_url)
     try:

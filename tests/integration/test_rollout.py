@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nightshift.flows import open_store, train_and_register
-from nightshift.registry import CHAMPION
+from nightshift.db import open_store
+from nightshift.models.registry import CHAMPION
 from nightshift.rollout import CHALLENGER, PREVIOUS, RolloutError, Rollouts, canary_bucket, compare_versions
 from nightshift.scoring import score_partition
+from nightshift.training import train_and_register
 from tests.conftest import SCORE_DS
 
 FIRST_TRAIN_DS = date(2026, 11, 17)
+#: The first night a move decided for the night of SCORE_DS applies to.
+NEXT_NIGHT = SCORE_DS + timedelta(days=1)
 
 
 def _events(r: Rollouts, cid: int) -> list[str]:
@@ -152,8 +155,12 @@ def test_automatic_rollback_when_a_new_champion_fails_its_monitoring(store_url: 
     _settings, r = _with_champion(make_settings, store_url, "rollback_window_days = 3")
     out = r.retrain("churn", SCORE_DS, trigger={"kind": "manual"})
     assert out.status == "promoted"
-    assert r.versions_to_score("churn", SCORE_DS) == {CHAMPION: 2, PREVIOUS: 1}
-    assert r.advance("churn", date.today(), champion_ok=False, challenger_ok=None) == "rolled_back"
+    # Decided for the night of SCORE_DS, the promotion applies from the next night: SCORE_DS itself
+    # was served by v1, the three nights after it are v2's rollback window (counted in nights).
+    assert r.versions_to_score("churn", SCORE_DS) == {CHAMPION: 2}
+    assert r.versions_to_score("churn", NEXT_NIGHT) == {CHAMPION: 2, PREVIOUS: 1}
+    assert r.versions_to_score("churn", NEXT_NIGHT + timedelta(days=3)) == {CHAMPION: 2}
+    assert r.advance("churn", NEXT_NIGHT, champion_ok=False, challenger_ok=None) == "rolled_back"
     assert r.registry.aliases("churn") == {CHAMPION: 1, PREVIOUS: 2}
     assert r.candidate(out.candidate_id)["status"] == "rolled_back"
     last = r.history("churn")[-1]
@@ -191,7 +198,7 @@ def test_no_rollback_when_the_previous_version_fails_the_same_night(store_url: s
     _settings, r = _with_champion(make_settings, store_url, "rollback_window_days = 3")
     assert r.retrain("churn", SCORE_DS, trigger={"kind": "manual"}).status == "promoted"
     # The data moved: both versions fail their monitoring, so going back would not help.
-    assert r.advance("churn", date.today(), champion_ok=False, challenger_ok=None, previous_ok=False) == "unchanged"
+    assert r.advance("churn", NEXT_NIGHT, champion_ok=False, challenger_ok=None, previous_ok=False) == "unchanged"
     assert r.registry.aliases("churn") == {CHAMPION: 2, PREVIOUS: 1}
 
 
@@ -199,7 +206,7 @@ def test_a_broken_or_missing_end_to_end_set_fails_the_gate_naming_it(store_url: 
     """A failure inside the end-to-end gate is a failed gate that names the set, never a crash of the retrain."""
     import pyarrow.parquet as pq
 
-    from nightshift.gates import EXPECTED_COLUMN, e2e_gate
+    from nightshift.training.gates import EXPECTED_COLUMN, e2e_gate
 
     settings, r = _with_champion(make_settings, store_url)
     out = r.retrain("churn", SCORE_DS, trigger={"kind": "manual", "by": "test"}, by="alice")

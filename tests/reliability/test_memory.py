@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nightshift.flows import open_store
+from nightshift.db import open_store
 from nightshift.scoring import score_partition
 from tests.conftest import SCORE_DS
 from tests.reliability.conftest import (
@@ -135,7 +135,7 @@ def test_a_worker_memory_limit_below_one_batch_fails_boundedly_and_clearly(
 ) -> None:
     # SQLite: the failure happens in the worker, before anything is staged, on either store.
     url = f"sqlite:///{tmp_path / 'state' / 'store.db'}"
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     Store(url).upgrade()
     config = project(tmp_path, url, big_root)

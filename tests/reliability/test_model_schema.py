@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from nightshift.db import open_store
 from nightshift.errors import ModelSchemaError
-from nightshift.flows import open_registry, open_store
+from nightshift.models import open_registry
 from nightshift.scoring import score_partition
 from tests.conftest import SCORE_DS
 from tests.reliability.conftest import MODEL, catalog_run, committed, partition_dir, runs
@@ -22,7 +23,7 @@ def other_contract_onnx(demo_root: Path, tmp_path_factory: pytest.TempPathFactor
     from nightshift.config import TrainingSettings, load_settings
     from nightshift.contracts import FeatureContract
     from nightshift.training import train
-    from nightshift.training_set import build_training_set
+    from nightshift.training.dataset import build_training_set
     from tests.conftest import write_project
 
     folder = tmp_path_factory.mktemp("other_contract")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from nightshift.flows import open_store
+from nightshift.db import open_store
+from nightshift.db.store import lock_key
 from nightshift.scoring import score_partition
-from nightshift.store import lock_key
 from tests.conftest import SCORE_DS
 from tests.reliability.conftest import (
     MODEL,
@@ -344,8 +344,8 @@ def test_two_stores_sharing_a_dask_cluster_never_get_each_others_scores(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from nightshift.features import model_inputs
-    from nightshift.store import Store
+    from nightshift.data.features import model_inputs
+    from nightshift.db.store import Store
     from nightshift.training import onnx_scores
     from tests.reliability.conftest import partition_dir
 

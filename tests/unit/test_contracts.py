@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from nightshift.contracts import Column, ColumnType, FeatureContract, schema_problems
+from nightshift.data.features import MISSING_CATEGORY, entity_ids, model_frame, model_inputs
 from nightshift.errors import ContractError
-from nightshift.features import MISSING_CATEGORY, entity_ids, model_frame, model_inputs
 
 CONTRACT = FeatureContract(
     entity_id="id",

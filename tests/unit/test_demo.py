@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nightshift import demo
 from nightshift.demo import (
     DEMO_ENTITY_ID,
     DEMO_LABEL,
@@ -21,6 +20,7 @@ from nightshift.demo import (
     generate,
     parse_drift,
 )
+from nightshift.demo import data as demo
 
 START = date(2026, 11, 1)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -364,7 +364,7 @@ def test_logistic_regression_learns_it(tmp_path: Path) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from nightshift.features import model_frame
+    from nightshift.data.features import model_frame
 
     contract = demo_contract()
     _gen(tmp_path, days=2, rows_per_day=16_000, files_per_day=2)

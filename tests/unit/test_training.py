@@ -15,11 +15,11 @@ pytest.importorskip("onnxruntime")
 
 import onnx
 
-from nightshift import training
 from nightshift.config import EstimatorSettings, TrainingSettings
 from nightshift.contracts import Column, FeatureContract
+from nightshift.data.features import model_frame, model_inputs
 from nightshift.errors import ParityError
-from nightshift.features import model_frame, model_inputs
+from nightshift.training import pipeline as training
 
 N_ROWS = 3000
 SEED = 7

@@ -31,7 +31,7 @@ _BYTES_PER_ID = 131
 
 async def _check_schema(db: Database, queries: Queries, url: str) -> None:
     """Refuse to start on a store whose schema is not the code's (the API reads api_keys, 0002+)."""
-    from nightshift.store import Store
+    from nightshift.db.store import Store
 
     store = Store(url)
     head = store.head_revision()

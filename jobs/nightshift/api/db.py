@@ -10,8 +10,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.engine import make_url
 
+from nightshift.db.store import normalize_url, redact
 from nightshift.errors import NightshiftError
-from nightshift.store import normalize_url, redact
 
 
 class DatabaseUnavailable(NightshiftError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from nightshift.db.schema import api_keys
 from nightshift.errors import NightshiftError
 
 KEY_PREFIX = "nsk"
@@ -21,21 +22,6 @@ ALL_MODELS = "*"
 _KEY_ID_HEX = 12
 _KEY_RE = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{_KEY_ID_HEX}}})_([A-Za-z0-9_-]{{43}})$")
 _MODEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-metadata = sa.MetaData()
-
-#: Mirrors migrations/versions/0002_api_keys.py (the migration owns the DDL).
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("key_id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False),
-    sa.Column("models", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("created_by", sa.String(128), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-)
 
 
 class ApiKeyError(NightshiftError):

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_ALIAS = "(SELECT a.version FROM model_aliases a WHERE a.model = :model AND a.alias = :alias)"
+#: The version that held this role on the night asked for (nightshift.nightly records `served`).
+_SERVED = "(SELECT s.version FROM served s WHERE s.model = :model AND s.ds = :ds AND s.role = :alias)"
+#: While a newly promoted champion has no committed partition yet, the version it replaced answers.
+_PREVIOUS = (
+    "(SELECT a.version FROM model_aliases a WHERE a.model = :model AND a.alias = 'previous' AND :alias = 'champion')"
+)
+
 
 def _partition(*, by_alias: bool, as_of: bool) -> str:
-    """The one committed partition a request selects: (model, version|alias, newest|ds)."""
-    version = (
-        "(SELECT a.version FROM model_aliases a WHERE a.model = :model AND a.alias = :alias)"
-        if by_alias
-        else ":version"
-    )
+    """The one committed partition a request selects: (model, version|alias, newest|ds).
+
+    By alias, newest: the alias's version's newest committed partition; for the champion, if the
+    version just promoted has none yet, the newest of the version it replaced (`previous`), so a
+    promotion never leaves a reader without an answer. By alias, as of a ds: the version that held
+    that role on that night (`served`), else the alias's version today.
+    """
+    if not by_alias:
+        version, order = "c0.version = :version", ""
+    elif as_of:
+        version, order = f"c0.version = COALESCE({_SERVED}, {_ALIAS})", ""
+    else:
+        version, order = f"c0.version IN ({_ALIAS}, {_PREVIOUS})", f"(c0.version = {_ALIAS}) DESC, "
     ds = " AND c0.ds = :ds" if as_of else ""
     return (
         "SELECT c0.version, c0.ds, c0.run_id, c0.committed_at FROM partitions c0 "
-        f"WHERE c0.model = :model AND c0.status = 'committed' AND c0.version = {version}{ds} "
-        "ORDER BY c0.ds DESC LIMIT 1"
+        f"WHERE c0.model = :model AND c0.status = 'committed' AND {version}{ds} "
+        f"ORDER BY {order}c0.ds DESC LIMIT 1"
     )
 
 

@@ -13,7 +13,10 @@ from typing import Any
 
 from nightshift.api.db import Database
 from nightshift.api.queries import Queries
-from nightshift.registry import CHAMPION
+from nightshift.models.registry import CHAMPION
+
+#: The alias that keeps answering while a newly promoted champion has no committed partition.
+PREVIOUS = "previous"
 
 #: Distinct selections cached per process (each key is small; requests choose the keys).
 CACHE_MAX_ENTRIES = 4096
@@ -279,13 +282,17 @@ class PredictionReader:
         """Every model with an alias: its champion, the champion's newest committed partition, its aliases."""
         by_model: dict[str, dict[str, Any]] = {}
         for model, alias, version, ds, committed_at, row_count in await self.db.fetch(self.q.models, {}):
-            entry = by_model.setdefault(model, {"aliases": {}, "live": None})
+            entry = by_model.setdefault(model, {"aliases": {}, "newest": {}})
             entry["aliases"][alias] = int(version)
-            if alias == CHAMPION:
-                entry["live"] = (int(version), ds, committed_at, row_count)
+            entry["newest"][alias] = (int(version), ds, committed_at, row_count)
         out = []
         for model, entry in by_model.items():
-            live = entry["live"]
+            # What answers lookups: the champion's newest partition, or, while a just-promoted champion
+            # has none yet, the version it replaced (see queries._partition).
+            newest = entry["newest"]
+            live = next((newest[a] for a in (CHAMPION, PREVIOUS) if a in newest and newest[a][1] is not None), None)
+            if live is None and CHAMPION in newest:
+                live = newest[CHAMPION]
             version, ds, committed_at, rows = live if live else (None, None, None, None)
             out.append(
                 ModelStatus(

@@ -25,8 +25,8 @@ from nightshift.api.schemas import (
     error_responses,
     lookup_parameters,
 )
-from nightshift.canary import serves_challenger
 from nightshift.config import ApiSettings
+from nightshift.rollout.canary import serves_challenger
 
 CHALLENGER = "challenger"
 

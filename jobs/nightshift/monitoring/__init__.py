@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from nightshift.monitoring.api import (
+from nightshift.monitoring.checks import Check, run_checks, verdict
+from nightshift.monitoring.history import (
     monitor_checks,
     monitor_history,
     plot_history,
     reference_for,
     retrain_requests,
 )
-from nightshift.monitoring.checks import Check, run_checks, verdict
 from nightshift.monitoring.quality import label_quality
 from nightshift.monitoring.reference import Reference, ReferenceUnavailable, build_reference, ensure_reference
 from nightshift.monitoring.results import MonitorResult

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nightshift.config import Settings
+from nightshift.db.store import Store
 from nightshift.errors import ConfigError, PartitionNotReady
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, PASS, Check, verdict
 from nightshift.monitoring.profile import file_rows
@@ -19,7 +20,6 @@ from nightshift.monitoring.results import MonitorResult, save_result
 from nightshift.monitoring.runner import _alert, _resolve, committed_rows, require_monitoring
 from nightshift.monitoring.sampling import HashSampler, SamplePolicy
 from nightshift.monitoring.stats import label_metrics
-from nightshift.store import Store
 
 
 def _bound_check(
@@ -61,7 +61,7 @@ def label_quality(
         raise ConfigError(f"model {model!r} declares no labels location: its quality cannot be measured")
     own_store = store is None
     if store is None:
-        from nightshift.flows import open_store
+        from nightshift.db import open_store
 
         store = open_store(settings)
     try:

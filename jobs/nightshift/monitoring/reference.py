@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 
 from nightshift.config import Settings
 from nightshift.contracts import FeatureContract
+from nightshift.db.store import utcnow
 from nightshift.errors import NightshiftError
+from nightshift.models.registry import ModelVersion, read_artifact
 from nightshift.monitoring.profile import PartitionProfile, profile_files
-from nightshift.registry import ModelVersion, read_artifact
-from nightshift.store import utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime as ort
@@ -78,7 +78,7 @@ def model_session(onnx_bytes: bytes) -> ort.InferenceSession:
 def score_sample(session: ort.InferenceSession, table: pa.Table, contract: FeatureContract) -> np.ndarray:
     """P(class 1) of every row of a sample from the model's ONNX session, in 64k-row batches, float32 like the store."""
     from nightshift.contracts import PROBABILITIES
-    from nightshift.features import model_inputs
+    from nightshift.data.features import model_inputs
 
     names = [i.name for i in session.get_inputs()]
     out: list[np.ndarray] = []

@@ -11,9 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from nightshift.db.schema import monitor_checks, monitor_runs
+from nightshift.db.store import Store, _as_date, _as_utc, utcnow
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, PASS, Check
-from nightshift.monitoring.tables import monitor_checks, monitor_runs
-from nightshift.store import Store, _as_date, _as_utc, utcnow
 
 
 @dataclass

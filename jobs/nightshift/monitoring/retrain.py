@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from nightshift.config import Settings
+from nightshift.db.schema import retrain_requests
+from nightshift.db.store import Store, _as_date, _as_utc, utcnow
 from nightshift.monitoring.checks import FAIL
 from nightshift.monitoring.results import _json_safe, advisory_lock, failing_checks, night_statuses
-from nightshift.monitoring.tables import retrain_requests
-from nightshift.store import Store, _as_date, _as_utc, utcnow
 
 #: Breaches listed in a decision (their count is exact).
 MAX_BREACHES = 50
@@ -105,13 +105,13 @@ def record_retrain_request(
     store: Store | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a retraining request (idempotent on its run id); returns (the request, whether it is new)."""
-    from nightshift.registry import current_user
+    from nightshift.models.registry import current_user
 
     settings.model(model)
     request_id = run_id or retrain_run_id(model, ds, source)
     own = store is None
     if store is None:
-        from nightshift.flows import open_store
+        from nightshift.db import open_store
 
         store = open_store(settings)
     try:
@@ -151,13 +151,13 @@ def retrain_decision(
     request with run id `retrain__<model>__<ds>__drift`; deciding the same ds again replays it.
     `version` defaults to the champion.
     """
-    from nightshift.registry import Registry, current_user
+    from nightshift.models.registry import Registry, current_user
 
     cfg = settings.model(model)
     mon = cfg.monitoring
     own = store is None
     if store is None:
-        from nightshift.flows import open_store
+        from nightshift.db import open_store
 
         store = open_store(settings)
     try:

@@ -13,16 +13,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from nightshift import schema
 from nightshift.config import ModelSettings, Settings
+from nightshift.db import schema
+from nightshift.db.store import PartitionInfo, Store
 from nightshift.errors import NightshiftError, PartitionNotReady
+from nightshift.models.registry import ModelVersion
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, run_checks, verdict
 from nightshift.monitoring.profile import PartitionProfile, profile_files
 from nightshift.monitoring.reference import Reference, ensure_reference
 from nightshift.monitoring.report import write_report
 from nightshift.monitoring.results import MonitorResult, save_result, set_report_uri
-from nightshift.registry import ModelVersion
-from nightshift.store import PartitionInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def volume_history(store: Store, model: str, ds: date, days: int) -> list[int]:
 
 
 def _resolve(settings: Settings, store: Store, model: str, version: int | None) -> ModelVersion:
-    from nightshift.registry import Registry
+    from nightshift.models.registry import Registry
 
     return Registry(store, settings.artifacts_uri).resolve(model, version=version)
 
@@ -151,7 +151,7 @@ def _gather(settings: Settings, store: Store, model: str, ds: date, version: int
 def _open(settings: Settings, store: Store | None) -> tuple[Store, bool]:
     if store is not None:
         return store, False
-    from nightshift.flows import open_store
+    from nightshift.db import open_store
 
     return open_store(settings), True
 
