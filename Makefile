@@ -22,8 +22,9 @@ demo-loop: install  ## one full loop on fresh demo data: drift → monitoring fa
 
 test: install lint typecheck pytest  ## lint, type-check and run the test suite
 
-lint:  ## ruff
+lint:  ## ruff, and the layering of the package (import-linter: [tool.importlinter] in pyproject.toml)
 	$(RUN) ruff check .
+	$(RUN) lint-imports
 	$(RUN) ruff format --check jobs tests dags bench
 
 typecheck:  ## mypy on the library, the DAGs and the Airflow plugin
