@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
+# The suite runs on two pytest-xdist workers, a test file per worker at a time (module fixtures stay whole):
+# most of a real Airflow or HTTP test is waiting, so two cores keep busy. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: help install demo demo-loop test lint typecheck pytest soak sql clean
 
@@ -31,8 +35,8 @@ typecheck:  ## mypy on the library, the DAGs and the Airflow plugin
 	$(RUN) mypy
 	$(RUN) mypy dags
 
-pytest:  ## the tests (PostgreSQL tests skip without a server, except with CI=true)
-	$(RUN) pytest $(PYTEST_ARGS)
+pytest:  ## the tests on PYTEST_WORKERS=2 workers (PostgreSQL and Redis tests skip without a server, except with CI=true)
+	$(RUN) pytest $(PYTEST_XDIST) --durations=25 $(PYTEST_ARGS)
 
 soak:  ## the long run left out of `make test`: a 5-minute soak of the real API process (PostgreSQL)
 	NIGHTSHIFT_SOAK_S=300 $(RUN) pytest tests/api/test_soak.py $(PYTEST_ARGS)
@@ -81,7 +85,7 @@ AIRFLOW_RUN := $(RUN)
 airflow: install  ## local Airflow (UI, scheduler, triggerer) on 127.0.0.1:8080 or AIRFLOW_PORT; login admin / admin
 	$(AIRFLOW_RUN) python -m nightshift_airflow.local standalone --port $(AIRFLOW_PORT)
 
-airflow-demo: install  ## what `make demo` runs: data + train, `airflow dags test score_churn`, read back
+airflow-demo: install  ## what `make demo` runs: data, train + bring models, `airflow dags test` of each scoring DAG, read back
 	$(AIRFLOW_RUN) python -m nightshift_airflow.demo
 
 airflow-env:  ## print the exports that point the `airflow` CLI at `make airflow`'s instance

@@ -134,7 +134,7 @@ def data_root(demo_root: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def model_block(name: str, data_root: Path, extra_model: str = "") -> str:
+def model_block(name: str, data_root: Path, extra_model: str = "", label_column: str = "churned") -> str:
     """One `[[models]]` table on the demo contract, reading `data_root`/features and `data_root`/labels."""
     from nightshift.demo import demo_contract
 
@@ -150,7 +150,7 @@ def model_block(name: str, data_root: Path, extra_model: str = "") -> str:
 name = "{name}"
 dataset = {json.dumps(str(data_root / "features"))}
 labels = {json.dumps(str(data_root / "labels"))}
-label_column = "churned"
+label_column = "{label_column}"
 {extra_model}
 
 [models.estimator]
@@ -177,10 +177,10 @@ def write_project(
     *,
     extra_model: str = "",
     dask: str = "",
-    more_models: dict[str, tuple[Path, str]] | None = None,
+    more_models: dict[str, tuple[Path, str] | tuple[Path, str, str]] | None = None,
 ) -> Path:
     """A project file for the demo contract: model churn on `data_root`, and `more_models` (name → (data root,
-    extra TOML)) beside it, all on `store_url`."""
+    extra TOML[, label column])) beside it, all on `store_url`."""
     text = f"""
 state_dir = {json.dumps(str(folder / "state"))}
 store_url = {json.dumps(store_url)}
@@ -191,8 +191,8 @@ threads_per_worker = 1
 {dask}
 """
     text += model_block("churn", data_root, extra_model)
-    for name, (root, extra) in (more_models or {}).items():
-        text += model_block(name, root, extra)
+    for name, spec in (more_models or {}).items():
+        text += model_block(name, *spec)
     path = folder / "nightshift.toml"
     path.write_text(text)
     return path
@@ -249,12 +249,16 @@ def registered(trained_model: Any) -> Callable[[Any], Any]:
 
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[Any]:
-    """A real local Dask cluster with two worker processes, shared by the session."""
+    """A real local Dask cluster with two worker processes, shared by the session.
+
+    Its workers come from a forkserver, never forked from pytest itself: by now this process may run threads
+    (Airflow's in-process API, HTTP servers), and a child forked while another thread holds a lock can block
+    forever on it."""
     import dask
     from distributed import Client, LocalCluster
 
     with (
-        dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", memory_limit="2GiB"
         ) as cluster,
@@ -272,8 +276,15 @@ _SELF_ENDING = ("multiprocessing.resource_tracker", "multiprocessing.forkserver"
 def _survivors() -> list[Any]:
     import psutil
 
+    me = psutil.Process()
+    # pytest-xdist's workers (execnet children of the controller) check their own children; the controller
+    # leaves them, and what they started, to them.
+    workers = [c for c in me.children() if _is_xdist_worker(c)]
+    theirs = {p.pid for w in workers for p in [w, *_descendants(w)]}
     alive = []
-    for child in psutil.Process().children(recursive=True):
+    for child in me.children(recursive=True):
+        if child.pid in theirs:
+            continue
         try:
             cmdline = " ".join(child.cmdline())
             if child.status() == psutil.STATUS_ZOMBIE or any(h in cmdline for h in _SELF_ENDING):
@@ -282,6 +293,24 @@ def _survivors() -> list[Any]:
             continue
         alive.append(child)
     return alive
+
+
+def _is_xdist_worker(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return "sys.stdin.readline()" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _descendants(proc: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 @pytest.hookimpl(trylast=True)
@@ -312,3 +341,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(message)
     if exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- longest first -----------------------------------------------------------------------------
+
+#: Files whose tests take the longest (real Airflow schedulers and browsers, images' environments, the soak):
+#: collected first, so that under pytest-xdist (`make test`: a file per worker at a time) they overlap the
+#: many short files instead of leaving one worker running them alone at the end.
+_LONGEST_FIRST = (
+    "tests/airflow/test_server_nights.py",
+    "tests/airflow/test_server_ui.py",
+    "tests/deploy/test_s3.py",
+    "tests/airflow/test_server_backfill.py",
+    "tests/airflow/test_server_approval.py",
+    "tests/cli/test_bring_cli.py",
+    "tests/api/test_soak.py",
+    "tests/deploy/test_postgres.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+    root = config.rootpath
+
+    def key(item: pytest.Item) -> int:
+        try:
+            path = item.path.relative_to(root).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: every file keeps its own order, the rest keep theirs

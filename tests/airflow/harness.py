@@ -217,7 +217,17 @@ class AirflowServer:
         try:
             return wait_until(finished, timeout, f"runs {sorted(run_ids)} of {dag_id}", 2)
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n--- airflow log tail ---\n{self.log_tail()}") from None
+            tasks = []
+            for run_id in sorted(run_ids):
+                with contextlib.suppress(Exception):
+                    tasks += [
+                        f"{run_id} {t['task_id']}: {t['state']} (try {t.get('try_number')})"
+                        for t in self.task_instances(dag_id, run_id)
+                    ]
+            states = "\n".join(tasks)
+            raise TimeoutError(
+                f"{exc}\n--- task states ---\n{states}\n--- airflow log tail ---\n{self.log_tail()}"
+            ) from None
 
 
 @contextlib.contextmanager
