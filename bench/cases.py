@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 import uuid
@@ -24,7 +25,7 @@ from bench.common import (
     scratch_database,
     worker_pids,
 )
-from bench.data import Dataset, ModelArtifacts
+from bench.data import MODEL_NAME, BroughtArtifact, Dataset, ModelArtifacts
 from bench.nightshift_path import NightshiftRunner
 
 PLAIN = "bench_predictions"
@@ -50,11 +51,34 @@ class Size:
     few_files: int = 4
     many_files: int = 64
     train_rows: int = 100_000
+    #: `scale`: the rows of each layout it scores (issue 18 §2), each at `scale_rows_per_file` rows per file
+    #: (the main dataset's density at the default size), and the main dataset's rows in `scale_files` files.
+    scale_rows: tuple[int, ...] = (1_000_000, 4_000_000, 16_000_000)
+    scale_rows_per_file: int = 250_000
+    scale_files: int = 1_000
+    #: `many-models`: how many models read the main dataset in one pass.
+    models_in_pass: int = 5
 
 
 SIZES = {
     "default": Size("default", rows=4_000_000, files=16, naive_rows=500_000, ort_forest_rows=262_144),
-    "small": Size("small", rows=1_000_000, files=16, naive_rows=250_000, ort_forest_rows=131_072),
+    "small": Size(
+        "small",
+        rows=1_000_000,
+        files=16,
+        naive_rows=250_000,
+        ort_forest_rows=131_072,
+        scale_rows=(1_000_000, 4_000_000),
+    ),
+    # The default suite, with `scale` up to 64M rows (~4 GiB of Parquet, ~6 GiB in PostgreSQL per run).
+    "xl": Size(
+        "xl",
+        rows=4_000_000,
+        files=16,
+        naive_rows=500_000,
+        ort_forest_rows=262_144,
+        scale_rows=(1_000_000, 4_000_000, 16_000_000, 64_000_000),
+    ),
 }
 
 
@@ -74,6 +98,13 @@ class Plan:
     dask_ml_missing: str | None
     profile: bool = True
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Models beyond the two every case knows (`multiclass`), made only when a case that needs them runs.
+    extra_models: dict[str, ModelArtifacts] = field(default_factory=dict)
+    #: Models brought by their users (`lightgbm`), likewise.
+    brought: dict[str, BroughtArtifact] = field(default_factory=dict)
+    #: `scale`'s layouts (rows at a constant rows per file), and the main dataset's rows in size.scale_files files.
+    scale: tuple[Dataset, ...] = ()
+    scale_files: Dataset | None = None
 
     @property
     def recorder(self) -> Recorder:
@@ -402,6 +433,216 @@ def case_memory(plan: Plan) -> None:
         )
         _record(plan, "memory", "linear", results, {f"{_layout(d)}, fresh cluster": d.rows for d in layouts}, {})
     finally:
+        runner.close()
+
+
+# -- several models, brought models, multiclass outputs, scale (issues 16 and 18) ---------------
+
+
+def _warm(runner: NightshiftRunner, warm: ClusterHolder, run: Callable[[Any], dict[str, Any]]) -> Contender:
+    """`run(client)` on a cluster started before, and stopped after, the timed call (a fresh store each time)."""
+
+    def setup() -> None:
+        warm.start()
+        runner.setup()
+
+    def after() -> None:
+        runner.teardown()
+        warm.stop()
+
+    return Contender(lambda: run(warm.client), setup=setup, after=after)
+
+
+def _sized(runner: NightshiftRunner, data: Dataset) -> Callable[[Any], dict[str, Any]]:
+    """A `_warm` run: score `data` on the given client, timing the call itself and measuring the stored partition."""
+
+    def run(client: Any) -> dict[str, Any]:
+        return runner.score(data, client=client, store_size=True)
+
+    return run
+
+
+def case_many_models(plan: Plan) -> None:
+    """Several models of one dataset (issue 18 §1): `size.models_in_pass` models (the linear pipeline registered
+    under as many names) over the main dataset in ONE `score_partitions` pass, vs one model's `score_partition`,
+    vs the same models one `score_partition` after another; each on its own pre-started 2-worker cluster,
+    round-robin. Every model must commit every row."""
+    assert plan.pg_url is not None
+    art, data = plan.models["linear"], plan.main
+    n = plan.size.models_in_pass
+    names = (MODEL_NAME, *(f"{MODEL_NAME}_{i}" for i in range(2, n + 1)))
+    runner = NightshiftRunner("postgresql", plan.workdir("many_models"), art, plan.pg_url, names=names)
+    holders = {k: ClusterHolder(2) for k in ("one", "pass", "each")}
+    try:
+        contenders = {
+            "nightshift, 1 model": _warm(runner, holders["one"], lambda c: runner.score(data, client=c)),
+            f"nightshift, {n} models in one pass": _warm(
+                runner, holders["pass"], lambda c: runner.score_many(data, client=c, one_pass=True)
+            ),
+            f"nightshift, {n} models one after another": _warm(
+                runner, holders["each"], lambda c: runner.score_many(data, client=c, one_pass=False)
+            ),
+        }
+        results = interleave(contenders, plan.size.repeats)
+        what = {
+            "nightshift, 1 model": "score_partition() of one linear model on a pre-started 2-worker cluster",
+            f"nightshift, {n} models in one pass": f"score_partitions() of {n} models of the same dataset: each file "
+            "read once, every model's session run on each batch, each model committed on its own",
+            f"nightshift, {n} models one after another": f"{n} score_partition() calls in a row on one cluster",
+        }
+        _record(plan, "many-models", "linear", results, dict.fromkeys(results, data.rows), what)
+    finally:
+        for h in holders.values():
+            h.stop()
+        runner.close()
+
+
+def case_brought(plan: Plan, label: str = "lightgbm") -> None:
+    """A model brought by its user (issue 16): a LightGBM text file registered with `register_brought` (converted to
+    ONNX by onnxmltools, parity-checked on the partition), scored into PostgreSQL by score_partition, vs the
+    pipelined limit for the SAME ONNX graph (the registered version's artifact), fed its float32 matrix, with and
+    without the primary key; on the main dataset, round-robin."""
+    assert plan.pg_url is not None
+    brought, data = plan.brought[label], plan.main
+    t = time.perf_counter()
+    runner = NightshiftRunner("postgresql", plan.workdir(f"brought_{label}"), brought, plan.pg_url, data=data)
+    register_s = time.perf_counter() - t
+    onnx_bytes, signature = runner.artifact()
+    feed = limits.Feed.of(signature)
+    mv = runner.versions[MODEL_NAME]
+    plan.recorder.write(
+        {
+            "kind": "brought",
+            "model": label,
+            "library": brought.kind,
+            "n_estimators": brought.n_estimators,
+            "register_s": round(register_s, 2),
+            "algorithm": mv.algorithm,
+            "onnx_bytes": len(onnx_bytes),
+            "feed": {"matrix": feed.matrix, "features": len(feed.features), "output": feed.output},
+            "parity": mv.parity,
+        }
+    )
+    print(
+        f"  registered brought {label} in {register_s:.1f} s; the limit feeds {feed.matrix!r} [N, {len(feed.features)}]"
+    )
+    warm = ClusterHolder(2)
+    try:
+        with scratch_database(plan.pg_url) as url, limits.LimitWorkers(2) as lw:
+            reset = lambda: reset_plain_table(url, PLAIN)  # noqa: E731
+            check = _expect(url, PLAIN, data.rows)
+            contenders = {
+                "pipelined limit": Contender(
+                    lambda: _rows(limits.pipelined(data.paths, onnx_bytes, url, PLAIN, workers=lw, feed=feed)),
+                    setup=reset,
+                    after=check,
+                ),
+                "nightshift, fresh cluster": Contender(
+                    lambda: runner.score(data), setup=runner.setup, after=runner.teardown
+                ),
+                "nightshift, pre-started cluster": _on_warm_cluster(runner, data, warm),
+                "pipelined limit + primary key": Contender(
+                    lambda: _indexed(limits.pipelined(data.paths, onnx_bytes, url, PLAIN, workers=lw, feed=feed), url),
+                    setup=reset,
+                    after=check,
+                ),
+            }
+            results = interleave(contenders, plan.size.repeats)
+        what = {
+            "pipelined limit": "the pipelined limit for the registered ONNX graph: Arrow read of the "
+            f"{len(feed.features)} numeric columns, one float32 [N, F] matrix per 64k batch, "
+            "one binary COPY per process",
+            "pipelined limit + primary key": "the same, then ADD PRIMARY KEY (entity_id, run_id)",
+            "nightshift, fresh cluster": "score_partition() of the brought version (its signature's matrix feed), "
+            "local cluster started by the call",
+            "nightshift, pre-started cluster": "the same on an already running 2-worker cluster",
+        }
+        _record(plan, "brought", label, results, dict.fromkeys(results, data.rows), what)
+    finally:
+        warm.stop()
+        runner.close()
+
+
+def case_multiclass(plan: Plan) -> None:
+    """A multiclass model's wider rows (issue 16): the demo's linear pipeline as a binary model (`churned`) and
+    as a 4-class model (`next_plan`: label, score and float4[] probabilities per row) over the same rows, each
+    on its own pre-started cluster, round-robin. The report compares the write (tasks_write_s, workers' COPY)
+    plus commit (primary key + attach) seconds per row, the end-to-end time, and the bytes per row stored."""
+    assert plan.pg_url is not None
+    data = plan.main
+    arts = {"binary": plan.models["linear"], "multiclass": plan.extra_models["multiclass"]}
+    runners = {
+        task: NightshiftRunner("postgresql", plan.workdir(f"multiclass_{task}"), art, plan.pg_url)
+        for task, art in arts.items()
+    }
+    holders = {task: ClusterHolder(2) for task in arts}
+    names = {"binary": "binary (churned, 2 classes)", "multiclass": "multiclass (next_plan, 4 classes)"}
+    try:
+        contenders = {names[task]: _warm(runners[task], holders[task], _sized(runners[task], data)) for task in arts}
+        results = interleave(contenders, plan.size.repeats)
+        what = {
+            names["binary"]: "score_partition() of the linear pipeline, binary: (run_id, entity_id, score, label)",
+            names["multiclass"]: "the same pipeline as a 4-class model: (run_id, entity_id, score, label, probs "
+            "float4[4])",
+        }
+        _record(plan, "multiclass", "linear", results, dict.fromkeys(results, data.rows), what)
+    finally:
+        for h in holders.values():
+            h.stop()
+        for r in runners.values():
+            r.close()
+
+
+def _interleave_tolerant(
+    plan: Plan, case: str, contenders: dict[str, Contender], repeats: int
+) -> dict[str, tuple[list[float], list[dict[str, Any]]]]:
+    """`interleave`, except that a contender that raises is recorded as an error and dropped from the later
+    rounds (its cleanup still runs): at scale, the first thing that breaks must not lose the other figures."""
+    out: dict[str, tuple[list[float], list[dict[str, Any]]]] = {name: ([], []) for name in contenders}
+    failed: set[str] = set()
+    for round_no in range(repeats):
+        for name, c in contenders.items():
+            if name in failed:
+                continue
+            try:
+                [(seconds, extras)] = interleave({name: c}, 1).values()
+            except Exception as exc:
+                failed.add(name)
+                if c.after is not None:
+                    with contextlib.suppress(Exception):
+                        c.after()
+                error = f"{name}, round {round_no}: {type(exc).__name__}: {exc}"
+                plan.recorder.write({"kind": "error", "case": case, "error": error})
+                print(f"  {case}: {error}", flush=True)
+                continue
+            extras[0]["round"] = round_no
+            out[name][0].extend(seconds)
+            out[name][1].extend(extras)
+    return {name: v for name, v in out.items() if name not in failed}
+
+
+def case_scale(plan: Plan) -> None:
+    """Cost against rows (issue 18 §2): the linear model into PostgreSQL over `size.scale_rows` rows at constant rows
+    per file, and the main dataset's rows in 16 vs `size.scale_files` files; each on its own pre-started 2-worker
+    cluster, round-robin. Per call: seconds, peak RSS of each worker, and the committed partition's size on disk."""
+    assert plan.pg_url is not None
+    runner = NightshiftRunner("postgresql", plan.workdir("scale"), plan.models["linear"], plan.pg_url)
+    layouts: dict[str, Dataset] = {}
+    for d in (*plan.scale, plan.main, *([plan.scale_files] if plan.scale_files else [])):
+        layouts.setdefault(d.name, d)
+    holders = {name: ClusterHolder(2) for name in layouts}
+    labels = {name: _layout(d) for name, d in layouts.items()}
+    try:
+        contenders = {labels[name]: _warm(runner, holders[name], _sized(runner, d)) for name, d in layouts.items()}
+        results = _interleave_tolerant(plan, "scale", contenders, plan.size.repeats)
+        what = dict.fromkeys(
+            results, "score_partition() of the linear model on a pre-started 2-worker cluster (the call's own time)"
+        )
+        rows = {labels[name]: d.rows for name, d in layouts.items()}
+        _record(plan, "scale", "linear", results, {k: rows[k] for k in results}, what)
+    finally:
+        for h in holders.values():
+            h.stop()
         runner.close()
 
 

@@ -53,6 +53,8 @@ class ModelArtifacts:
     onnx_path: Path
     pipeline_path: Path
     train_rows: int
+    #: binary, multiclass or regression (what nightshift records for the version).
+    task: str = "binary"
 
     @property
     def onnx_bytes(self) -> bytes:
@@ -68,10 +70,17 @@ class ModelArtifacts:
             return pickle.load(f)  # our own cache file
 
 
-#: The models the suite scores with: the demo's linear pipeline and a 100-tree forest.
+#: The models the suite scores with: the demo's linear pipeline and a 100-tree forest (binary, on `churned`),
+#: and the same linear pipeline as a 4-class model of `next_plan` (multiclass: a float4[] of probabilities per row).
 MODEL_SPECS: dict[str, dict[str, Any]] = {
     "linear": {"kind": "logistic_regression", "params": {"C": 1.0, "max_iter": 1000}},
     "forest": {"kind": "random_forest", "params": {"n_estimators": 100, "max_depth": 10, "n_jobs": -1}},
+    "multiclass": {
+        "kind": "logistic_regression",
+        "task": "multiclass",
+        "label": "next_plan",
+        "params": {"C": 1.0, "max_iter": 1000},
+    },
 }
 
 
@@ -108,6 +117,7 @@ def dataset(rows: int, files: int, *, ds: date = SCORE_DS, root: Path = DATA_ROO
 def train_model(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any = print) -> ModelArtifacts:
     """Train model `label` (see MODEL_SPECS) with nightshift.training.train on `train_rows` labelled rows; cached."""
     spec = MODEL_SPECS[label]
+    task = spec.get("task", "binary")
     folder = root / f"model_{label}_{train_rows}"
     params = {"cache": _CACHE_VERSION, "train_rows": train_rows, "seed": SEED, **spec}
     art = ModelArtifacts(
@@ -116,28 +126,25 @@ def train_model(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any
         onnx_path=folder / "model.onnx",
         pipeline_path=folder / "pipeline.pkl",
         train_rows=train_rows,
+        task=task,
     )
     if _cached(folder, params) and art.onnx_path.is_file() and art.pipeline_path.is_file():
         return art
-    import pyarrow.parquet as pq
-
     from nightshift.config import EstimatorSettings, TrainingSettings
-    from nightshift.demo import DEMO_ENTITY_ID, DEMO_LABEL, demo_contract
+    from nightshift.demo import DEMO_LABEL, demo_contract
     from nightshift.training import train
 
     # train() holds out a fifth of its rows for validation: generate enough for `train_rows` to fit on.
     total = train_rows * 5 // 4
-    data = dataset(total, 1, ds=TRAIN_DS, root=root, log=log)
-    features = pq.read_table(data.partition_dir)
-    labels = pq.read_table(data.root / "labels" / f"ds={TRAIN_DS.isoformat()}")
-    joined = features.join(labels, keys=DEMO_ENTITY_ID).sort_by(DEMO_ENTITY_ID)
-    y = joined.column(DEMO_LABEL).to_numpy()
-    log(f"training {label} ({spec['kind']}, {spec['params']}) on {train_rows:,} rows")
+    joined = _labelled_day(total, root, log)
+    column = spec.get("label", DEMO_LABEL)
+    y = joined.column(column).to_numpy(zero_copy_only=False)
+    log(f"training {label} ({spec['kind']}, {task}, {spec['params']}) on {train_rows:,} rows")
     trained = train(
-        joined.drop_columns([DEMO_LABEL]),
+        joined.drop_columns([column]),
         y,
         demo_contract(),
-        EstimatorSettings(kind=spec["kind"], params=spec["params"]),
+        EstimatorSettings(kind=spec["kind"], task=task, params=spec["params"]),
         TrainingSettings(max_rows=total, validation_fraction=0.2, seed=SEED),
     )
     pipeline = trained.pipeline
@@ -152,6 +159,83 @@ def train_model(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any
         pickle.dump(trained, f, protocol=pickle.HIGHEST_PROTOCOL)
     _mark(folder, params)
     return art
+
+
+def _labelled_day(rows: int, root: Path, log: Any) -> Any:
+    """The training day's features joined with its labels (every label column), sorted by id: an Arrow table."""
+    import pyarrow.parquet as pq
+
+    from nightshift.demo import DEMO_ENTITY_ID
+
+    data = dataset(rows, 1, ds=TRAIN_DS, root=root, log=log)
+    features = pq.read_table(data.partition_dir)
+    labels = pq.read_table(data.root / "labels" / f"ds={TRAIN_DS.isoformat()}")
+    return features.join(labels, keys=DEMO_ENTITY_ID).sort_by(DEMO_ENTITY_ID)
+
+
+@dataclass(frozen=True)
+class BroughtArtifact:
+    """A model trained outside nightshift, as its user brings it: the library's own file (LightGBM text).
+
+    nightshift registers it with `nightshift.models.bring.register_brought`, which converts it to ONNX
+    (onnxmltools) and checks parity on real rows before anything is registered.
+    """
+
+    label: str
+    kind: str
+    path: Path
+    task: str
+    train_rows: int
+    n_estimators: int
+    #: Class names in output order (a LightGBM text file keeps none); None for a binary model.
+    class_names: tuple[str, ...] | None = None
+
+
+#: Brought models: a LightGBM classifier of 100 trees on the demo contract's numeric columns (NaNs left in,
+#: as LightGBM handles them), trained by LightGBM's own scikit-learn API as a data scientist would.
+BROUGHT_SPECS: dict[str, dict[str, Any]] = {
+    "lightgbm": {"kind": "lightgbm", "task": "binary", "params": {"n_estimators": 100, "verbose": -1}},
+}
+
+
+def train_brought(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any = print) -> BroughtArtifact:
+    """Train brought model `label` (see BROUGHT_SPECS) on `train_rows` labelled rows of the training day and save
+    it as its library's own file; cached. The features are the contract's numeric columns, nulls as NaN."""
+    spec = BROUGHT_SPECS[label]
+    folder = root / f"brought_{label}_{train_rows}"
+    params = {"cache": _CACHE_VERSION, "train_rows": train_rows, "seed": SEED, **spec}
+    art = BroughtArtifact(
+        label=label,
+        kind=spec["kind"],
+        path=folder / "model.txt",
+        task=spec["task"],
+        train_rows=train_rows,
+        n_estimators=int(spec["params"]["n_estimators"]),
+    )
+    if _cached(folder, params) and art.path.is_file():
+        return art
+    import lightgbm as lgb
+
+    from nightshift.demo import DEMO_LABEL, demo_contract
+
+    numeric = [c.name for c in demo_contract().numeric]
+    # The same day, rows and seed as the suite's own models (their validation fifth left out).
+    joined = _labelled_day(train_rows * 5 // 4, root, log).slice(0, train_rows)
+    frame = joined.select(numeric).to_pandas()  # nulls become NaN: LightGBM's missing values
+    y = joined.column(DEMO_LABEL).to_numpy(zero_copy_only=False)
+    log(f"training brought {label} ({spec['kind']}, {spec['params']}) on {train_rows:,} rows")
+    est = lgb.LGBMClassifier(random_state=SEED, n_jobs=-1, **spec["params"]).fit(frame, y)
+    folder.mkdir(parents=True, exist_ok=True)
+    est.booster_.save_model(str(art.path))
+    _mark(folder, params)
+    return art
+
+
+def parse_rows(text: str) -> int:
+    """'64M', '250k', '1000000' -> rows."""
+    t = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1] if scale > 1 else t) * scale)
 
 
 def describe(obj: Any) -> dict[str, Any]:

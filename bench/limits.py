@@ -10,6 +10,7 @@ import itertools
 import multiprocessing
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +30,73 @@ def feature_columns() -> tuple[str, list[str], list[str]]:
     return contract.entity_id, [c.name for c in contract.numeric], [c.name for c in contract.categorical]
 
 
-def read_batches(path: str, batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
-    """Arrow record batches of one file: the id and feature columns, categoricals as dictionaries."""
+@dataclass(frozen=True)
+class Feed:
+    """How a graph is fed and read. The default is nightshift's own layout (one [N, 1] input per contract
+    column: float32 numerics, strings for categoricals; output "probabilities"). `matrix` names the one
+    float32 [N, F] input of a graph fed a matrix of `features` in order (a brought LightGBM, say), nulls as NaN.
+    """
+
+    matrix: str | None = None
+    features: tuple[str, ...] = ()
+    output: str = "probabilities"
+
+    @classmethod
+    def of(cls, signature: dict[str, Any]) -> Feed:
+        """The feed of a registered version from its signature ({} or no inputs: nightshift's own layout)."""
+        inputs = signature.get("inputs") or {}
+        outputs = signature.get("outputs") or {}
+        output = str(outputs.get("probabilities") or "probabilities")
+        if inputs.get("layout") != "matrix":
+            return cls(output=output)
+        types = dict(inputs.get("element_types") or {})
+        if len(types) != 1 or next(iter(types.values())) != "float32":
+            raise ValueError(f"the limit feeds one float32 matrix; this graph wants {types}")
+        if inputs.get("categories"):
+            raise ValueError("the limit feeds numeric features only; this graph reads category codes")
+        return cls(matrix=next(iter(types)), features=tuple(inputs["features"]), output=output)
+
+    def columns(self) -> list[str]:
+        """The columns a batch must hold for this feed (with the entity id)."""
+        entity, numeric, categorical = feature_columns()
+        return [entity, *(self.features if self.matrix else [*numeric, *categorical])]
+
+
+DEFAULT_FEED = Feed()
+
+
+def read_batches(path: str, batch_rows: int = BATCH_ROWS, columns: Sequence[str] | None = None) -> Iterator[Any]:
+    """Arrow record batches of one file: the id and feature columns (or `columns`), categoricals as dictionaries."""
     import pyarrow.parquet as pq
 
     entity, numeric, categorical = feature_columns()
-    pf = pq.ParquetFile(path, memory_map=True, read_dictionary=categorical)
-    yield from pf.iter_batches(batch_size=batch_rows, columns=[entity, *numeric, *categorical], use_threads=False)
+    columns = list(columns or [entity, *numeric, *categorical])
+    pf = pq.ParquetFile(path, memory_map=True, read_dictionary=[c for c in categorical if c in columns])
+    yield from pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
 
 
-def onnx_feeds(batch: Any) -> dict[str, Any]:
-    """ONNX Runtime inputs of a batch: float32 [N, 1] per numeric (null -> NaN), strings [N, 1] per categorical."""
+def matrix_feeds(batch: Any, feed: Feed) -> dict[str, Any]:
+    """The one float32 [N, F] input of a matrix-fed graph: the features in order, nulls as NaN."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    assert feed.matrix is not None
+    out = np.empty((batch.num_rows, len(feed.features)), dtype=np.float32)
+    for j, name in enumerate(feed.features):
+        out[:, j] = pc.cast(batch.column(name), pa.float32()).to_numpy(zero_copy_only=False)
+    return {feed.matrix: out}
+
+
+def onnx_feeds(batch: Any, feed: Feed = DEFAULT_FEED) -> dict[str, Any]:
+    """ONNX Runtime inputs of a batch: float32 [N, 1] per numeric (null -> NaN), strings [N, 1] per categorical
+    (nightshift's own layout), or the matrix a `feed` names."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if feed.matrix is not None:
+        return matrix_feeds(batch, feed)
     _, numeric, categorical = feature_columns()
     feeds: dict[str, Any] = {}
     for name in numeric:
@@ -90,14 +143,14 @@ def copy_body(run_id: int, ids: Any, scores: Any, labels: Any) -> Any:
     return rows.buffers()[2].slice(int(start), int(end - start))
 
 
-def score_batch(sess: Any, batch: Any) -> tuple[Any, Any, Any]:
+def score_batch(sess: Any, batch: Any, feed: Feed = DEFAULT_FEED) -> tuple[Any, Any, Any]:
     """(ids as strings, P(1) float32, label int16) of one batch."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     entity, _, _ = feature_columns()
-    proba = sess.run(["probabilities"], onnx_feeds(batch))[0]
+    proba = sess.run([feed.output], onnx_feeds(batch, feed))[0]
     scores = np.ascontiguousarray(proba[:, 1], dtype=np.float32)
     return pc.cast(batch.column(entity), pa.string()), scores, (scores >= 0.5).astype(np.int16)
 
@@ -204,23 +257,26 @@ def sqlite_bulk_insert(path: Path, rows: list[tuple[int, str, float, int]]) -> i
 # -- pipelined ------------------------------------------------------------------------------------
 
 
-def _pipeline_process(paths: Sequence[str], onnx_bytes: bytes, url: str | None, table: str) -> int:
+def _pipeline_process(
+    paths: Sequence[str], onnx_bytes: bytes, url: str | None, table: str, feed: Feed = DEFAULT_FEED
+) -> int:
     import psycopg
 
     sess = session(onnx_bytes)
+    columns = feed.columns()
     rows = 0
     if url is None:  # score only, write nothing
         for path in paths:
-            for batch in read_batches(path):
-                score_batch(sess, batch)
+            for batch in read_batches(path, columns=columns):
+                score_batch(sess, batch, feed)
                 rows += batch.num_rows
         return rows
     copy = f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)"
     with psycopg.connect(libpq(url)) as conn, conn.cursor() as cur, cur.copy(copy) as cp:
         cp.write(COPY_HEADER)
         for path in paths:
-            for batch in read_batches(path):
-                cp.write(memoryview(copy_body(1, *score_batch(sess, batch))))
+            for batch in read_batches(path, columns=columns):
+                cp.write(memoryview(copy_body(1, *score_batch(sess, batch, feed))))
                 rows += batch.num_rows
         cp.write(COPY_TRAILER)
     return rows
@@ -281,16 +337,18 @@ def pipelined(
     table: str,
     processes: int = 2,
     workers: LimitWorkers | None = None,
+    feed: Feed = DEFAULT_FEED,
 ) -> int:
     """The pipelined limit: `processes` processes, each reads its share of the files with Arrow,
     scores 64k-row batches with ONNX Runtime (one thread) and streams one binary COPY into a plain table.
     No contract check, no Dask, no atomic commit, no catalog. `url=None` scores without writing.
 
     `workers`: started processes to reuse (see LimitWorkers); without it, processes are spawned
-    for this call alone, and their start-up counts in its time.
+    for this call alone, and their start-up counts in its time. `feed`: how the graph is fed and read
+    (default: nightshift's own layout; `Feed.of(signature)` for a brought model's graph).
     """
     shares = [list(paths[i::processes]) for i in range(processes)]
-    args = [(share, onnx_bytes, url, table) for share in shares]
+    args = [(share, onnx_bytes, url, table, feed) for share in shares]
     if workers is not None and workers.processes == processes:
         return sum(workers.starmap(_pipeline_process, args))
     with LimitWorkers(processes) as own:

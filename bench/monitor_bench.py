@@ -3,13 +3,18 @@
     uv run python -m bench.monitor_bench                 # both parts (data cached in bench/results/monitor/)
     uv run python -m bench.monitor_bench --skip-timing   # detection table only
     uv run python -m bench.monitor_bench --evidently-full  # also Evidently's DataDriftPreset on all rows
+    uv run python -m bench.monitor_bench --weekly 0 --trend 0 --ref-days 2   # the flat data of the first bench
 
 Part 1 runs the nightly code path (profile_files → run_checks → verdict, the same functions
 monitor_partition calls, with the sample scored by the model like the committed scores) over
 clean nights and nights with one injected shift each, and reports the detection rate per kind
-and size of shift and the false-alarm rate on clean nights. Part 2 commits a 1M-row partition
-to SQLite and times `monitor_partition` (each run in a fresh process, peak RSS from the kernel)
-against a direct pandas/scipy implementation of the same tests on every row.
+and size of shift and the false-alarm rate on clean nights. By default the data has real rhythm:
+a weekly cycle of the usage features (±15%, weekend high) and a slow trend of prices and usage
+(+5% a year), and every night is checked twice: against one reference of all the reference days
+(two whole weeks), and against the reference days of its own weekday (`monitoring.seasonality =
+"weekly"`, nightshift.monitoring.seasonal). Part 2 commits a 1M-row partition to SQLite and times
+`monitor_partition` (each run in a fresh process, peak RSS from the kernel) against a direct
+pandas/scipy implementation of the same tests on every row.
 Results: bench/results/monitor_bench.{json,md}.
 """
 
@@ -33,16 +38,21 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = RESULTS / "monitor"
 SEED = 42
-REF_DAYS = [date(2026, 1, 1), date(2026, 1, 2)]
+#: The reference days start on a Monday, so 7 or 14 of them are whole weeks.
+REF_START = date(2026, 1, 5)
+REF_DAYS = [REF_START, REF_START + timedelta(days=1)]  # part 2's (the timing's) training days
 FIRST_NIGHT = date(2026, 2, 1)
 BIG_NIGHT = date(2026, 6, 1)
+#: The two ways a night is checked: one reference of every reference day, or the days of its own weekday.
+MODES = ("all reference days", "same weekday")
 
 #: (kind, sizes, columns the shift rotates over). Sizes bracket each kind's default threshold.
 SCENARIOS: list[tuple[str, list[float], list[str]]] = [
     ("mean_shift", [0.1, 0.25, 0.5, 1.0], ["monthly_charges", "age", "tenure_months", "data_usage_gb_30d"]),
     ("variance_change", [1.1, 1.25, 1.5, 2.0], ["monthly_charges", "credit_score", "logins_30d", "voice_minutes_30d"]),
     ("new_category", [0.0005, 0.002, 0.01, 0.05], ["plan", "region", "payment_method", "plan"]),
-    ("missing_spike", [0.02, 0.05, 0.1, 0.3], ["tenure_months", "credit_score", "region", "estimated_income_k"]),
+    # 0.053 of the rows nulled adds >= 5 points of missing values on each of these columns (base share <= 5%).
+    ("missing_spike", [0.02, 0.053, 0.1, 0.3], ["tenure_months", "credit_score", "region", "estimated_income_k"]),
 ]
 #: The check that should catch each kind (besides the night's verdict).
 TARGET = {
@@ -71,12 +81,14 @@ def peak_rss_mib() -> float:
 # -- data and project ------------------------------------------------------------------------
 
 
-def _generate_day(root: Path, day: date, rows: int, files: int, drift: list[Any]) -> None:
+def _generate_day(root: Path, day: date, rows: int, files: int, drift: list[Any], season: Any = None) -> None:
     from nightshift.demo import generate
 
     marker = root / "features" / f"ds={day.isoformat()}" / "_SUCCESS"
     stamp = root / "features" / f"ds={day.isoformat()}" / ".params"
-    params = json.dumps({"rows": rows, "files": files, "drift": [str(d) for d in drift], "seed": SEED})
+    params = json.dumps(
+        {"rows": rows, "files": files, "drift": [str(d) for d in drift], "seed": SEED, "season": repr(season)}
+    )
     if marker.exists() and stamp.exists() and stamp.read_text() == params:
         return
     generate(
@@ -88,11 +100,12 @@ def _generate_day(root: Path, day: date, rows: int, files: int, drift: list[Any]
         files_per_day=files,
         seed=SEED,
         drift=drift,
+        seasonality=season,
     )
     stamp.write_text(params)
 
 
-def write_project(work: Path, data: Path) -> Path:
+def write_project(work: Path, data: Path, max_missing_increase: float = 0.03) -> Path:
     from nightshift.demo import demo_contract
 
     cols = ",\n".join(
@@ -123,6 +136,7 @@ max_rows = 50000
 
 [models.monitoring]
 report = false
+max_missing_increase = {max_missing_increase}
 
 [models.contract]
 entity_id = "customer_id"
@@ -162,91 +176,31 @@ def plan_nights(clean: int, per_size: int) -> list[Night]:
 # -- part 1: detection -----------------------------------------------------------------------
 
 
-def train_reference_model(settings: Any) -> bytes:
+def train_detection_model(settings: Any, days: list[date]) -> bytes:
+    """The model that scores the nights' samples: trained on the last two reference days."""
     from nightshift.training import train
     from nightshift.training.dataset import build_training_set
 
     cfg = settings.model("churn")
-    cached = Path(cfg.dataset_uri(settings)).parent / f"model-{cfg.training.max_rows}.onnx"
+    cached = Path(cfg.dataset_uri(settings)).parent / f"model-{cfg.training.max_rows}-{days[-1]}.onnx"
     if cached.exists():
         return cached.read_bytes()
-    tset = build_training_set(settings, cfg, REF_DAYS[-1])
+    tset = build_training_set(settings, cfg, days[-1])
     trained = train(tset.table, tset.labels, cfg.contract, cfg.estimator, cfg.training, cfg.decision_threshold)
     cached.write_bytes(trained.onnx_bytes)
     return trained.onnx_bytes
 
 
-def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, Any]:
-    from nightshift.demo import DriftSpec
-    from nightshift.monitoring.checks import FAIL, run_checks, verdict
-    from nightshift.monitoring.profile import profile_files
-    from nightshift.monitoring.reference import model_session, reference_from_files, score_sample
+def _summarise(rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The detection table (kind → size → rates) and the clean nights' false alarms of one mode."""
+    from nightshift.monitoring.checks import FAIL
 
-    cfg = settings.model("churn")
-    mon = cfg.monitoring
-    nights = plan_nights(args.clean_nights, args.nights_per_size)
-    log(f"detection: generating {len(REF_DAYS)} reference days and {len(nights)} nights of {args.night_rows:,} rows")
-    for day in REF_DAYS:
-        _generate_day(data, day, args.ref_rows, 2, [])
-    for n in nights:
-        drift = [] if n.kind == "clean" else [DriftSpec(n.kind, str(n.column), n.size, n.day)]
-        _generate_day(data, n.day, args.night_rows, 2, drift)
-    onnx = train_reference_model(settings)
-    session = model_session(onnx)
-
-    def files(day: date) -> list[str]:
-        return sorted(str(p) for p in (data / "features" / f"ds={day.isoformat()}").glob("*.parquet"))
-
-    reference = reference_from_files(
-        [f for d in REF_DAYS for f in files(d)],
-        cfg.contract,
-        onnx,
-        model="churn",
-        version=1,
-        uri="memory://bench",
-        cap=mon.reference_rows,
-        seed=mon.sample_seed,
-    )
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for n in nights:
-        profile = profile_files(files(n.day), cfg.contract, cap=mon.sample_rows, seed=mon.sample_seed)
-        scores = score_sample(session, profile.sample, cfg.contract)
-        checks = run_checks(profile, reference, cfg, current_scores=scores, volume_history=[profile.rows] * 7)
-        failing = [c for c in checks if c.failing]
-        margins: dict[str, float] = {}
-        for c in checks:
-            if c.value is not None and c.threshold:
-                margins[c.kind] = max(margins.get(c.kind, 0.0), c.value / c.threshold)
-        target = None
-        if n.column is not None:
-            target = next(
-                (c for c in checks if c.kind == TARGET[n.kind] and c.column == n.column),
-                None,
-            )
-        rows.append(
-            {
-                "day": n.day.isoformat(),
-                "kind": n.kind,
-                "size": n.size,
-                "column": n.column,
-                "status": verdict(checks),
-                "failed": [f"{c.kind}[{c.column}]" if c.column else c.kind for c in failing],
-                "target_value": None if target is None else target.value,
-                "target_threshold": None if target is None else target.threshold,
-                "target_failed": None if target is None else target.status == FAIL,
-                "checks": len(checks),
-                "failed_checks": len(failing),
-                "sampled_rows": profile.sampled_rows,
-                "max_ratio": margins,
-            }
-        )
-    seconds = time.perf_counter() - t0
-    log(f"detection: {len(nights)} nights checked in {seconds:.1f}s")
     table: dict[str, dict[str, Any]] = defaultdict(dict)
     for kind, sizes, _ in SCENARIOS:
         for size in sizes:
             hit = [r for r in rows if r["kind"] == kind and r["size"] == size]
+            if not hit:
+                continue
             also = sorted({f.split("[")[0] for r in hit for f in r["failed"]} - {TARGET[kind]})
             table[kind][str(size)] = {
                 "nights": len(hit),
@@ -258,13 +212,15 @@ def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, 
                     for r in hit
                     if r["target_value"] is not None and r["target_threshold"]
                 ),
+                "median_points": statistics.median(r["points"] for r in hit) if kind == "missing_spike" else None,
                 "also_failed": also,
             }
     clean = [r for r in rows if r["kind"] == "clean"]
     clean_checks = sum(r["checks"] for r in clean)
     false_alarm = {
         "nights": len(clean),
-        "night_false_alarm_rate": sum(r["status"] == FAIL for r in clean) / len(clean),
+        "false_alarm_nights": sum(r["status"] == FAIL for r in clean),
+        "night_false_alarm_rate": sum(r["status"] == FAIL for r in clean) / len(clean) if clean else 0.0,
         "check_false_alarm_rate": sum(r["failed_checks"] for r in clean) / clean_checks if clean_checks else 0.0,
         "checks_per_night": clean_checks / len(clean) if clean else 0,
         "false_alarms": [f"{r['day']}: {', '.join(r['failed'])}" for r in clean if r["failed"]],
@@ -273,17 +229,115 @@ def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, 
             for kind in sorted({k for r in clean for k in r["max_ratio"]})
         },
     }
+    return dict(table), false_alarm
+
+
+def detection(args: argparse.Namespace, settings: Any, data: Path) -> dict[str, Any]:
+    from nightshift.demo import DriftSpec, Seasonality
+    from nightshift.monitoring.checks import FAIL, run_checks, verdict
+    from nightshift.monitoring.profile import profile_files
+    from nightshift.monitoring.reference import model_session, reference_from_files, score_sample
+    from nightshift.monitoring.seasonal import same_weekday
+
+    cfg = settings.model("churn")
+    mon = cfg.monitoring
+    season = Seasonality(args.weekly, args.trend) if (args.weekly or args.trend) else None
+    ref_days = [REF_START + timedelta(days=i) for i in range(args.ref_days)]
+    nights = plan_nights(args.clean_nights, args.nights_per_size)
+    log(
+        f"detection: generating {len(ref_days)} reference days of {args.ref_rows:,} rows and {len(nights)} nights "
+        f"of {args.night_rows:,} rows (seasonality: {season})"
+    )
+    for day in ref_days:
+        _generate_day(data, day, args.ref_rows, 2, [], season)
+    for n in nights:
+        drift = [] if n.kind == "clean" else [DriftSpec(n.kind, str(n.column), n.size, n.day)]
+        _generate_day(data, n.day, args.night_rows, 2, drift, season)
+    onnx = train_detection_model(settings, ref_days)
+    session = model_session(onnx)
+
+    def files(day: date) -> list[str]:
+        return sorted(str(p) for p in (data / "features" / f"ds={day.isoformat()}").glob("*.parquet"))
+
+    def reference(days: list[date]) -> Any:
+        return reference_from_files(
+            [f for d in days for f in files(d)],
+            cfg.contract,
+            onnx,
+            model="churn",
+            version=1,
+            uri="memory://bench",
+            cap=mon.reference_rows,
+            seed=mon.sample_seed,
+        )
+
+    whole = reference(ref_days)
+    by_weekday: dict[int, Any] = {}
+    rows: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    t0 = time.perf_counter()
+    for n in nights:
+        profile = profile_files(files(n.day), cfg.contract, cap=mon.sample_rows, seed=mon.sample_seed)
+        scores = score_sample(session, profile.sample, cfg.contract)
+        same = same_weekday(ref_days, n.day)
+        if n.day.weekday() not in by_weekday:
+            by_weekday[n.day.weekday()] = reference(same) if same else whole
+        for mode, ref in zip(MODES, (whole, by_weekday[n.day.weekday()]), strict=True):
+            checks = run_checks(profile, ref, cfg, current_scores=scores, volume_history=[profile.rows] * 7)
+            failing = [c for c in checks if c.failing]
+            margins: dict[str, float] = {}
+            for c in checks:
+                if c.value is not None and c.threshold:
+                    margins[c.kind] = max(margins.get(c.kind, 0.0), c.value / c.threshold)
+            target = None
+            if n.column is not None:
+                target = next((c for c in checks if c.kind == TARGET[n.kind] and c.column == n.column), None)
+            points = 0.0
+            if n.kind == "missing_spike" and target is not None and target.value is not None:
+                points = 100 * (target.value - ref.missing_share(str(n.column)))
+            rows[mode].append(
+                {
+                    "day": n.day.isoformat(),
+                    "weekday": n.day.strftime("%a"),
+                    "kind": n.kind,
+                    "size": n.size,
+                    "column": n.column,
+                    "status": verdict(checks),
+                    "failed": [f"{c.kind}[{c.column}]" if c.column else c.kind for c in failing],
+                    "target_value": None if target is None else target.value,
+                    "target_threshold": None if target is None else target.threshold,
+                    "target_failed": None if target is None else target.status == FAIL,
+                    "points": points,
+                    "checks": len(checks),
+                    "failed_checks": len(failing),
+                    "sampled_rows": profile.sampled_rows,
+                    "max_ratio": margins,
+                }
+            )
+    seconds = time.perf_counter() - t0
+    log(f"detection: {len(nights)} nights checked ({len(MODES)} references each) in {seconds:.1f}s")
+    modes = {}
+    for mode in MODES:
+        table, clean = _summarise(rows[mode])
+        modes[mode] = {"table": table, "clean": clean, "rows": rows[mode]}
+        log(
+            f"  {mode}: {clean['false_alarm_nights']} false alarm(s) on {clean['nights']} clean nights "
+            f"({clean['night_false_alarm_rate']:.1%})"
+        )
     return {
         "night_rows": args.night_rows,
-        "reference_rows": reference.stats["rows"],
-        "reference_sampled": reference.sample.num_rows,
+        "reference_days": len(ref_days),
+        "reference_rows": whole.stats["rows"],
+        "reference_sampled": whole.sample.num_rows,
         "sample_cap": mon.sample_rows,
+        "seasonality": {"weekly": args.weekly, "trend_per_year": args.trend},
+        "max_missing_increase": mon.max_missing_increase,
         "nights": len(nights),
         "seconds": round(seconds, 2),
         "per_night_s": round(seconds / len(nights), 3),
-        "table": table,
-        "clean": false_alarm,
-        "rows": rows,
+        "modes": modes,
+        # The detector as nightshift recommends it for seasonal data: `monitoring.seasonality = "weekly"`.
+        "table": modes["same weekday"]["table"],
+        "clean": modes["same weekday"]["clean"],
     }
 
 
@@ -481,44 +535,67 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# Monitoring benchmark", "", f"Run at {result['at']} on {result['machine']}.", ""]
     det = result.get("detection")
     if det:
+        season = det["seasonality"]
         lines += [
             "## Detector quality",
             "",
-            f"{det['nights']} simulated nights of {det['night_rows']:,} demo rows (reference: "
-            f"{det['reference_rows']:,} rows of 2 days, {det['reference_sampled']:,} sampled; sample cap "
-            f"{det['sample_cap']:,}); one injected "
-            "shift per drifted night, rotating over columns; default thresholds. *Night failed*: the night's verdict; "
-            "*check*: the check aimed at the shifted column (drift for mean/variance, new_category, missing_share); "
-            "*value / threshold*: its median over the nights (1 = on the threshold; the missing-share threshold is "
-            "the column's reference share + 0.05).",
+            f"{det['nights']} simulated nights of {det['night_rows']:,} demo rows, with a weekly cycle of the usage "
+            f"features (amplitude {season['weekly']:g}) and a slow trend of prices and usage "
+            f"({season['trend_per_year']:+g} a year); the reference: {det['reference_days']} days "
+            f"({det['reference_rows']:,} rows, {det['reference_sampled']:,} sampled); sample cap "
+            f"{det['sample_cap']:,}; one injected shift per shifted night, rotating over columns; default thresholds "
+            f"but `max_missing_increase = {det['max_missing_increase']:g}`. Each night is checked against the whole "
+            'reference and against the reference days of its own weekday (`monitoring.seasonality = "weekly"`).',
             "",
-            "| kind | size | nights | night failed | check failed | median value | value / threshold "
-            "| other failing checks |",
-            "|---|---|---|---|---|---|---|---|",
+            "| reference | clean nights | false alarms | detected: mean 0.25σ | variance ×1.25 | new category 1% "
+            "| missing +5 points |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for kind, sizes in det["table"].items():
-            for size, row in sizes.items():
-                lines.append(
-                    f"| {kind} | {size} | {row['nights']} | {row['night_failed']:.0%} "
-                    f"| {row['target_check_failed']:.0%} | {row['median_value']:.4g} | {row['median_ratio']:.2f} "
-                    f"| {', '.join(row['also_failed']) or '—'} |"
-                )
-        clean = det["clean"]
-        lines += [
-            "",
-            f"Clean nights: {clean['nights']}; nights with a false alarm: {clean['night_false_alarm_rate']:.1%}; "
-            f"failing checks: {clean['check_false_alarm_rate']:.2%} of {clean['checks_per_night']:.0f} checks "
-            "per night.",
-            "",
-            "Largest value / threshold on the clean nights, per check (1 would be an alarm): "
-            + ", ".join(f"{k} {v:.2f}" for k, v in clean["max_ratio_by_check"].items())
-            + ".",
-            "",
-            f"Checking took {det['per_night_s']:.2f}s per night (profile + sample scoring + checks).",
-            "",
-        ]
-        if clean["false_alarms"]:
-            lines += ["False alarms:", *[f"- {x}" for x in clean["false_alarms"]], ""]
+        for mode, m in det["modes"].items():
+            t, c = m["table"], m["clean"]
+
+            def rate(kind: str, size: str, t: dict[str, Any] = t) -> str:
+                row = t.get(kind, {}).get(size)
+                return f"{row['night_failed']:.0%} of {row['nights']}" if row else "—"
+
+            lines.append(
+                f"| {mode} | {c['nights']} | {c['false_alarm_nights']} ({c['night_false_alarm_rate']:.1%}) "
+                f"| {rate('mean_shift', '0.25')} | {rate('variance_change', '1.25')} | {rate('new_category', '0.01')} "
+                f"| {rate('missing_spike', '0.053')} |"
+            )
+        for mode, m in det["modes"].items():
+            lines += [
+                "",
+                f"### Against {mode}",
+                "",
+                "| kind | size | nights | night failed | check failed | median value | value / threshold "
+                "| other failing checks |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for kind, sizes in m["table"].items():
+                for size, row in sizes.items():
+                    shown = size + (f" ({row['median_points']:.1f} points)" if row.get("median_points") else "")
+                    lines.append(
+                        f"| {kind} | {shown} | {row['nights']} | {row['night_failed']:.0%} "
+                        f"| {row['target_check_failed']:.0%} | {row['median_value']:.4g} | {row['median_ratio']:.2f} "
+                        f"| {', '.join(row['also_failed']) or '—'} |"
+                    )
+            clean = m["clean"]
+            lines += [
+                "",
+                f"Clean nights: {clean['nights']}; nights with a false alarm: {clean['night_false_alarm_rate']:.1%}; "
+                f"failing checks: {clean['check_false_alarm_rate']:.2%} of {clean['checks_per_night']:.0f} checks "
+                "per night. Largest value / threshold on the clean nights, per check (1 would be an alarm): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in clean["max_ratio_by_check"].items())
+                + ".",
+            ]
+            if clean["false_alarms"]:
+                shown_alarms = clean["false_alarms"][:10]
+                more = len(clean["false_alarms"]) - len(shown_alarms)
+                lines += ["", "False alarms:", *[f"- {x}" for x in shown_alarms]]
+                if more:
+                    lines.append(f"- … and {more} more")
+        lines += ["", f"Checking took {det['per_night_s']:.2f}s per night (profile + sample scoring + checks).", ""]
     tim = result.get("timing")
     if tim:
         lines += [
@@ -543,9 +620,15 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--night-rows", type=int, default=50_000)
-    parser.add_argument("--ref-rows", type=int, default=100_000, help="rows per reference day (2 days)")
-    parser.add_argument("--clean-nights", type=int, default=32)
-    parser.add_argument("--nights-per-size", type=int, default=4)
+    parser.add_argument("--ref-rows", type=int, default=50_000, help="rows per reference day")
+    parser.add_argument("--ref-days", type=int, default=14, help="reference days (14: two whole weeks)")
+    parser.add_argument("--clean-nights", type=int, default=120)
+    parser.add_argument("--nights-per-size", type=int, default=8)
+    parser.add_argument("--weekly", type=float, default=0.15, help="weekly cycle amplitude of the usage features")
+    parser.add_argument("--trend", type=float, default=0.05, help="slow trend of prices and usage, share per year")
+    parser.add_argument(
+        "--max-missing-increase", type=float, default=0.03, help="monitoring.max_missing_increase of the bench"
+    )
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-detection", action="store_true")
@@ -571,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
-    config = write_project(work, data)
+    config = write_project(work, data, args.max_missing_increase)
     from nightshift.config import load_settings
 
     settings = load_settings(config)

@@ -47,7 +47,7 @@ def naive(paths: Sequence[str], pipeline: Any, url: str, table: str) -> int:
     import pandas as pd
     import sqlalchemy as sa
 
-    from nightshift.db.store import normalize_url
+    from nightshift.db.engine import normalize_url
 
     entity, _, _ = feature_columns()
     engine = sa.create_engine(normalize_url(url))

@@ -154,7 +154,7 @@ def targets(res: Results) -> list[Target]:
     peaks = [
         (r["name"], p)
         for r in res.m.values()
-        if r["name"].startswith("nightshift") or r["group"] in ("scaling", "memory")
+        if r["name"].startswith("nightshift") or r["group"] in ("scaling", "memory", "scale", "multiclass")
         if (p := _peak_gib(r)) is not None
     ]
     if peaks:
@@ -184,7 +184,327 @@ def targets(res: Results) -> list[Target]:
                 r.median <= 4.4,
             )
         )
+    out += more_targets(res)
     return out
+
+
+# -- several models, brought models, multiclass, scale (issues 16 and 18) -----------------------------
+
+#: `scale`'s reference layout and its linear-cost allowance: t(64M)/t(4M) ≤ 16.5 is 3.1 % over 16.
+SCALE_REF_ROWS = 4_000_000
+SCALE_ALLOWANCE = 16.5 / 16
+FILES_GOAL = 1.1
+MANY_MODELS_GOAL = 1.5
+BROUGHT_GOAL = 0.9
+MULTICLASS_GOAL = 1.3
+
+
+def _group(res: Results, group: str) -> list[dict[str, Any]]:
+    return [r for r in res.m.values() if r["group"] == group]
+
+
+def _one(rows: list[dict[str, Any]], predicate: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if predicate(r["name"])), None)
+
+
+def _at_most(name: str, model: str, r: Ratio | None, goal: float, measured: str, info: bool = False) -> Target:
+    if r is None:
+        return Target(name, model, "not measured", None, f"≤ {goal:.3g}×", None, "skipped")
+    return Target(
+        name, model, measured, r, f"≤ {goal:.3g}×", None if info else r.median <= goal, "info" if info else ""
+    )
+
+
+def many_models_pair(res: Results) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(1 model, N models in one pass, N models one after another) of `many-models`."""
+    rows = _group(res, "many-models")
+    return (
+        _one(rows, lambda n: n.endswith("1 model")),
+        _one(rows, lambda n: n.endswith("in one pass")),
+        _one(rows, lambda n: n.endswith("one after another")),
+    )
+
+
+def _models_in(r: dict[str, Any]) -> int:
+    return int(r["name"].split(", ")[1].split()[0])
+
+
+def _write_commit(extra: dict[str, Any]) -> float:
+    t = extra.get("timings", {})
+    return float(t.get("tasks_write_s", 0.0)) + float(t.get("commit_s", 0.0))
+
+
+def multiclass_ratios(res: Results) -> dict[str, Ratio] | None:
+    """multiclass over binary, paired by round: (write + commit) s, write s, commit s, wall s, bytes stored per row."""
+    rows = _group(res, "multiclass")
+    binary = _one(rows, lambda n: n.startswith("binary"))
+    multi = _one(rows, lambda n: n.startswith("multiclass"))
+    if not (binary and multi):
+        return None
+
+    def paired(f: Any) -> Ratio:
+        pairs = [f(m) / f(b) if f(b) else float("nan") for m, b in zip(multi["extras"], binary["extras"], strict=False)]
+        pairs = [x for x in pairs if x == x] or [float("nan")]
+        return Ratio(statistics.median(pairs), min(pairs), max(pairs), True)
+
+    return {
+        "write+commit": paired(_write_commit),
+        "write": paired(lambda e: e.get("timings", {}).get("tasks_write_s", 0.0)),
+        "commit": paired(lambda e: e.get("timings", {}).get("commit_s", 0.0)),
+        "end to end": time_ratio(multi, binary),
+        "bytes/row": paired(lambda e: e.get("store_bytes", 0)),
+    }
+
+
+def _scale_rows(res: Results) -> list[dict[str, Any]]:
+    return sorted(_group(res, "scale"), key=lambda r: (r["rows"], _files(r)))
+
+
+def scale_pairs(res: Results) -> tuple[dict[str, Any] | None, list[dict[str, Any]], tuple[Any, Any]]:
+    """(reference layout, the layouts at its rows per file, (16-file, many-file) layouts of the same rows)."""
+    rows = _scale_rows(res)
+    if not rows:
+        return None, [], (None, None)
+    density = {r["name"]: r["rows"] / _files(r) for r in rows}
+    by_rows: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_rows.setdefault(r["rows"], []).append(r)
+    # The layouts at the most common rows-per-file: rows scale, the files grow with them.
+    common = statistics.mode(density.values())
+    dense = [r for r in rows if density[r["name"]] == common]
+    # 4M rows when there is more to compare it with (t(64M)/t(4M) is the target); else the smallest.
+    ref = next((r for r in dense if r["rows"] == SCALE_REF_ROWS and r is not dense[-1]), dense[0] if dense else None)
+    few = many = None
+    for same in by_rows.values():
+        if len(same) >= 2:
+            many = max(same, key=_files)
+            few = next((r for r in same if _files(r) == 16), min(same, key=_files))
+    return ref, dense, (few, many)
+
+
+def more_targets(res: Results) -> list[Target]:
+    out: list[Target] = []
+    one, one_pass, each = many_models_pair(res)
+    if one or one_pass:
+        r, measured, n = None, "", 5
+        if one and one_pass:
+            r, n = time_ratio(one_pass, one), _models_in(one_pass)
+            measured = f"{one_pass['median_s']:.2f} s vs {one['median_s']:.2f} s (pre-started clusters)"
+        out.append(
+            _at_most(
+                f"{n} models in one pass ≤ {MANY_MODELS_GOAL}× one model's time",
+                "linear",
+                r,
+                MANY_MODELS_GOAL,
+                measured,
+            )
+        )
+        if one and each:
+            r2 = time_ratio(each, one)
+            out.append(
+                _at_most(
+                    f"  {n} models one after another (for contrast)",
+                    "linear",
+                    r2,
+                    n,
+                    f"{each['median_s']:.2f} s",
+                    info=True,
+                )
+            )
+    brought = _group(res, "brought")
+    for model in sorted({r["model"] for r in brought}):
+        ns = res.get("brought", model, NS_PG)
+        warm = res.get("brought", model, NS_PG_WARM)
+        limit_pk = res.get("brought", model, "pipelined limit + primary key")
+        for name, a, info in (
+            (f"brought {model} ≥ {BROUGHT_GOAL}× the limit + primary key, same ONNX graph", ns, False),
+            ("  same, cluster pre-started (client=)", warm, True),
+        ):
+            if a and limit_pk:
+                r = rate_ratio(a, limit_pk)
+                measured = (
+                    f"{a['rows_per_s']['median'] / 1e3:,.0f} k vs "
+                    f"{limit_pk['rows_per_s']['median'] / 1e3:,.0f} k rows/s"
+                )
+                out.append(
+                    Target(
+                        name,
+                        model,
+                        measured,
+                        r,
+                        f"≥ {BROUGHT_GOAL}×",
+                        None if info else r.median >= BROUGHT_GOAL,
+                        "info" if info else "",
+                    )
+                )
+    mc = multiclass_ratios(res)
+    if mc:
+        out.append(
+            _at_most(
+                f"multiclass (4 classes): write + commit per row ≤ {MULTICLASS_GOAL}× binary",
+                "linear",
+                mc["write+commit"],
+                MULTICLASS_GOAL,
+                f"write {mc['write'].median:.2f}×, commit {mc['commit'].median:.2f}×, "
+                f"{mc['bytes/row'].median:.2f}× the bytes stored",
+            )
+        )
+        out.append(
+            _at_most(
+                "  multiclass end to end vs binary", "linear", mc["end to end"], MULTICLASS_GOAL, "wall time", info=True
+            )
+        )
+    ref, dense, (few, many) = scale_pairs(res)
+    if ref:
+        for big in dense:
+            if big["rows"] <= ref["rows"]:
+                continue
+            k = big["rows"] / ref["rows"]
+            goal = k * SCALE_ALLOWANCE
+            out.append(
+                _at_most(
+                    f"cost linear: t({_mrows(big)}) ≤ {goal:.3g}× t({_mrows(ref)})",
+                    "linear",
+                    time_ratio(big, ref),
+                    goal,
+                    f"{big['median_s']:.1f} s vs {ref['median_s']:.2f} s ({k:g}× the rows)",
+                )
+            )
+    if few and many:
+        out.append(
+            _at_most(
+                f"{_files(many)} files ≤ {FILES_GOAL}× the time of {_files(few)} ({_mrows(few)} rows)",
+                "linear",
+                time_ratio(many, few),
+                FILES_GOAL,
+                f"{many['median_s']:.2f} s vs {few['median_s']:.2f} s",
+            )
+        )
+    return out
+
+
+def _mrows(r: dict[str, Any]) -> str:
+    return f"{r['rows'] / 1e6:g}M"
+
+
+def _gib(r: dict[str, Any]) -> str:
+    p = _peak_gib(r)
+    return f"{p:.2f}" if p else "—"
+
+
+def more_sections(res: Results) -> list[str]:
+    """The summary's sections for many-models, brought, multiclass and scale (empty when none ran)."""
+    md: list[str] = []
+    one = many_models_pair(res)[0]
+    rows = _group(res, "many-models")
+    if rows:
+        md += ["## Several models of one dataset (many-models)", ""]
+        md += _table(
+            ["path", "rows read", "seconds, median [min–max]", "÷ 1 model (time)", "peak RSS/worker GiB"],
+            [[r["name"], f"{r['rows']:,}", _secs(r), str(time_ratio(r, one)) if one else "—", _gib(r)] for r in rows],
+        )
+        md += [""]
+    brought = _group(res, "brought")
+    if brought:
+        md += ["## A model brought by its user (brought-lightgbm)", ""]
+        for b in res.of_kind("brought"):
+            md.append(
+                f"- {b['model']} ({b['library']}, {b['n_estimators']} trees): registered with register_brought in "
+                f"{b['register_s']} s (convert + parity + register); ONNX graph {b['onnx_bytes'] / 1024:,.0f} KiB, fed "
+                f"{b['feed']['matrix']!r} [N, {b['feed']['features']}]; "
+                f"parity {(b.get('parity') or {}).get('status', '?')}"
+            )
+        for model in sorted({r["model"] for r in brought}):
+            ns = res.get("brought", model, NS_PG)
+            md += [""]
+            md += _table(
+                ["path", "rows", "seconds, median [min–max]", "rows/s, median [min–max]", "nightshift ÷ this"],
+                [
+                    [
+                        r["name"],
+                        f"{r['rows']:,}",
+                        _secs(r),
+                        _rate(r),
+                        str(rate_ratio(ns, r)) if ns and r is not ns else "1",
+                    ]
+                    for r in brought
+                    if r["model"] == model
+                ],
+            )
+        md += [""]
+    multi = _group(res, "multiclass")
+    if multi:
+        md += ["## Multiclass rows vs binary rows (multiclass-commit)", ""]
+        table = []
+        for r in multi:
+            med = {
+                k: statistics.median(e.get("timings", {}).get(k, 0.0) for e in r["extras"])
+                for k in ("tasks_write_s", "commit_s", "tasks_infer_s")
+            }
+            wc = statistics.median(_write_commit(e) for e in r["extras"])
+            size = statistics.median(e.get("store_bytes", 0) for e in r["extras"])
+            table.append(
+                [
+                    r["name"],
+                    _secs(r),
+                    f"{med['tasks_write_s']:.2f}",
+                    f"{med['commit_s']:.2f}",
+                    f"{wc / r['rows'] * 1e6:.2f}",
+                    f"{med['tasks_infer_s']:.2f}",
+                    f"{size / r['rows']:.0f}" if size else "—",
+                ]
+            )
+        md += _table(
+            [
+                "model",
+                "wall s",
+                "write s (tasks)",
+                "commit s",
+                "write+commit s per M rows",
+                "infer s (tasks)",
+                "bytes/row stored",
+            ],
+            table,
+        )
+        mc = multiclass_ratios(res)
+        if mc:
+            md += ["", "Multiclass ÷ binary, paired by round: " + "; ".join(f"{k} {v}" for k, v in mc.items())]
+        md += [""]
+    scale = _scale_rows(res)
+    if scale:
+        ref, _dense, _ = scale_pairs(res)
+        md += ["## Cost against rows and files (scale)", ""]
+        table = []
+        for r in scale:
+            sizes = [e.get("store_bytes", 0) for e in r["extras"] if e.get("store_bytes")]
+            per_m = statistics.median(sizes) / r["rows"] * 1e6 / 2**20 if sizes else None
+            table.append(
+                [
+                    r["name"],
+                    str(r["runs"]),
+                    _secs(r),
+                    _rate(r),
+                    str(time_ratio(r, ref)) if ref else "—",
+                    f"{r['rows'] / ref['rows']:g}" if ref else "—",
+                    _gib(r),
+                    f"{per_m:.1f}" if per_m else "—",
+                ]
+            )
+        md += _table(
+            [
+                "layout (linear, PostgreSQL)",
+                "runs",
+                "seconds",
+                "rows/s",
+                f"t ÷ t({_mrows(ref) if ref else '?'})",
+                "rows ×",
+                "peak RSS/worker GiB",
+                "store MiB per M rows",
+            ],
+            table,
+        )
+        md += [""]
+    return md
 
 
 def _scaling_pair(res: Results) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -362,6 +682,7 @@ def write(folder: Path) -> str:
         "`tasks_*` are sums over all tasks (both workers); `other` = wall − the first five.",
         "",
     ]
+    md += more_sections(res)
     prof = profile_section(res)
     if prof:
         md += ["## Profile (py-spy, share of samples per stage)", "", *prof, ""]
@@ -373,7 +694,8 @@ def write(folder: Path) -> str:
     if notes:
         md += ["## Notes", "", *notes, ""]
     md += [
-        "Charts: ![throughput](throughput.png) ![scaling](scaling.png)",
+        "Charts: ![throughput](throughput.png) ![scaling](scaling.png)"
+        + (" ![scale](scale.png)" if _scale_rows(res) else ""),
         "",
         "Each contender in words:",
         "",
@@ -455,6 +777,40 @@ def charts(res: Results, folder: Path) -> list[Path]:
         fig.suptitle("nightshift scaling (linear model, PostgreSQL)")
         fig.tight_layout()
         path = folder / "scaling.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    scale = _scale_rows(res)
+    if scale:
+        ref, dense, (few, many) = scale_pairs(res)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+        xs = [r["rows"] / 1e6 for r in dense]
+        left.errorbar(
+            xs,
+            [r["median_s"] for r in dense],
+            yerr=[[r["median_s"] - r["min_s"] for r in dense], [r["max_s"] - r["median_s"] for r in dense]],
+            marker="o",
+            capsize=3,
+            label="nightshift (median, min–max)",
+        )
+        if ref:
+            left.plot(xs, [ref["median_s"] * x * 1e6 / ref["rows"] for x in xs], "--", color="gray", label="linear")
+        for r in (few, many):
+            if r is not None and r not in dense:
+                left.plot([r["rows"] / 1e6], [r["median_s"]], "s", label=r["name"])
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.set_xlabel("million rows")
+        left.set_ylabel("seconds (pre-started cluster)")
+        left.legend(fontsize=8)
+        right.barh([r["name"] for r in scale], [_peak_gib(r) or 0 for r in scale], color="tab:purple")
+        right.axvline(MEMORY_LIMIT_GIB, color="red", linestyle="--", label="1.5 GiB target")
+        right.set_xlabel("peak RSS per worker, GiB")
+        right.tick_params(axis="y", labelsize=8)
+        right.legend(fontsize=8)
+        fig.suptitle("nightshift at scale (linear model, PostgreSQL)")
+        fig.tight_layout()
+        path = folder / "scale.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

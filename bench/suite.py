@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import cases, report
 from bench.common import PG_ADMIN_URL, Recorder, pg_available
-from bench.data import DATA_ROOT, dataset, describe, train_model
+from bench.data import DATA_ROOT, Dataset, dataset, describe, parse_rows, train_brought, train_model
 from bench.peers import dask_ml_available
 from bench.profiling import py_spy
 
@@ -44,7 +44,25 @@ CASES: dict[str, tuple[Callable[..., None], tuple[Any, ...], bool]] = {
     "profile": (cases.case_profile, (), False),
     "api": (cases.case_api, (), True),
     "monitor": (cases.case_monitor, (), False),
+    "many-models": (cases.case_many_models, (), True),
+    "brought-lightgbm": (cases.case_brought, ("lightgbm",), True),
+    "multiclass-commit": (cases.case_multiclass, (), True),
+    "scale": (cases.case_scale, (), True),
 }
+
+#: Bytes one row needs on this machine while `scale` scores it: its Parquet (~66 B), and in PostgreSQL the run's
+#: heap and primary key (~90 B) plus as much WAL again until a checkpoint recycles it. A layout whose new files and
+#: one run do not fit the free disk (with 10 % kept free) is left out and the summary says so.
+SCALE_BYTES_PER_ROW = 66 + 2 * 90
+
+
+def case_timeout(name: str, plan: cases.Plan, base: float) -> float:
+    """`base` seconds, and for `scale` 10 s more per million rows scored per round (a loaded 2-core machine does
+    more than 100k rows/s): a 64M-row layout must not be ended as stuck."""
+    if name != "scale":
+        return base
+    rows = sum(d.rows for d in {d.name: d for d in (*plan.scale, plan.main, plan.scale_files) if d}.values())
+    return base + plan.size.repeats * rows / 1e6 * 10
 
 
 def _child(name: str, plan: cases.Plan) -> None:
@@ -106,9 +124,37 @@ def environment(size: cases.Size, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def make_plan(size: cases.Size, out: Path, admin_url: str, profile: bool) -> cases.Plan:
-    """Generate or reuse the datasets and models this size needs."""
+def _scale_datasets(size: cases.Size, skipped: dict[str, str]) -> tuple[tuple[Dataset, ...], Dataset]:
+    """`scale`'s layouts: each of size.scale_rows at size.scale_rows_per_file rows per file, generated unless
+    cached, largest last; a layout that does not fit the free disk is left out (noted in `skipped`)."""
+    import shutil
+
+    layouts = []
+    for rows in sorted(size.scale_rows):
+        files = max(1, -(-rows // size.scale_rows_per_file))
+        free = shutil.disk_usage(DATA_ROOT).free
+        need = rows * SCALE_BYTES_PER_ROW
+        if need > 0.9 * free:
+            skipped[f"scale-{rows}"] = (
+                f"scale: {rows / 1e6:g}M rows left out: needs ~{need / 2**30:.1f} GiB (Parquet + one run in "
+                f"PostgreSQL + its WAL), {free / 2**30:.1f} GiB free under {DATA_ROOT}"
+            )
+            continue
+        t = time.perf_counter()
+        layouts.append(dataset(rows, files))
+        if time.perf_counter() - t > 5:
+            print(f"  generated {rows:,} rows in {files} files in {time.perf_counter() - t:.0f} s", flush=True)
+    return tuple(layouts), dataset(size.rows, size.scale_files)
+
+
+def make_plan(
+    size: cases.Size, out: Path, admin_url: str, profile: bool, selected: list[str] | None = None
+) -> cases.Plan:
+    """Generate or reuse the datasets and models this size needs (those of `scale`, `multiclass-commit` and
+    `brought-lightgbm` only when selected: `selected` None means every case)."""
     rows, files = size.rows, size.files
+    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    wanted = set(CASES if selected is None else selected)
     main = dataset(rows, files)
     models = {label: train_model(label, size.train_rows) for label in ("linear", "forest")}
     pg_missing = pg_available(admin_url)
@@ -121,6 +167,9 @@ def make_plan(size: cases.Size, out: Path, admin_url: str, profile: bool) -> cas
     if profile and py_spy() is None:
         skipped["py-spy"] = "py-spy is not installed (`uv pip install py-spy`): no profile; runs.timings still show"
         profile = False
+    extra_models = {"multiclass": train_model("multiclass", size.train_rows)} if "multiclass-commit" in wanted else {}
+    brought = {"lightgbm": train_brought("lightgbm", size.train_rows)} if "brought-lightgbm" in wanted else {}
+    scale, scale_files = _scale_datasets(size, skipped) if "scale" in wanted and not pg_missing else ((), None)
     return cases.Plan(
         size=size,
         out=out,
@@ -133,6 +182,10 @@ def make_plan(size: cases.Size, out: Path, admin_url: str, profile: bool) -> cas
         dask_ml_missing=dask_ml_missing,
         profile=profile,
         skipped=skipped,
+        extra_models=extra_models,
+        brought=brought,
+        scale=scale,
+        scale_files=scale_files,
     )
 
 
@@ -145,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<timestamp>)")
     parser.add_argument("--pg-url", default=PG_ADMIN_URL, help="PostgreSQL admin URL; databases are created in it")
     parser.add_argument("--forest-full", action="store_true", help="score the forest on the main dataset too")
+    parser.add_argument(
+        "--scale-rows",
+        default=None,
+        help="`scale`: comma-separated rows, e.g. 1M,4M,16M,64M (default: the size's; --size xl adds 64M)",
+    )
+    parser.add_argument(
+        "--scale-files", type=int, default=None, help="`scale`: files holding the main dataset's rows (default 1000)"
+    )
+    parser.add_argument(
+        "--models-in-pass", type=int, default=None, help="`many-models`: models scored in one pass (default 5)"
+    )
     parser.add_argument("--case-timeout", type=float, default=900, help="seconds before a stuck case is ended")
     parser.add_argument("--report-only", type=Path, default=None, help="rebuild the report of a results folder")
     args = parser.parse_args(argv)
@@ -157,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         size = dataclasses.replace(size, repeats=args.repeats)
     if args.forest_full:
         size = dataclasses.replace(size, forest_on_quarter=False)
+    if args.scale_rows:
+        size = dataclasses.replace(size, scale_rows=tuple(parse_rows(r) for r in args.scale_rows.split(",") if r))
+    if args.scale_files:
+        size = dataclasses.replace(size, scale_files=args.scale_files)
+    if args.models_in_pass:
+        size = dataclasses.replace(size, models_in_pass=args.models_in_pass)
     selected = [c.strip() for c in args.only.split(",") if c.strip()] or list(CASES)
     unknown = sorted(set(selected) - set(CASES))
     if unknown:
@@ -168,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nightshift benchmark, size {size.name}: results in {out}", flush=True)
     recorder = Recorder(out / "results.jsonl")
     recorder.write(environment(size, argv))
-    plan = make_plan(size, out, args.pg_url, profile="profile" in selected)
+    plan = make_plan(size, out, args.pg_url, profile="profile" in selected, selected=selected)
     recorder.write(
         {
             "kind": "plan",
             "data_root": str(DATA_ROOT),
-            "datasets": {k: describe(getattr(plan, k)) for k in ("main", "quarter", "few_files", "many_files")},
-            "models": {k: describe(v) for k, v in plan.models.items()},
+            "datasets": {k: describe(getattr(plan, k)) for k in ("main", "quarter", "few_files", "many_files")}
+            | {d.name: describe(d) for d in (*plan.scale, *([plan.scale_files] if plan.scale_files else []))},
+            "models": {k: describe(v) for k, v in (plan.models | plan.extra_models | plan.brought).items()},
             "naive_files": {label: len(plan.naive_paths_for(label)) for label in plan.models},
             "forest_dataset": plan.data_for("forest").name,
             "skipped": plan.skipped,
@@ -186,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in selected:
         if (CASES[name][2] and plan.pg_url is None) or (name == "profile" and not plan.profile):
             continue
-        if not run_case(name, plan, args.case_timeout):
+        if not run_case(name, plan, case_timeout(name, plan, args.case_timeout)):
             failed.append(name)
     recorder.write({"kind": "finished", "seconds": round(time.perf_counter() - began, 1), "load_avg": os.getloadavg()})
     summary = report.write(out)

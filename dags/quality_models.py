@@ -30,9 +30,11 @@ def quality_dag(model: str, cfg: Any, labels: str) -> DAG:
         is_paused_upon_creation=False,
         tags=["nightshift", "monitoring", model],
         doc_md=f"Waits (deferred) for the labels of ds (the day the run's interval starts) under `{labels}`, "
-        f"computes the champion's ROC AUC, log loss, precision and recall on that day from its committed "
-        f"predictions (`nightshift labels-quality`), and triggers `retrain_{model}` when quality thresholds fail "
-        "often enough (the same hysteresis, cooldown and run id as the nightly data checks).",
+        "computes the quality of every version that served or shadowed that day (champion, challenger, bandit "
+        "arms, previous: recorded in `served`) from its committed predictions, next to the night's label-free "
+        f"estimate (`nightshift outcomes`), and triggers `retrain_{model}` when the quality of the version that "
+        "served the day as champion fails often enough (the same hysteresis, cooldown and run id as the nightly "
+        "data checks) and it still is the champion.",
     )
     def quality_model() -> None:
         wait = PartitionReadySensor(
@@ -46,22 +48,31 @@ def quality_dag(model: str, cfg: Any, labels: str) -> DAG:
 
         @task
         def label_quality(**context: Any) -> dict[str, Any]:
-            """The champion's quality on the labelled day, stored with the night's monitoring history."""
-            from nightshift.monitoring import label_quality as measure
+            """The quality of every version that served the labelled day, stored with its monitoring history."""
+            from nightshift.monitoring import quality_of_day
             from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, run_settings
 
             with fail_without_retry_on_bad_input():
-                result = measure(run_settings(), model, ds_of(context))
-            return result.as_dict()
+                return quality_of_day(run_settings(), model, ds_of(context)).as_dict()
 
         @task.short_circuit
         def retrain_decision(quality: Any, **context: Any) -> dict[str, Any] | bool:
-            """Hysteresis + cooldown over the stored verdicts (data and quality); trigger only when it says so."""
+            """Hysteresis + cooldown over the stored verdicts (data and quality) of the day's champion, while it
+            still is the champion; trigger only when the decision says so."""
+            from nightshift.models import open_registry
             from nightshift.monitoring import retrain_decision as decide
             from nightshift_airflow.runtime import ds_of, run_settings
 
+            settings = run_settings()
             version = quality.get("version")
-            decision = decide(run_settings(), model, ds_of(context), version=int(version) if version else None)
+            registry = open_registry(settings)
+            try:
+                champion = registry.aliases(model).get("champion")
+            finally:
+                registry.store.dispose()
+            if version is not None and int(version) != champion:
+                return False  # a version that no longer serves: retraining would not replace it
+            decision = decide(settings, model, ds_of(context), version=int(version) if version else None)
             return decision.as_dict() if decision.trigger else False
 
         trigger_retrain = retrain_trigger(model, source="quality")

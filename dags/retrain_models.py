@@ -7,11 +7,51 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, dag, get_parsing_context, task
+from airflow.sdk.definitions.param import ParamsDict
 
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 
 #: How long a candidate waits in pending_approval for a human before the approval task times out.
 APPROVAL_TIMEOUT = timedelta(days=3)
+
+
+class CandidateApproval(ApprovalOperator):
+    """Airflow's human-in-the-loop approval of a candidate that records a rejection on the candidate.
+
+    "Approve" lets the `approve` task roll the candidate out. "Reject" (which skips `approve`) calls
+    `Rollouts.reject` with who answered (the HITL response's user) and why (the `reason` the form asks
+    for), so the candidate leaves `pending_approval` for `rejected` and the audit trail says so.
+    """
+
+    def __init__(self, *, model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        # On "Reject", ApprovalOperator skips `approve` by raising (Airflow 3's skip), so the rejection is
+        # recorded first; an answer the operator then refuses (an unknown option) changed nothing but the record.
+        if list(event.get("chosen_options") or [])[:1] == [self.REJECT]:
+            self._record_rejection(context, event)
+        return super().execute_complete(context, event)
+
+    def _record_rejection(self, context: Any, event: dict[str, Any]) -> None:
+        from nightshift.rollout import Rollouts
+        from nightshift_airflow.runtime import run_settings
+
+        outcome = context["ti"].xcom_pull(task_ids="retrain") or {}
+        user = event.get("responded_by_user") or {}
+        who = str(user.get("name") or user.get("id") or "airflow-approval (timed out)")
+        reason = str((event.get("params_input") or {}).get("reason") or "").strip()
+        rollouts = Rollouts(run_settings())
+        try:
+            rollouts.reject(
+                self.model,
+                int(outcome["version"]),
+                by=who,
+                reason=(reason or "rejected without a reason") + f" (Airflow run {context['run_id']})",
+            )
+        finally:
+            rollouts.store.dispose()
 
 
 def retraining_dag(model: str, owner: str) -> DAG:
@@ -48,6 +88,7 @@ def retraining_dag(model: str, owner: str) -> DAG:
         def retrain(**context: Any) -> dict[str, Any]:
             """Rollouts.retrain(model, ds, trigger={conf, dag_run_id}): train, gate, register, roll out (or wait)."""
             from nightshift.rollout import Rollouts
+            from nightshift_airflow.metrics import airflow_job_metrics
             from nightshift_airflow.runtime import fail_without_retry_on_bad_input, run_settings
 
             ds, conf = retrain_ds(context), dict(context["dag_run"].conf or {})
@@ -57,7 +98,7 @@ def retraining_dag(model: str, owner: str) -> DAG:
             by = conf.get("requested_by") or getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
             rollouts = Rollouts(run_settings())
             try:
-                with fail_without_retry_on_bad_input():
+                with fail_without_retry_on_bad_input(), airflow_job_metrics():
                     outcome = rollouts.retrain(model, ds, trigger=trigger, by=str(by))
             finally:
                 rollouts.store.dispose()
@@ -70,14 +111,18 @@ def retraining_dag(model: str, owner: str) -> DAG:
             """Only a candidate in pending_approval goes on to the human approval."""
             return bool(outcome["status"] == "pending_approval")
 
-        approval = ApprovalOperator(
+        approval = CandidateApproval(
             task_id="approval",
+            model=model,
             subject=f"Roll out {model} v" + "{{ ti.xcom_pull(task_ids='retrain')['version'] }}?",
             body="The candidate of **"
             + model
             + "** for ds {{ ti.xcom_pull(task_ids='retrain')['ds'] }} passed every gate and waits for approval "
-            "(strategy: the model's `rollout.strategy`). Approve to roll it out; reject to leave it pending "
-            "(`nightshift approve -m " + model + " --version V` still can).",
+            "(strategy: the model's `rollout.strategy`). Approve to roll it out; reject (with a reason) to stop it "
+            "for good: the rejection, who and why, is recorded on the candidate and in its audit trail.",
+            params=ParamsDict(
+                {"reason": Param("", type="string", description="Why (recorded in the audit trail; needed to reject)")}
+            ),
             response_timeout=APPROVAL_TIMEOUT,
         )
 

@@ -292,5 +292,82 @@ CREATE TABLE served (
 
 UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
 
+-- Running upgrade 0006 -> 0007
+
+DROP VIEW IF EXISTS committed_predictions;
+
+ALTER TABLE predictions ALTER COLUMN label DROP NOT NULL;
+
+ALTER TABLE predictions ADD COLUMN value DOUBLE PRECISION;
+
+ALTER TABLE predictions ADD COLUMN probs REAL[];
+
+CREATE VIEW committed_predictions AS
+SELECT c.model, c.version, c.ds, p.entity_id, p.score, p.label, p.value, p.probs, r.started_at AS scored_at, c.run_id
+FROM partitions c
+JOIN runs r ON r.run_id = c.run_id
+JOIN predictions p ON p.run_id = c.run_id
+WHERE c.status = 'committed';
+
+ALTER TABLE model_versions ADD COLUMN task VARCHAR(16) DEFAULT 'binary' NOT NULL;
+
+ALTER TABLE model_versions ADD COLUMN signature JSON;
+
+ALTER TABLE model_versions ADD COLUMN source JSON;
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
+-- Running upgrade 0007 -> 0008
+
+ALTER TABLE runs ADD COLUMN replaced_at TIMESTAMP WITH TIME ZONE;
+
+CREATE INDEX ix_runs_served ON runs (model, version, ds, status);
+
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
+
+-- Running upgrade 0008 -> 0009
+
+ALTER TABLE runs ADD COLUMN manifest JSON;
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+
+-- Running upgrade 0009 -> 0010
+
+ALTER TABLE candidates DROP CONSTRAINT ck_candidates_status;
+
+ALTER TABLE candidates ADD CONSTRAINT ck_candidates_status CHECK (status IN ('training', 'rejected', 'pending_approval', 'shadow', 'canary', 'promoted', 'rolled_back', 'aborted', 'superseded', 'bandit'));
+
+CREATE TABLE bandit_allocations (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    version INTEGER NOT NULL, 
+    share FLOAT NOT NULL, 
+    p_best FLOAT, 
+    rewards BIGINT DEFAULT '0' NOT NULL, 
+    mean_reward FLOAT, 
+    decided_ds DATE, 
+    decided_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    PRIMARY KEY (model, ds, version), 
+    CONSTRAINT ck_bandit_allocations_share CHECK (share >= 0 AND share <= 1)
+);
+
+CREATE TABLE performance_estimates (
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER NOT NULL, 
+    ds DATE NOT NULL, 
+    run_id BIGINT, 
+    method VARCHAR(32) NOT NULL, 
+    task VARCHAR(16) NOT NULL, 
+    rows BIGINT NOT NULL, 
+    estimated JSON NOT NULL, 
+    realized JSON, 
+    error JSON, 
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    labelled_at TIMESTAMP WITH TIME ZONE, 
+    PRIMARY KEY (model, version, ds)
+);
+
+UPDATE alembic_version SET version_num='0010' WHERE alembic_version.version_num = '0009';
+
 COMMIT;
 

@@ -287,3 +287,107 @@ CREATE TABLE served (
 
 UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
 
+-- Running upgrade 0006 -> 0007
+
+DROP VIEW IF EXISTS committed_predictions;
+
+CREATE TABLE predictions_new (run_id INTEGER NOT NULL, entity_id VARCHAR(128) NOT NULL, score FLOAT NOT NULL, label SMALLINT, value FLOAT, probs BLOB, PRIMARY KEY (run_id, entity_id)) WITHOUT ROWID;
+
+INSERT INTO predictions_new (run_id, entity_id, score, label, value, probs) SELECT run_id, entity_id, score, label, NULL, NULL FROM predictions;
+
+DROP TABLE predictions;
+
+ALTER TABLE predictions_new RENAME TO predictions;
+
+CREATE VIEW committed_predictions AS
+SELECT c.model, c.version, c.ds, p.entity_id, p.score, p.label, p.value, p.probs, r.started_at AS scored_at, c.run_id
+FROM partitions c
+JOIN runs r ON r.run_id = c.run_id
+JOIN predictions p ON p.run_id = c.run_id
+WHERE c.status = 'committed';
+
+ALTER TABLE model_versions ADD COLUMN task VARCHAR(16) DEFAULT 'binary' NOT NULL;
+
+ALTER TABLE model_versions ADD COLUMN signature JSON;
+
+ALTER TABLE model_versions ADD COLUMN source JSON;
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
+-- Running upgrade 0007 -> 0008
+
+ALTER TABLE runs ADD COLUMN replaced_at DATETIME;
+
+CREATE INDEX ix_runs_served ON runs (model, version, ds, status);
+
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
+
+-- Running upgrade 0008 -> 0009
+
+ALTER TABLE runs ADD COLUMN manifest JSON;
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+
+-- Running upgrade 0009 -> 0010
+
+CREATE TABLE _alembic_tmp_candidates (
+    candidate_id INTEGER NOT NULL, 
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER, 
+    ds DATE NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    created_by VARCHAR(128) NOT NULL, 
+    "trigger" JSON NOT NULL, 
+    training_data JSON, 
+    gates JSON, 
+    status VARCHAR(24) NOT NULL, 
+    reason TEXT, 
+    strategy VARCHAR(16) NOT NULL, 
+    approved_by VARCHAR(128), 
+    approved_at DATETIME, 
+    updated_at DATETIME NOT NULL, 
+    PRIMARY KEY (candidate_id), 
+    CONSTRAINT ck_candidates_status CHECK (status IN ('training', 'rejected', 'pending_approval', 'shadow', 'canary', 'promoted', 'rolled_back', 'aborted', 'superseded', 'bandit'))
+);
+
+INSERT INTO _alembic_tmp_candidates (candidate_id, model, version, ds, created_at, created_by, "trigger", training_data, gates, status, reason, strategy, approved_by, approved_at, updated_at) SELECT candidates.candidate_id, candidates.model, candidates.version, candidates.ds, candidates.created_at, candidates.created_by, candidates."trigger", candidates.training_data, candidates.gates, candidates.status, candidates.reason, candidates.strategy, candidates.approved_by, candidates.approved_at, candidates.updated_at 
+FROM candidates;
+
+DROP TABLE candidates;
+
+ALTER TABLE _alembic_tmp_candidates RENAME TO candidates;
+
+CREATE INDEX ix_candidates_model ON candidates (model, candidate_id);
+
+CREATE TABLE bandit_allocations (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    version INTEGER NOT NULL, 
+    share FLOAT NOT NULL, 
+    p_best FLOAT, 
+    rewards BIGINT DEFAULT '0' NOT NULL, 
+    mean_reward FLOAT, 
+    decided_ds DATE, 
+    decided_at DATETIME NOT NULL, 
+    PRIMARY KEY (model, ds, version), 
+    CONSTRAINT ck_bandit_allocations_share CHECK (share >= 0 AND share <= 1)
+);
+
+CREATE TABLE performance_estimates (
+    model VARCHAR(64) NOT NULL, 
+    version INTEGER NOT NULL, 
+    ds DATE NOT NULL, 
+    run_id INTEGER, 
+    method VARCHAR(32) NOT NULL, 
+    task VARCHAR(16) NOT NULL, 
+    rows BIGINT NOT NULL, 
+    estimated JSON NOT NULL, 
+    realized JSON, 
+    error JSON, 
+    created_at DATETIME NOT NULL, 
+    labelled_at DATETIME, 
+    PRIMARY KEY (model, version, ds)
+);
+
+UPDATE alembic_version SET version_num='0010' WHERE alembic_version.version_num = '0009';
+

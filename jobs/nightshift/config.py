@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +34,9 @@ class DaskSettings(BaseModel):
 
     scheduler_address: str | None = Field(
         default=None, description="tcp://host:8786 of an existing Dask scheduler; unset starts a local cluster"
+    )
+    connect_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="how long a run tries to reach scheduler_address before it fails"
     )
     n_workers: int | None = Field(
         default=None,
@@ -76,11 +80,17 @@ class DaskSettings(BaseModel):
 
 
 class EstimatorSettings(BaseModel):
-    """The scikit-learn classifier at the end of the model's pipeline."""
+    """The estimator at the end of the model's pipeline (nightshift's own training), and its task."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["logistic_regression", "random_forest", "gradient_boosting"] = "logistic_regression"
+    kind: Literal["logistic_regression", "random_forest", "gradient_boosting", "lightgbm", "xgboost"] = Field(
+        default="logistic_regression",
+        description="the estimator; for a regression logistic_regression means Ridge, the trees their regressors",
+    )
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        default="binary", description="what the model predicts from the label column: 0/1, one of K classes, a value"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -95,6 +105,12 @@ class TrainingSettings(BaseModel):
     parity_tolerance: float = Field(default=1e-4, gt=0, description="max |ONNX - sklearn| on probabilities")
     parity_rows: int = Field(default=5000, ge=10)
     seed: int = 0
+    regime_window: bool = Field(
+        default=True,
+        description="a retrain triggered by a sustained shift trains on the days since the detected onset "
+        "(when there are at least min_regime_days of them), so the candidate and its reference see the new regime",
+    )
+    min_regime_days: int = Field(default=1, ge=1, description="labelled days since the onset needed to use them alone")
 
 
 class GateSettings(BaseModel):
@@ -102,8 +118,10 @@ class GateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: Literal["roc_auc", "log_loss", "brier", "accuracy", "f1"] = Field(
-        default="roc_auc", description="the metric the gates judge, on the confidence test set"
+    metric: Literal["roc_auc", "log_loss", "brier", "accuracy", "f1", "macro_f1", "rmse", "mae", "r2"] = Field(
+        default="roc_auc",
+        description="the metric the gates judge, on the confidence test set; it must be one of the model's task: "
+        "binary roc_auc/log_loss/brier/accuracy/f1, multiclass log_loss/accuracy/macro_f1, regression rmse/mae/r2",
     )
     min: float | None = Field(default=0.65, description="acceptable range: lowest value (None: no bound)")
     max: float | None = Field(default=None, description="acceptable range: highest value (None: no bound)")
@@ -115,18 +133,82 @@ class GateSettings(BaseModel):
     e2e_tolerance: float = Field(default=1e-4, gt=0, description="max |score - expected| on the end-to-end set")
 
 
+OutcomeMetric = Literal["log_loss", "brier", "accuracy", "squared_error", "absolute_error", "reward"]
+
+
+class OutcomeSettings(BaseModel):
+    """How labelled outcomes decide promotions and rollbacks (`[models.rollout.outcomes]`, rollout/stats.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[OutcomeMetric] | None = Field(
+        default=None,
+        description="per-entity outcome metrics tested (Holm-Bonferroni over them); default by task: binary and "
+        "multiclass log_loss + accuracy, regression squared_error + absolute_error",
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="family-wise error rate over the metrics")
+    power: float = Field(default=0.8, gt=0.5, lt=1, description="power of the tests at the minimum sample size")
+    effect_size: float = Field(
+        default=0.05,
+        gt=0,
+        le=2,
+        description="the smallest standardized difference that matters (Cohen's d / d_z / h): the non-inferiority "
+        "margin, and the effect the minimum sample size is powered for",
+    )
+    paired_test: Literal["t", "wilcoxon"] = Field(
+        default="t", description="shadow (same entities): paired t-test or Wilcoxon signed-rank"
+    )
+
+
+class BanditSettings(BaseModel):
+    """Thompson sampling among versions (`[models.rollout.bandit]`, rollout/bandit.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reward: str = Field(
+        default="correct",
+        description="'correct' (the served decision matched the label; a regression: minus the absolute error) or "
+        "the name of a numeric column of the labels holding a business reward",
+    )
+    floor: float = Field(default=0.05, ge=0, lt=0.5, description="the smallest share of entities any arm gets")
+    promote_probability: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="promote the candidate arm once P(it is the best arm) reaches this and its outcome tests "
+        "support it (rollout.outcomes)",
+    )
+    draws: int = Field(default=20_000, ge=1_000, le=1_000_000, description="posterior draws per reallocation")
+
+
 class RolloutSettings(BaseModel):
     """How a candidate that passed its gates reaches the business apps."""
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: Literal["direct", "shadow", "canary", "blue_green"] = "direct"
+    strategy: Literal["direct", "shadow", "canary", "blue_green", "bandit"] = "direct"
     require_approval: bool = Field(default=False, description="wait for `nightshift approve` (or Airflow HITL)")
     canary_share: float = Field(default=0.1, gt=0, lt=1, description="share of entities served by the challenger")
-    promote_after_nights: int = Field(default=3, ge=1, description="healthy nights before shadow/canary promote")
-    rollback_window_days: int = Field(
-        default=3, ge=0, description="a new champion whose monitoring fails within this window is rolled back"
+    promote_after_nights: int = Field(
+        default=3,
+        ge=1,
+        description="nights a shadow/canary challenger runs at least; it promotes on a night whose labelled "
+        "outcomes support it (rollout.outcomes), never on drift checks",
     )
+    rollback_window_days: int = Field(
+        default=3,
+        ge=0,
+        description="nights `previous` is scored beside a new champion; the champion is rolled back when its "
+        "labelled outcomes in them breach its acceptable range or are significantly worse than previous",
+    )
+    label_delay_days: int = Field(
+        default=0,
+        ge=0,
+        le=365,
+        description="nights after a ds its labels land: outcome rollbacks stay possible this long after the window",
+    )
+    outcomes: OutcomeSettings = Field(default_factory=OutcomeSettings)
+    bandit: BanditSettings = Field(default_factory=BanditSettings)
 
 
 class ScheduleSettings(BaseModel):
@@ -145,6 +227,12 @@ class ScheduleSettings(BaseModel):
         default=7 * 24 * 3600, gt=0, description="how long quality_<model> waits for a day's labels"
     )
     labels_poke_interval_s: float = Field(default=15 * 60, gt=0, description="how often it looks for them")
+    group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="models with the same group (same dataset, partition key and cron) are scored in ONE read of "
+        "each night's partition, by one DAG score_<group>, and each committed on its own",
+    )
 
 
 DriftMethod = Literal["wasserstein", "jensenshannon", "psi"]
@@ -214,6 +302,25 @@ class MonitoringSettings(BaseModel):
     max_log_loss: float | None = Field(default=None, gt=0)
     min_precision: float | None = Field(default=None, ge=0, le=1)
     min_recall: float | None = Field(default=None, ge=0, le=1)
+    max_macro_f1_drop: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="multiclass: below the version's recorded macro F1 by more than this fails",
+    )
+    max_rmse_increase: float | None = Field(
+        default=0.25, ge=0, description="regression: above the version's recorded RMSE by more than this share fails"
+    )
+    seasonality: Literal["none", "weekly"] = Field(
+        default="none",
+        description="'weekly': check each night against the reference days of its own weekday (monitoring/"
+        "seasonal.py), so a weekly rhythm is not drift; the training window should then cover whole weeks",
+    )
+    estimate_performance: bool = Field(
+        default=True,
+        description="each night, a label-free estimate of the champion's quality from its calibrated probabilities "
+        "(CBPE: expected ROC AUC, accuracy, ...), compared with the realized value once labels land",
+    )
     # Retraining decision: hysteresis (N failing of the last M nights) and cooldown.
     retrain_failing_nights: int = Field(default=2, ge=1, description="N: failing nights needed ...")
     retrain_window_nights: int = Field(default=3, ge=1, description="... among the last M nights")
@@ -259,6 +366,12 @@ class ModelSettings(BaseModel):
     )
     retention_days: int | None = Field(
         default=None, ge=1, description="`nightshift gc` removes committed days older than this; unset keeps all"
+    )
+    history_days: float = Field(
+        default=0,
+        ge=0,
+        description="a re-scored day's replaced predictions stay readable this many days (the API's ?as_of=); 0, "
+        "the default, removes them at the commit that replaces them",
     )
     owner: str = "nightshift"
 
@@ -312,6 +425,70 @@ class ApiSettings(BaseModel):
     coalesce_lookups: bool = Field(
         default=True, description="concurrent single lookups of one partition share one statement"
     )
+    cache_entries: int = Field(
+        default=100_000,
+        ge=0,
+        le=50_000_000,
+        description="answers cached per worker process, keyed by committed run and entity (LRU; 0: off); "
+        "the run that answers is still resolved per request, so a commit is seen at once",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="a Redis shared by all API workers as a second cache tier, e.g. redis://cache:6379/0 "
+        "(needs the `redis` package); default: none",
+    )
+    redis_ttl_s: int = Field(
+        default=172_800, ge=1, description="how long Redis keeps a cached answer (keys of replaced runs expire)"
+    )
+    redis_timeout_s: float = Field(
+        default=0.05, gt=0, le=10, description="Redis socket timeout; after an error Redis is skipped for 5 s"
+    )
+    redis_prefix: str | None = Field(
+        default=None,
+        max_length=200,
+        description="key prefix in Redis; default: nightshift:<hash of the store URL>: (one store per prefix)",
+    )
+
+
+class LineageSettings(BaseModel):
+    """What each run records of its inputs, and where its OpenLineage run events go (`[lineage]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: Literal["footer", "content"] = Field(
+        default="footer",
+        description="each input file's fingerprint: SHA-256 of its Parquet footer ('footer': two small reads a "
+        "file, whatever its size) or of all its bytes ('content': reads every byte)",
+    )
+    openlineage_url: str | None = Field(
+        default=None,
+        description="base URL of an OpenLineage endpoint (e.g. Marquez, http://marquez:5000): each scoring and "
+        "training run POSTs START and COMPLETE/FAIL events there; unset: none are sent",
+    )
+    openlineage_endpoint: str = Field(default="api/v1/lineage", description="path of the endpoint under the URL")
+    openlineage_api_key: SecretStr | None = Field(
+        default=None, description="sent as 'Authorization: Bearer <key>' when set"
+    )
+    namespace: str = Field(default="nightshift", min_length=1, description="the OpenLineage namespace of the jobs")
+    timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="per event; an endpoint that is down or slow never fails a run"
+    )
+
+
+class MetricsSettings(BaseModel):
+    """Job metrics for operators (`[metrics]`): rows, seconds, rows/s, peak memory of each job run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    textfile_dir: str | None = Field(
+        default=None,
+        description="folder of node_exporter's textfile collector: one <job>_<model>.prom file per job kind and "
+        "model, rewritten atomically after each run; unset: none is written",
+    )
+    pushgateway_url: str | None = Field(
+        default=None, description="a Prometheus Pushgateway (http://host:9091): each run pushes its group there"
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="for the push; a failed push never fails a run")
 
 
 class Settings(BaseSettings):
@@ -334,6 +511,8 @@ class Settings(BaseSettings):
     dask: DaskSettings = Field(default_factory=DaskSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    lineage: LineageSettings = Field(default_factory=LineageSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSettings] = Field(default_factory=list)
 
     # Set by load_settings, not by the file: the folder relative paths are resolved against.
@@ -360,7 +539,32 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model name(s) declared twice: {', '.join(dupes)}")
+        for group, members in self.groups().items():
+            if group in names:
+                raise ValueError(f"schedule group {group!r} has the name of a model: DAG score_{group} would be both")
+            first = members[0]
+            for m in members[1:]:
+                for what in ("dataset", "partition_key", "success_marker"):
+                    if getattr(m, what) != getattr(first, what):
+                        raise ValueError(
+                            f"models {first.name!r} and {m.name!r} of schedule group {group!r} differ in {what} "
+                            f"({getattr(first, what)!r} vs {getattr(m, what)!r}): a group shares one read of one "
+                            "partition"
+                        )
+                if m.schedule.cron != first.schedule.cron:
+                    raise ValueError(
+                        f"models {first.name!r} and {m.name!r} of schedule group {group!r} differ in schedule.cron "
+                        f"({first.schedule.cron!r} vs {m.schedule.cron!r}): a group runs as one DAG"
+                    )
         return self
+
+    def groups(self) -> dict[str, list[ModelSettings]]:
+        """Schedule group → its models (in file order); models without a group are not listed."""
+        out: dict[str, list[ModelSettings]] = {}
+        for m in self.models:
+            if m.schedule.group:
+                out.setdefault(m.schedule.group, []).append(m)
+        return out
 
     # -- resolved locations -------------------------------------------------------------
 
@@ -439,10 +643,118 @@ def _format_validation_error(exc: ValidationError, source: str, raw: dict[str, A
     return "\n".join(lines)
 
 
+#: NIGHTSHIFT_* variables the project uses that are not settings: the project file, the audit trail's user,
+#: tests, benchmarks, the docker images and their init scripts, and the local Airflow (NIGHTSHIFT_AIRFLOW_*).
+PROJECT_VARIABLES = frozenset(
+    {
+        CONFIG_ENV,
+        "NIGHTSHIFT_USER",
+        "NIGHTSHIFT_SESSION_CACHE",
+        "NIGHTSHIFT_TEST_PG_URL",
+        "NIGHTSHIFT_TEST_SCHEMATHESIS_CASES",
+        "NIGHTSHIFT_BENCH_PG_URL",
+        "NIGHTSHIFT_SOAK_S",
+        "NIGHTSHIFT_KEEP_AIRFLOW_LOG",
+        "NIGHTSHIFT_UPDATE_DOCS_SCREENSHOT",
+        "NIGHTSHIFT_IMAGE_TAG",
+        "NIGHTSHIFT_IMAGE_REPO",
+        "NIGHTSHIFT_PROJECT_FILE",
+        "NIGHTSHIFT_ENTRYPOINT_DRY_RUN",
+        "NIGHTSHIFT_ALLOW_PLACEHOLDER_SECRETS",
+        "NIGHTSHIFT_DB_NAME",
+        "NIGHTSHIFT_DB_USER",
+        "NIGHTSHIFT_DB_PASSWORD",
+        "NIGHTSHIFT_API_DB_USER",
+        "NIGHTSHIFT_API_DB_PASSWORD",
+        "NIGHTSHIFT_API_DB_ROLE",
+        "NIGHTSHIFT_API_STATEMENT_TIMEOUT",
+        "NIGHTSHIFT_API_GRANTS_SQL",
+    }
+)
+PROJECT_VARIABLE_PREFIXES = ("NIGHTSHIFT_AIRFLOW_",)
+_ENV_PREFIX = "NIGHTSHIFT_"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """The settings that are tables of their own ([dask], [api], [notify]): NIGHTSHIFT_<SECTION>__<KEY>."""
+    out: dict[str, type[BaseModel]] = {}
+    for name, info in Settings.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out[name] = kind
+    return out
+
+
+def _variable_problem(key: str) -> str | None:
+    """Why NIGHTSHIFT_<key> (lower case) is not a setting although it looks like one; None when it is a
+    setting, or does not look like one."""
+    import difflib
+
+    top = [n for n in Settings.model_fields if n != "project_dir"]
+    sections = _sections()
+    if key in top:
+        return None
+    if "__" in key:
+        section, _, rest = key.partition("__")
+        if section in sections:
+            fields = list(sections[section].model_fields)
+            if rest in fields:
+                return None
+            guess = difflib.get_close_matches(rest, fields, n=1, cutoff=0.6)
+            if guess:
+                return (
+                    f"[{section}] has no key {rest!r}: did you mean {_ENV_PREFIX}{section.upper()}__{guess[0].upper()}?"
+                )
+            return f"[{section}] has no key {rest!r} (its keys: {', '.join(fields)})"
+        guess = difflib.get_close_matches(section, list(sections), n=1, cutoff=0.6)
+        return f"no settings table {section!r}" + (
+            f": did you mean {_ENV_PREFIX}{guess[0].upper()}__{rest.upper()}?"
+            if guess
+            else f" (tables: {', '.join(sections)})"
+        )
+    for section, model in sections.items():
+        if key.startswith(section + "_"):
+            rest = key[len(section) + 1 :]
+            fields = list(model.model_fields)
+            guess = [rest] if rest in fields else difflib.get_close_matches(rest, fields, n=1, cutoff=0.8)
+            if guess:
+                return (
+                    f"not a setting: did you mean {_ENV_PREFIX}{section.upper()}__{guess[0].upper()} "
+                    f"({section}.{guess[0]})? A key of a settings table takes two underscores after the table's name"
+                )
+    guess = difflib.get_close_matches(key, top, n=1, cutoff=0.85)
+    if guess:
+        return f"not a setting: did you mean {_ENV_PREFIX}{guess[0].upper()}?"
+    return None
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse NIGHTSHIFT_* variables that look like settings but are none: pydantic-settings would ignore a
+    misspelled one silently (NIGHTSHIFT_DASK_SCHEDULER_ADDRESS would start a local cluster instead)."""
+    env = os.environ if environ is None else environ
+    problems = []
+    for name in sorted(env):
+        upper = name.upper()
+        if (
+            not upper.startswith(_ENV_PREFIX)
+            or upper in PROJECT_VARIABLES
+            or upper.startswith(PROJECT_VARIABLE_PREFIXES)
+        ):
+            continue
+        problem = _variable_problem(upper[len(_ENV_PREFIX) :].lower())
+        if problem is not None:
+            problems.append(f"{name}: {problem}")
+    if len(problems) == 1:
+        raise ConfigError(f"environment variable {problems[0]}")
+    if problems:
+        raise ConfigError("environment variables that are no settings:\n  " + "\n  ".join(problems))
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read the project file and environment; raise ConfigError naming each bad key."""
+    """Read the project file and environment; raise ConfigError naming each bad key or misspelled variable."""
     import tomllib
 
+    check_environment()
     config_path = find_config(path)
     try:
         raw = tomllib.loads(config_path.read_text())

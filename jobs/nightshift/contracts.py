@@ -17,18 +17,61 @@ PROBABILITIES = "probabilities"
 
 
 class ColumnType(StrEnum):
-    """Logical column types a contract can declare."""
+    """Logical column types a contract can declare.
+
+    Numeric types (float32/float64, int8…int64, bool) reach a model as numbers: a value is cast
+    to the model's input type exactly or refused (an integer float32 cannot hold, a fraction for an
+    integer input), never rounded to something else or turned into NaN. `bool` feeds 0/1.
+    `string` and `category` (dictionary-encoded strings, as Parquet stores low-cardinality text)
+    are categorical: they reach a model as strings (a null becomes "__missing__") or, for models
+    that take category codes, as the code of the value in the model's category list.
+
+    Nullability: a null in a column declared `nullable = false` is refused naming the column. A
+    null in a nullable column reaches the model as NaN (float inputs) or "__missing__" (string
+    inputs); a model input of an integer or bool element type has no missing value, so a null
+    for it is refused even when the column is nullable.
+    """
 
     float64 = "float64"
     float32 = "float32"
     int64 = "int64"
     int32 = "int32"
+    int16 = "int16"
+    int8 = "int8"
     boolean = "bool"
     string = "string"
+    category = "category"
 
     @property
     def is_categorical(self) -> bool:
-        return self is ColumnType.string
+        return self in (ColumnType.string, ColumnType.category)
+
+    @property
+    def is_integer(self) -> bool:
+        return self in _INTEGER_BITS
+
+    @property
+    def is_float(self) -> bool:
+        return self in (ColumnType.float32, ColumnType.float64)
+
+    @property
+    def is_numeric(self) -> bool:
+        """Fed to a model as a number: floats, integers and bool (0/1)."""
+        return not self.is_categorical
+
+    @property
+    def integer_range(self) -> tuple[int, int] | None:
+        """(min, max) an integer type can hold; None for other types."""
+        bits = _INTEGER_BITS.get(self)
+        return None if bits is None else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+_INTEGER_BITS: dict[ColumnType, int] = {
+    ColumnType.int8: 8,
+    ColumnType.int16: 16,
+    ColumnType.int32: 32,
+    ColumnType.int64: 64,
+}
 
 
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -112,11 +155,13 @@ def _compatible(declared: ColumnType | str, actual: pa.DataType) -> bool:
     declared = str(declared)
     if declared in ("float64", "float32"):
         return bool(pa.types.is_floating(t) or pa.types.is_integer(t))
-    if declared in ("int64", "int32"):
+    if declared in ("int64", "int32", "int16", "int8"):
+        # Any integer type: values outside the declared range are refused when read.
         return bool(pa.types.is_integer(t))
     if declared == "bool":
         return bool(pa.types.is_boolean(t))
-    if declared == "string":
+    if declared in ("string", "category"):
+        # `category` is text too: dictionary-encoded in the file, or plain strings.
         return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
     return False
 

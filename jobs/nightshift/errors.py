@@ -54,5 +54,9 @@ class RunLockTimeout(NightshiftError):
     """Another run of the same (model, ds) holds the lock."""
 
 
+class ClusterUnavailable(NightshiftError):
+    """The configured Dask scheduler cannot be reached."""
+
+
 class ModelSchemaError(NightshiftError):
     """A model's ONNX inputs or outputs do not fit its feature contract."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from nightshift.config import Settings
 from nightshift.db import Store, open_store, schema, utcnow
-from nightshift.db.store import _as_date, _dialect_insert
+from nightshift.db.engine import as_date, dialect_insert
 from nightshift.errors import NightshiftError
 from nightshift.models import CHAMPION, current_user, json_safe
 from nightshift.rollout import CHALLENGER, PREVIOUS, Rollouts
@@ -81,7 +81,7 @@ class NightPlan:
     def from_dict(cls, data: dict[str, Any]) -> NightPlan:
         return cls(
             model=str(data["model"]),
-            ds=_as_date(data["ds"]),
+            ds=as_date(data["ds"]),
             mode=str(data["mode"]),
             why=str(data["why"]),
             versions={str(k): int(v) for k, v in data["versions"].items()},
@@ -182,6 +182,18 @@ def record_served(store: Store, plan: NightPlan, run_ids: dict[str, int]) -> Non
                     recorded_at=now,
                 )
             )
+        if CHALLENGER in plan.versions:
+            # A bandit's candidate share of this night is the one the lookup API routes by (like a canary's).
+            r = schema.model_rollouts
+            conn.execute(
+                r.update()
+                .where(
+                    r.c.model == plan.model,
+                    r.c.strategy == "bandit",
+                    r.c.challenger_version == plan.versions[CHALLENGER],
+                )
+                .values(canary_share=plan.shares.get(CHALLENGER, 0.0), updated_at=now)
+            )
 
 
 def decided_night(store: Store, model: str, ds: date) -> dict[str, Any] | None:
@@ -229,6 +241,8 @@ def plan_night(
                 rollouts.registry.resolve(model)  # raises ModelNotFound, naming what exists
             active = rollouts.active(model)
             canary = float(active["canary_share"] or 0.0) if active and CHALLENGER in versions else 0.0
+            if active and CHALLENGER in versions and active["strategy"] == "bandit":
+                canary = rollouts.bandit_share(model, ds)  # this night's allocation (Thompson sampling)
             shares = dict.fromkeys(versions, 0.0)
             shares[CHAMPION] = 1.0 - canary
             if CHALLENGER in versions:
@@ -250,53 +264,100 @@ def score_night(
     store: Store | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Score and commit the partition once per planned version (champion first), on one Dask client.
+    """Score and commit the partition once per planned version (champion first), in one read.
 
     Returns role → {version, rows, store_run_id, replaced_run_id, seconds, rows_per_s}. A nightly
-    night then records what served it. The first failure raises: the versions committed before it
-    stay committed (each partition is atomic on its own), the previous predictions of the failed
-    one still serve.
+    night then records what served it. A failure raises: the versions committed beside it stay
+    committed (each partition is atomic on its own), the previous predictions of the failed one
+    still serve.
     """
-    from nightshift.scoring import dask_client, score_partition
+    outcome = score_nights(settings, [plan], run_key=run_key, client=client, store=store, progress=progress)
+    scored = outcome[plan.model]
+    if isinstance(scored, BaseException):
+        raise scored
+    return scored
 
+
+def score_nights(
+    settings: Settings,
+    plans: Sequence[NightPlan],
+    *,
+    run_key: str | None = None,
+    client: Client | None = None,
+    store: Store | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict[str, dict[str, Any]] | BaseException]:
+    """Score the nights of several models of one ds together: models that read the same partition share
+    ONE read of it (`scoring.score_partitions`), and every version of every model commits on its own.
+
+    Returns model → its `score_night` result, or the exception that failed it (its champion's failure
+    first): one model's failure never stops the others, and names it.
+    """
+    from nightshift.scoring import score_partitions
+
+    if len({p.ds for p in plans}) > 1:
+        raise NightshiftError(f"nights scored together must share their ds, got {sorted({p.ds for p in plans})}")
+    if not plans:
+        return {}
+    out: dict[str, dict[str, dict[str, Any]] | BaseException] = {}
+    with _store(settings, store) as st:
+        report: Callable[[int, int], None] | None = None
+        if progress is not None:
+            report = lambda done, total: progress("all", done, total)  # noqa: E731
+        targets = [(p.model, version, None) for p in plans for version in dict.fromkeys(p.versions.values())]
+        results = score_partitions(
+            settings, targets, plans[0].ds, run_key=run_key, client=client, store=st, progress=report
+        )
+        for plan in plans:
+            out[plan.model] = _scored(st, plan, results)
+    return out
+
+
+def _scored(
+    store: Store, plan: NightPlan, results: dict[tuple[str, int], RunSummary | BaseException]
+) -> dict[str, dict[str, Any]] | BaseException:
+    """One model's share of a scoring pass: role → what committed, or the failure that decides its night."""
     scored: dict[str, dict[str, Any]] = {}
-    summaries: dict[str, RunSummary] = {}
-    with _store(settings, store) as st, dask_client(settings.dask, client) as c:
-        for role, version in plan.versions.items():
-            report: Callable[[int, int], None] | None = None
-            if progress is not None:
-                report = (lambda r: lambda done, total: progress(r, done, total))(role)
-            summary = score_partition(
-                settings, plan.model, plan.ds, version=version, run_key=run_key, client=c, store=st, progress=report
-            )
-            summaries[role] = summary
-            scored[role] = {
-                "version": summary.version,
-                "rows": summary.rows,
-                "files": summary.files,
-                "store_run_id": summary.run_id,
-                "replaced_run_id": summary.replaced_run_id,
-                "seconds": summary.seconds,
-                "rows_per_s": summary.rows_per_s,
-            }
-            log.info(
-                "committed %s %s v%s ds=%s: %s rows from %s file(s) in %.2fs (%s rows/s), store run %s%s; "
-                "lock wait %.2fs, commit %.2fs",
-                plan.model,
-                role,
-                summary.version,
-                plan.ds,
-                f"{summary.rows:,}",
-                summary.files,
-                summary.seconds,
-                f"{summary.rows_per_s:,.0f}",
-                summary.run_id,
-                f", replaced run {summary.replaced_run_id}" if summary.replaced_run_id else "",
-                summary.timings.get("lock_wait_s", 0.0),
-                summary.timings.get("commit_s", 0.0),
-            )
-        if not plan.backfill:
-            record_served(st, plan, {role: s.run_id for role, s in summaries.items()})
+    run_ids: dict[str, int] = {}
+    failed: dict[int, BaseException] = {}
+    for role, version in plan.versions.items():
+        outcome = results[(plan.model, version)]
+        if isinstance(outcome, BaseException):
+            failed[version] = outcome
+            continue
+        run_ids[role] = outcome.run_id
+        scored[role] = {
+            "version": outcome.version,
+            "rows": outcome.rows,
+            "files": outcome.files,
+            "store_run_id": outcome.run_id,
+            "replaced_run_id": outcome.replaced_run_id,
+            "seconds": outcome.seconds,
+            "rows_per_s": outcome.rows_per_s,
+        }
+        log.info(
+            "committed %s %s v%s ds=%s: %s rows from %s file(s) in %.2fs (%s rows/s), store run %s%s; "
+            "lock wait %.2fs, commit %.2fs",
+            plan.model,
+            role,
+            outcome.version,
+            plan.ds,
+            f"{outcome.rows:,}",
+            outcome.files,
+            outcome.seconds,
+            f"{outcome.rows_per_s:,.0f}",
+            outcome.run_id,
+            f", replaced run {outcome.replaced_run_id}" if outcome.replaced_run_id else "",
+            outcome.timings.get("lock_wait_s", 0.0),
+            outcome.timings.get("commit_s", 0.0),
+        )
+    if failed:
+        # The champion's failure first: it is what the night is about; the others committed or not on their own.
+        champion = plan.versions.get(CHAMPION)
+        first = failed.get(champion) if champion is not None else None
+        return first if first is not None else next(iter(failed.values()))
+    if not plan.backfill:
+        record_served(store, plan, run_ids)
     return scored
 
 
@@ -313,6 +374,7 @@ def monitor_night(
     """
     from nightshift.monitoring import ReferenceUnavailable, monitor_partition
     from nightshift.notify import notify
+    from nightshift.telemetry import JobClock, monitoring_metrics
 
     if not settings.model(plan.model).monitoring.enabled:
         log.info("monitoring of %s is disabled (monitoring.enabled = false)", plan.model)
@@ -320,6 +382,7 @@ def monitor_night(
     out: dict[str, dict[str, Any] | None] = {}
     with _store(settings, store) as st:
         for role, version in plan.versions.items():
+            clock = JobClock()  # the run's seconds and peak memory, for the job metrics
             try:
                 result: MonitorResult = monitor_partition(
                     settings, plan.model, plan.ds, version=version, store=st, report=report
@@ -333,7 +396,16 @@ def monitor_night(
                 )
                 out[role] = None
                 continue
-            out[role] = result.as_dict()
+            except Exception:
+                monitoring_metrics(settings, plan.model, version, plan.ds, clock, ok=False, rows=0)
+                raise
+            monitoring_metrics(settings, plan.model, version, plan.ds, clock, ok=True, rows=result.rows)
+            entry = result.as_dict()
+            if role == CHAMPION:
+                estimate = _estimate(settings, plan, version, st)
+                if estimate is not None:
+                    entry["estimate"] = estimate
+            out[role] = entry
             log.info(
                 "monitored %s %s v%s ds=%s: %s (%s of %s rows sampled)%s",
                 plan.model,
@@ -346,6 +418,22 @@ def monitor_night(
                 f"; failed: {', '.join(c.describe() for c in result.failed[:5])}" if result.failed else "",
             )
     return out
+
+
+def _estimate(settings: Settings, plan: NightPlan, version: int, store: Store) -> dict[str, Any] | None:
+    """The label-free estimate of the champion's quality tonight (CBPE), stored; None when switched off."""
+    from nightshift.monitoring import estimate_performance
+
+    if not settings.model(plan.model).monitoring.estimate_performance:
+        return None
+    try:
+        result = estimate_performance(settings, plan.model, plan.ds, version=version, store=store)
+    except Exception as exc:  # noqa: BLE001 - an estimate is an illustration: the night goes on without it
+        log.error("performance estimate of %s v%s ds=%s failed: %s", plan.model, version, plan.ds, exc)
+        return None
+    estimated = {k: v for k, v in result.estimated.items() if k != "n"}
+    log.info("estimated %s v%s ds=%s (CBPE, before labels): %s", plan.model, version, plan.ds, estimated)
+    return {"status": result.status, "estimated": estimated}
 
 
 def verdicts(monitored: dict[str, dict[str, Any] | None]) -> dict[str, bool | None]:
@@ -388,6 +476,39 @@ def reportable(monitored: dict[str, dict[str, Any] | None]) -> bool:
 # -- decide ---------------------------------------------------------------------------------------
 
 
+def measure_labels(settings: Settings, plan: NightPlan, *, store: Store | None = None) -> dict[str, Any] | None:
+    """When the labels of the night's ds have landed: the label quality of every version that served it
+    (`monitoring.quality_of_day`, stored, alerting), unless already measured. None otherwise."""
+    from nightshift.monitoring import quality_of_day
+    from nightshift.rollout.outcomes import labels_ready
+
+    cfg = settings.model(plan.model)
+    if not cfg.monitoring.enabled or not cfg.labels or not labels_ready(settings, cfg, plan.ds):
+        return None
+    with _store(settings, store) as st:
+        r = schema.monitor_runs
+        with st.connect() as conn:
+            done = set(
+                conn.execute(
+                    sa.select(r.c.version).where(r.c.model == plan.model, r.c.ds == plan.ds, r.c.kind == "quality")
+                ).scalars()
+            )
+        if set(plan.versions.values()) <= {int(v) for v in done}:
+            return None
+        try:
+            day = quality_of_day(settings, plan.model, plan.ds, store=st)
+        except NightshiftError as exc:
+            log.error("label quality of %s ds=%s failed: %s", plan.model, plan.ds, exc)
+            return None
+    log.info(
+        "label quality of %s ds=%s: %s",
+        plan.model,
+        plan.ds,
+        ", ".join(f"{role} v{res.version} {res.status}" for role, res in day.results.items()),
+    )
+    return day.as_dict()
+
+
 def decide_night(
     settings: Settings,
     plan: NightPlan,
@@ -402,8 +523,14 @@ def decide_night(
     A backfill decides nothing. A night already decided returns its recorded decision (a retried
     task, a re-run). When the champion alias moved since the night was planned (a promotion or a
     rollback by hand meanwhile), the rollout does not act on the old champion's verdict.
+
+    The rollout decides on labelled outcomes (`rollout.outcomes.judge_night`, over the labelled days
+    up to ds: promotion, abort, rollback, the bandit's allocation), never on the drift verdicts in
+    `monitored`; those alert and feed the retraining decision. When ds's labels have already landed,
+    their quality is measured first for every version that served ds (`measure_labels`).
     """
     from nightshift.monitoring import retrain_decision
+    from nightshift.rollout.outcomes import judge_night
 
     if plan.backfill:
         log.info("%s ds=%s is a backfill (%s): no alias or rollout moves, no retraining", plan.model, plan.ds, plan.why)
@@ -415,17 +542,25 @@ def decide_night(
         if done is not None:
             return NightDecision(plan.model, plan.ds, plan.mode, str(done["rollout"]), done["retrain"], replayed=True)
         rollouts = Rollouts(settings, st)
-        champion_now = rollouts.registry.aliases(plan.model).get(CHAMPION)
+        aliases = rollouts.registry.aliases(plan.model)
+        champion_now = aliases.get(CHAMPION)
+        measure_labels(settings, plan, store=st)
         if champion_now != plan.versions.get(CHAMPION):
             action = "unchanged: the champion moved since the night was planned"
         else:
+            # Labelled outcomes decide, never drift: the night's monitoring verdicts (`ok`) alert and feed the
+            # retraining decision below.
+            outcomes = judge_night(
+                settings, st, plan.model, plan.ds, aliases=aliases, active=rollouts.active(plan.model)
+            )
             action = rollouts.advance(
                 plan.model,
                 plan.ds,
-                champion_ok=ok.get(CHAMPION),
-                challenger_ok=ok.get(CHALLENGER),
-                previous_ok=ok.get(PREVIOUS),
+                champion_ok=outcomes.champion_ok,
+                challenger_ok=outcomes.challenger_ok,
+                previous_ok=outcomes.previous_ok,
                 by=who,
+                outcomes=outcomes,
             )
         retrain: dict[str, Any] | None = None
         champion = plan.versions.get(CHAMPION)
@@ -441,7 +576,7 @@ def decide_night(
             "retrain": json_safe(retrain) if retrain is not None else None,
         }
         with st.begin() as conn:
-            stmt = _dialect_insert(st.dialect, schema.nights).values(model=plan.model, ds=plan.ds, **values)
+            stmt = dialect_insert(st.dialect, schema.nights).values(model=plan.model, ds=plan.ds, **values)
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["model", "ds"]))
     decision = NightDecision(plan.model, plan.ds, plan.mode, action, retrain)
     log.info(
@@ -472,16 +607,81 @@ def run_night(
 ) -> NightReport:
     """Plan, score, monitor and decide one night; with `retrain`, act on a retraining trigger too
     (train, gate, roll out: what `retrain_<model>` does in Airflow)."""
-    t0 = time.perf_counter()
     with _store(settings, store) as st:
         plan = plan_night(settings, model, ds, backfill=backfill, store=st)
-        scored = score_night(settings, plan, run_key=run_key, client=client, store=st)
-        monitored = monitor_night(settings, plan, store=st, report=report)
-        decision = decide_night(settings, plan, monitored, run_key=run_key, by=by, store=st)
-        outcome: dict[str, Any] | None = None
-        if retrain and decision.trigger_retrain and not decision.replayed and decision.retrain is not None:
-            outcome = Rollouts(settings, st).retrain(model, ds, trigger=decision.retrain, by=by).as_dict()
-    return NightReport(plan, scored, monitored, decision, outcome, time.perf_counter() - t0)
+        outcome = _finish_nights(
+            settings, [plan], run_key=run_key, by=by, retrain=retrain, report=report, client=client, store=st
+        )[model]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_nights(
+    settings: Settings,
+    models: Sequence[str],
+    ds: date,
+    *,
+    backfill: bool | None = None,
+    run_key: str | None = None,
+    by: str | None = None,
+    retrain: bool = False,
+    report: bool = False,
+    client: Client | None = None,
+    store: Store | None = None,
+) -> dict[str, NightReport | BaseException]:
+    """The nights of several models on `ds`, as `run_night` each, but scored in one pass: models whose
+    datasets are the same partition share one read of it. One model's failure (its plan, its scoring,
+    its monitoring, its decision) is its own: model → its NightReport, or the exception that failed it."""
+    for name in models:
+        settings.model(name)  # an unknown name fails before anything runs
+    plans: list[NightPlan] = []
+    out: dict[str, NightReport | BaseException] = {}
+    with _store(settings, store) as st:
+        for name in dict.fromkeys(models):
+            try:
+                plans.append(plan_night(settings, name, ds, backfill=backfill, store=st))
+            except Exception as exc:  # noqa: BLE001 - this model's night failed; the others go on
+                out[name] = exc
+        out.update(
+            _finish_nights(
+                settings, plans, run_key=run_key, by=by, retrain=retrain, report=report, client=client, store=st
+            )
+        )
+    return {name: out[name] for name in dict.fromkeys(models)}
+
+
+def _finish_nights(
+    settings: Settings,
+    plans: Sequence[NightPlan],
+    *,
+    run_key: str | None,
+    by: str | None,
+    retrain: bool,
+    report: bool,
+    client: Client | None,
+    store: Store,
+) -> dict[str, NightReport | BaseException]:
+    t0 = time.perf_counter()
+    out: dict[str, NightReport | BaseException] = {}
+    scored_all = score_nights(settings, plans, run_key=run_key, client=client, store=store)
+    for plan in plans:
+        scored = scored_all[plan.model]
+        if isinstance(scored, BaseException):
+            out[plan.model] = scored
+            continue
+        try:
+            monitored = monitor_night(settings, plan, store=store, report=report)
+            decision = decide_night(settings, plan, monitored, run_key=run_key, by=by, store=store)
+            outcome: dict[str, Any] | None = None
+            if retrain and decision.trigger_retrain and not decision.replayed and decision.retrain is not None:
+                rollouts = Rollouts(settings, store)
+                outcome = rollouts.retrain(plan.model, plan.ds, trigger=decision.retrain, by=by).as_dict()
+        except Exception as exc:  # noqa: BLE001 - this model's night failed; the others go on
+            out[plan.model] = exc
+            continue
+        out[plan.model] = NightReport(plan, scored, monitored, decision, outcome, time.perf_counter() - t0)
+    return out
 
 
 def days_between(first: date, last: date) -> list[date]:

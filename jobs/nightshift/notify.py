@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from nightshift.config import Settings
-from nightshift.db.store import redact
+from nightshift.db.engine import redact
 
 log = logging.getLogger(__name__)
 

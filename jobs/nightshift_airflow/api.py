@@ -1,13 +1,12 @@
-"""The lookup API mounted in Airflow's API server: nightshift's own app if installed, else a minimal read-only one."""
+"""The lookup API mounted in Airflow's API server: nightshift's own app (API keys and all), or 503 saying why not."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager
-from datetime import date
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,70 +32,38 @@ def plugin_settings() -> Any:
 
 
 def build_app() -> ASGIApp:
-    """nightshift.api.app.create_app(settings) when that module exists, else the minimal app below."""
-    settings = plugin_settings()
+    """nightshift.api.app.create_app(settings): the lookup API with its API keys, scopes and rate limits.
+
+    There is no fallback: a lookup API without API keys must never be mounted. If nightshift.api
+    cannot be imported (the `api` extra is not installed, a dependency is broken), the mount answers
+    every request 503, saying why, and the API server's log says it once.
+    """
     try:
         from nightshift.api.app import create_app
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("nightshift.api", "nightshift.api.app"):
-            raise
-        log.info("nightshift.api is not installed: mounting the minimal read-only lookup API")
-        return minimal_app(settings)
-    app: ASGIApp = create_app(settings)
+    except ImportError as exc:
+        reason = (
+            f"the nightshift lookup API (nightshift.api) cannot be imported here ({type(exc).__name__}: {exc}); "
+            "install nightshift with its `api` extra in the Airflow API server's environment"
+        )
+        log.error("nightshift plugin: %s; /nightshift lookups answer 503", reason)
+        return unavailable_app(reason)
+    app: ASGIApp = create_app(plugin_settings())
     return app
 
 
-def minimal_app(settings: Any) -> Any:
-    """Read-only lookups of committed predictions: the champion's newest partition, or a given ds."""
-    from fastapi import FastAPI, HTTPException
+def unavailable_app(reason: str) -> ASGIApp:
+    """An ASGI app that answers every HTTP request 503 with `reason` as its JSON detail."""
+    body = json.dumps({"detail": reason}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
 
-    from nightshift.db import open_store
-    from nightshift.errors import ModelNotFound, NightshiftError
-    from nightshift.models import open_registry
-
-    app = FastAPI(title="nightshift predictions (minimal)", docs_url="/docs", openapi_url="/openapi.json")
-    state: dict[str, Any] = {}
-    lock = threading.Lock()
-
-    def store() -> Any:
-        with lock:
-            if "store" not in state:
-                state["store"] = open_store(settings)
-            return state["store"]
-
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "models": [m.name for m in settings.models]}
-
-    @app.get("/models/{model}/predictions/{entity_id}")
-    def prediction(model: str, entity_id: str, ds: date | None = None) -> dict[str, Any]:
-        if model not in {m.name for m in settings.models}:
-            raise HTTPException(404, f"model {model!r} is not declared in the project file")
-        try:
-            s = store()
-            mv = open_registry(settings, s).resolve(model)
-            part = s.partition(model, mv.version, ds) if ds else s.latest_partition(model, mv.version)
-        except ModelNotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        except NightshiftError as exc:  # the store is unreachable or at another schema revision
-            raise HTTPException(503, f"{type(exc).__name__}: {exc}") from None
-        if part is None:
-            raise HTTPException(
-                404, f"model {model!r} v{mv.version} has no committed partition" + (f" for {ds}" if ds else "")
-            )
-        rows = s.lookup(model, mv.version, part.ds, [entity_id])
-        if not rows:
-            raise HTTPException(404, f"entity {entity_id!r} has no prediction in {model} v{mv.version} ds={part.ds}")
-        r = rows[0]
-        return {
-            "model": model,
-            "version": mv.version,
-            "ds": part.ds.isoformat(),
-            "committed_at": part.committed_at.isoformat(),
-            "entity_id": r.entity_id,
-            "score": r.score,
-            "label": r.label,
-        }
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     return app
 

@@ -76,7 +76,7 @@ def run_settings() -> Settings:
     url = store_connection_url()
     if url is None:
         return load_project()
-    from nightshift.db.store import redact
+    from nightshift.db.engine import redact
 
     log.info("store from Airflow Connection %r: %s", STORE_CONN_ID, redact(url))
     return load_project(store_url=url)

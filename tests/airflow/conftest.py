@@ -162,7 +162,8 @@ def _server() -> AirflowServer:
             store,
             _af_data(),
             extra_model=schedule,
-            more_models={NIGHT_MODEL: (night_data, schedule)},
+            # NIGHT_MODEL's candidates wait for a human (tests/airflow/test_server_approval.py).
+            more_models={NIGHT_MODEL: (night_data, schedule + "[models.rollout]\nrequire_approval = true\n")},
         )
         open_store(load_settings(project), check=False).upgrade()
         home = folder / "airflow"

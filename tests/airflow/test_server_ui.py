@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -110,16 +109,13 @@ def test_backfill_two_dates_from_the_ui(
     assert {d: committed.get(d) for d in UI_DAYS} == dict.fromkeys(UI_DAYS, AF_ROWS)
 
     # The plugin's lookup API, mounted in the same API server, serves what was just committed:
-    # nightshift's own API (with an API key) when it is installed, else the plugin's minimal one.
-    if importlib.util.find_spec("nightshift.api.app") is not None:
-        from nightshift.api.keys import KeyManager
+    # nightshift's own API, with an API key (there is no keyless fallback).
+    from nightshift.api.keys import KeyManager
 
-        _key, token = KeyManager(store).create("airflow-plugin-test", "churn", created_by="test")
-        request = urllib.request.Request(
-            f"{url}/nightshift/v1/models/churn/predictions/42?ds=2026-11-18", headers={"X-API-Key": token}
-        )
-    else:
-        request = urllib.request.Request(f"{url}/nightshift/models/churn/predictions/42?ds=2026-11-18")
+    _key, token = KeyManager(store).create("airflow-plugin-test", "churn", created_by="test")
+    request = urllib.request.Request(
+        f"{url}/nightshift/v1/models/churn/predictions/42?ds=2026-11-18", headers={"X-API-Key": token}
+    )
     with urllib.request.urlopen(request, timeout=30) as r:
         body = json.load(r)
     [expected] = store.lookup("churn", mv.version, date(2026, 11, 18), ["42"])

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pytest
 
 from nightshift.config import ApiSettings, Settings
-from nightshift.db.store import Store, stage_chunk
+from nightshift.db.staging import stage_chunk
+from nightshift.db.store import Store
 from nightshift.models.registry import Registry
 
 DS1 = date(2026, 11, 17)

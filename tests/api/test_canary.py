@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from nightshift.db import schema
-from nightshift.db.store import _dialect_insert
+from nightshift.db.engine import dialect_insert
 from nightshift.rollout.canary import serves_challenger
 from tests.api.conftest import DS2, ROWS, Seeded, make_key, score_of
 
@@ -30,7 +30,7 @@ def _start(seeded: Seeded, strategy: str, share: float | None) -> None:
         "updated_at": now,
     }
     with seeded.store.begin() as conn:
-        stmt = _dialect_insert(seeded.store.dialect, schema.model_rollouts).values(model="churn", **row)
+        stmt = dialect_insert(seeded.store.dialect, schema.model_rollouts).values(model="churn", **row)
         conn.execute(stmt.on_conflict_do_update(index_elements=["model"], set_=row))
 
 

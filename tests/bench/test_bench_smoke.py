@@ -83,3 +83,98 @@ def test_nightshift_keeps_within_a_ratio_of_the_pipelined_limit(
         f"nightshift ran at {ratio:.2f}x the pipelined limit's rate (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
         f"expected at least {MIN_RATIO}x. Run `make bench SIZE=small` and see docs/performance.md."
     )
+
+
+# -- the suite's newer cases (many-models, brought-lightgbm, multiclass-commit, scale), each at a tiny size ---------
+
+TINY_ROWS = 40_000
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Any:
+    """A whole suite plan at a tiny size (its own data root): what `python -m bench` builds, 40k rows in 4 files."""
+    import dataclasses
+
+    from bench.cases import SIZES, Plan
+    from bench.data import dataset, train_brought, train_model
+
+    root = tmp_path_factory.mktemp("bench-tiny")
+    size = dataclasses.replace(
+        SIZES["small"],
+        name="tiny",
+        rows=TINY_ROWS,
+        files=4,
+        repeats=1,
+        train_rows=4_000,
+        scale_rows=(TINY_ROWS // 2, TINY_ROWS * 2),
+        scale_rows_per_file=TINY_ROWS // 4,
+        scale_files=40,
+        models_in_pass=5,
+    )
+    quiet = lambda *_: None  # noqa: E731
+    main = dataset(size.rows, size.files, root=root, log=quiet)
+    scale = tuple(dataset(rows, rows // size.scale_rows_per_file, root=root, log=quiet) for rows in size.scale_rows)
+    out = root / "results"
+    out.mkdir()
+    return Plan(
+        size=size,
+        out=out,
+        main=main,
+        quarter=main,
+        few_files=main,
+        many_files=main,
+        models={"linear": train_model("linear", size.train_rows, root=root, log=quiet)},
+        pg_url=pg_admin_url,
+        dask_ml_missing="not needed",
+        profile=False,
+        extra_models={"multiclass": train_model("multiclass", size.train_rows, root=root, log=quiet)},
+        brought={"lightgbm": train_brought("lightgbm", size.train_rows, root=root, log=quiet)},
+        scale=scale,
+        scale_files=dataset(size.rows, size.scale_files, root=root, log=quiet),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("case", "group", "names"),
+    [
+        ("many-models", "many-models", 3),
+        ("brought-lightgbm", "brought", 4),
+        ("multiclass-commit", "multiclass", 2),
+        ("scale", "scale", 4),
+    ],
+)
+def test_each_new_case_runs_and_reports_its_target(tiny_plan: Any, case: str, group: str, names: int) -> None:
+    """The case runs in its own spawned process as the suite runs it, records one measurement per contender, no
+    error, and the report states its target."""
+    import json
+
+    from bench.suite import run_case
+
+    from bench import report
+
+    assert run_case(case, tiny_plan, timeout_s=600)
+    records = [json.loads(line) for line in (tiny_plan.out / "results.jsonl").read_text().splitlines()]
+    errors = [r for r in records if r.get("kind") == "error" and r.get("case") == case]
+    assert not errors, errors
+    measured = [r for r in records if r.get("kind") == "measurement" and r["group"] == group]
+    assert len(measured) == names, [r["name"] for r in measured]
+    assert all(r["runs"] == 1 and r["median_s"] > 0 for r in measured)
+    summary = report.write(tiny_plan.out)
+    expected = {
+        "many-models": "5 models in one pass ≤ 1.5× one model's time",
+        "brought-lightgbm": "brought lightgbm ≥ 0.9× the limit + primary key, same ONNX graph",
+        "multiclass-commit": "multiclass (4 classes): write + commit per row ≤ 1.3× binary",
+        "scale": "files ≤ 1.1× the time of",
+    }[case]
+    assert expected in summary
+    if case == "many-models":
+        one_pass = next(r for r in measured if r["name"].endswith("in one pass"))
+        assert all(set(e["rows_committed"].values()) == {TINY_ROWS} for e in one_pass["extras"])
+        assert all(len(e["rows_committed"]) == 5 for e in one_pass["extras"])
+    if case == "multiclass-commit":
+        assert all(e["store_bytes"] > 0 and e["timings"]["commit_s"] > 0 for r in measured for e in r["extras"])
+    if case == "scale":
+        assert "cost linear: t(0.08M)" in summary
+        assert all(e["store_bytes"] > 0 and e["peak_worker_rss_bytes"] > 0 for r in measured for e in r["extras"])

@@ -56,7 +56,17 @@ def dagbag() -> Any:
 
 def test_dags_import_without_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dags) == ["quality_churn", "retrain_churn", "score_churn"]
+    # nightshift.toml: churn alone; spend and plan in the group customer_value (one scoring DAG for both).
+    assert sorted(dagbag.dags) == [
+        "quality_churn",
+        "quality_plan",
+        "quality_spend",
+        "retrain_churn",
+        "retrain_plan",
+        "retrain_spend",
+        "score_churn",
+        "score_customer_value",
+    ]
 
 
 def test_every_dag_has_an_owner_tags_retries_and_a_failure_alert(dagbag: Any) -> None:
@@ -153,6 +163,49 @@ def test_one_dag_per_model_in_the_project_file(tmp_path: Path) -> None:
     assert bag.dags["score_upsell"].get_task("wait_for_partition").root == str((tmp_path / "data/features").resolve())
 
 
+def test_a_schedule_group_is_one_dag_that_reads_once_and_judges_each_model_apart(tmp_path: Path) -> None:
+    project = write_project(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "data")
+    text = project.read_text()
+    churn = text[text.index("[[models]]") :]
+    grouped = churn.replace("\n[models.estimator]", '\n[models.schedule]\ngroup = "customers"\n\n[models.estimator]')
+    project.write_text(text.replace(churn, grouped) + "\n" + grouped.replace('name = "churn"', 'name = "upsell"'))
+
+    bag = _dagbag(project)
+
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == ["quality_churn", "quality_upsell", "retrain_churn", "retrain_upsell", "score_customers"]
+    dag = bag.dags["score_customers"]
+    assert {a.name for a in dag.get_task("score").outlets} == {
+        "nightshift_predictions_churn",
+        "nightshift_predictions_upsell",
+    }
+    assert ("wait_for_partition", "plan") in _edges(dag)
+    assert ("plan", "score") in _edges(dag)
+    for model in ("churn", "upsell"):
+        assert ("score", f"{model}_night.monitor") in _edges(dag)
+        assert dag.get_task(f"{model}_night.monitor").trigger_rule == "all_done"  # the others' failure is not its own
+        assert (f"{model}_night.decide", f"{model}_night.retrain_decision") in _edges(dag)
+        trigger = dag.get_task(f"{model}_night.trigger_retrain")
+        assert trigger.trigger_dag_id == f"retrain_{model}"
+        assert f"{model}_night.retrain_decision" in str(trigger.trigger_run_id)
+
+
+def test_a_group_whose_models_read_different_data_is_refused_naming_both(tmp_path: Path) -> None:
+    from nightshift.config import load_settings
+    from nightshift.errors import ConfigError
+
+    project = write_project(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "data")
+    text = project.read_text()
+    churn = text[text.index("[[models]]") :]
+    grouped = churn.replace("\n[models.estimator]", '\n[models.schedule]\ngroup = "customers"\n\n[models.estimator]')
+    other = grouped.replace('name = "churn"', 'name = "upsell"').replace("data/features", "other/features")
+    project.write_text(text.replace(churn, grouped) + "\n" + other)
+    with pytest.raises(
+        ConfigError, match=r"models 'churn' and 'upsell' of schedule group 'customers' differ in dataset"
+    ):
+        load_settings(project)
+
+
 def test_a_broken_project_file_is_a_visible_import_error(tmp_path: Path) -> None:
     project = tmp_path / "nightshift.toml"
     project.write_text('[[models]]\nname = "Bad Name"\n')
@@ -205,18 +258,18 @@ def _probe(path: Path, env_extra: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dag_file", "dag_id"),
+    ("dag_file", "dag_ids"),
     [
-        ("score_models.py", "score_churn"),
-        ("retrain_models.py", "retrain_churn"),
-        ("quality_models.py", "quality_churn"),
+        ("score_models.py", ["score_churn", "score_customer_value"]),
+        ("retrain_models.py", ["retrain_churn", "retrain_plan", "retrain_spend"]),
+        ("quality_models.py", ["quality_churn", "quality_plan", "quality_spend"]),
     ],
 )
-def test_dag_file_parses_fast_without_heavy_imports_or_a_database(dag_file: str, dag_id: str) -> None:
+def test_dag_file_parses_fast_without_heavy_imports_or_a_database(dag_file: str, dag_ids: list[str]) -> None:
     # The store points at an unreachable PostgreSQL: touching it at parse time would hang or fail.
     result = _probe(DAGS / dag_file, {"NIGHTSHIFT_STORE_URL": UNREACHABLE_STORE})
 
-    assert result["dags"] == [dag_id]
+    assert sorted(result["dags"]) == dag_ids
     loaded = [m for m in result["new"] if m.split(".")[0] in FORBIDDEN_AT_PARSE or m in FORBIDDEN_AT_PARSE]
     assert loaded == []
     assert result["seconds"] < 1.0, f"parsing took {result['seconds']:.3f}s (typically 0.1s)"

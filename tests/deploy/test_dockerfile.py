@@ -18,9 +18,14 @@ import pytest
 from tests.deploy.conftest import DOCKER, DOCKERFILE, ENTRYPOINT, PG_INIT_SCRIPT, REPO, TARGETS, uv_sync_commands
 
 SHELL_SCRIPTS = [ENTRYPOINT, PG_INIT_SCRIPT]
-PYTHON_SCRIPTS = [DOCKER / "bin" / "nightshift-healthcheck", DOCKER / "bin" / "nightshift-sql"]
-#: What each runtime image installs: the API image stays slim.
-EXTRAS = {"build-api": ["api"], "build-worker": ["score"], "build-airflow": ["all"]}
+PYTHON_SCRIPTS = [
+    DOCKER / "bin" / "nightshift-healthcheck",
+    DOCKER / "bin" / "nightshift-sql",
+    DOCKER / "bin" / "nightshift-s3",
+]
+#: What each runtime image installs: the API image stays slim; the images that read features and write
+#: artifacts and reports carry the `s3` extra (s3fs) for s3:// locations (tests/deploy/test_s3.py).
+EXTRAS = {"build-api": ["api"], "build-worker": ["score", "s3"], "build-airflow": ["all", "s3"]}
 
 
 def _tool(name: str) -> str | None:

@@ -2,7 +2,8 @@
 
 The API image must stay slim (the API extra only) and `nightshift.api` must not pull the
 scoring stack in at import; the worker image must run ONNX Runtime under Dask; the Airflow
-image must hold everything the DAGs call.
+image must hold everything the DAGs call. The worker and Airflow images read features and
+write artifacts and reports, so both carry s3fs for s3:// locations (tests/deploy/test_s3.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_the_api_image_holds_the_api_and_none_of_the_scoring_stack(image_envs: d
     api = image_envs["api"]
     for module in ("nightshift", "fastapi", "uvicorn", "psycopg", "aiosqlite", "prometheus_client"):
         assert api.has(module), f"the API image lacks {module}"
-    present = [m for m in HEAVY if api.has(m)]
+    present = [m for m in [*HEAVY, "s3fs"] if api.has(m)]
     assert not present, f"the API image carries {present}"
     # The app and the CLI import in it, so nothing on their import path needs those packages.
     _modules_after_import(str(api.bin / "python"), "nightshift.api.app")
@@ -56,7 +57,7 @@ def test_importing_the_api_loads_no_scoring_library_even_where_installed() -> No
 
 def test_the_worker_image_runs_onnx_runtime_under_dask(image_envs: dict[str, ImageEnv]) -> None:
     worker = image_envs["dask-worker"]
-    for module in ("nightshift", "onnxruntime", "dask", "distributed", "pyarrow", "numpy", "psycopg"):
+    for module in ("nightshift", "onnxruntime", "dask", "distributed", "pyarrow", "numpy", "psycopg", "s3fs"):
         assert worker.has(module), f"the worker image lacks {module}"
     for module in ("fastapi", "airflow", "sklearn", "evidently"):
         assert not worker.has(module), f"the worker image carries {module}"
@@ -71,7 +72,17 @@ def test_the_worker_image_runs_onnx_runtime_under_dask(image_envs: dict[str, Ima
 
 def test_the_airflow_image_holds_airflow_and_every_nightshift_extra(image_envs: dict[str, ImageEnv]) -> None:
     airflow = image_envs["airflow"]
-    for module in ("airflow", "nightshift", "onnxruntime", "dask", "sklearn", "skl2onnx", "evidently", "fastapi"):
+    for module in (
+        "airflow",
+        "nightshift",
+        "onnxruntime",
+        "dask",
+        "sklearn",
+        "skl2onnx",
+        "evidently",
+        "fastapi",
+        "s3fs",
+    ):
         assert airflow.has(module), f"the Airflow image lacks {module}"
     res = _run(airflow, "airflow", "version", timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -86,7 +97,7 @@ def test_every_image_runs_the_same_nightshift(image_envs: dict[str, ImageEnv]) -
     code = (
         "import importlib.metadata as m, json; "
         "print(json.dumps({p: (m.version(p) if __import__('importlib.util').util.find_spec(p.replace('-', '_')) "
-        "else None) for p in ['nightshift', 'dask', 'distributed', 'cloudpickle', 'msgpack']}))"
+        "else None) for p in ['nightshift', 'dask', 'distributed', 'cloudpickle', 'msgpack', 'fsspec', 's3fs']}))"
     )
     for target in ("airflow", "dask-worker"):
         env = image_envs[target]

@@ -173,7 +173,7 @@ def test_the_api_role_reads_what_lookups_need_and_nothing_else(pg_stack: PgStack
 
 
 def _commit_partition(store: Any, model: str, version: int, ds: date, ids: list[str]) -> int:
-    from nightshift.db.store import stage_chunk
+    from nightshift.db.staging import stage_chunk
 
     with store.run_lock(model, ds, 10):
         run = store.start_run(model, version, ds, input_rows=len(ids))
@@ -251,7 +251,8 @@ def test_gc_drops_expired_partitions_and_their_rows(
     """`nightshift gc` (the cli service) with retention_days: expired days' partition tables are dropped."""
     import psycopg
 
-    from nightshift.db.store import Store, staging_table
+    from nightshift.db.staging import staging_table
+    from nightshift.db.store import Store
 
     project = write_project(tmp_path, pg_url, data_root, extra_model="retention_days = 2")
     today = date(2026, 11, 20)
@@ -301,7 +302,8 @@ def test_the_documented_backup_and_restore_of_the_store(pg_stack: PgStack, initi
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from nightshift.db.store import Store, staging_table
+    from nightshift.db.staging import staging_table
+    from nightshift.db.store import Store
 
     owner = Store(pg_stack.store_owner_url)
     try:

@@ -69,6 +69,15 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, sqlite_url: str) -> Non
     summary = json.loads(scored.stdout)
     assert summary["rows"] == DEMO_ROWS
     assert summary["rows_per_s"] > 0
+    assert summary["cluster"] == "on a local cluster of 2 workers (processes, 1 thread(s) each)"
+    # People read which cluster did the work, and the run key it was recorded with.
+    again = _cli("score", "-m", "churn", "--ds", SCORE_DS.isoformat(), "--run-key", "cron:nightly", *c)
+    assert again.returncode == 0, again.stderr
+    assert f"committed churn v1 ds={SCORE_DS}: {DEMO_ROWS:,} rows" in again.stdout
+    assert "on a local cluster of 2 workers" in again.stdout
+    assert f"replaced run {summary['run_id']}" in again.stdout
+    summary = json.loads(_cli("runs", "show", str(summary["run_id"] + 1), *c, "--json").stdout)
+    assert (summary["run_key"], summary["status"], summary["serving"]) == ("cron:nightly", "committed", True)
     got = _cli("predictions", "-m", "churn", "-e", "1", "-e", "nope", *c, "--json")
     assert got.returncode == 0, got.stderr
     body = json.loads(got.stdout)
@@ -80,8 +89,9 @@ def test_cli_end_to_end(tmp_path: Path, data_root: Path, sqlite_url: str) -> Non
         ("churn", 1, SCORE_DS.isoformat(), DEMO_ROWS, run_id)
     ]
     runs = json.loads(_cli("runs", *c, "--json").stdout)
-    assert [(r["run_id"], r["status"], r["rows"], r["input_rows"]) for r in runs] == [
-        (run_id, "committed", DEMO_ROWS, DEMO_ROWS)
+    assert [(r["run_id"], r["status"], r["rows"], r["input_rows"], r["run_key"]) for r in runs] == [
+        (run_id, "committed", DEMO_ROWS, DEMO_ROWS, "cron:nightly"),
+        (run_id - 1, "superseded", DEMO_ROWS, DEMO_ROWS, None),
     ]
     models = json.loads(_cli("models", *c, "--json").stdout)
     assert [(m["model"], m["version"], m["aliases"]) for m in models] == [("churn", 1, ["champion"])]

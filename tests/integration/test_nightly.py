@@ -155,3 +155,61 @@ def test_the_rollback_window_is_counted_in_nights_from_the_night_a_move_applies(
     assert r.versions_to_score("churn", date(2020, 1, 1)) == {"champion": 2}
     [event] = [e for e in nights.registry.alias_history("churn") if e["alias"] == "champion" and e["new_version"] == 2]
     assert event["effective_ds"] == d17 + timedelta(days=1)
+
+
+def test_models_sharing_a_dataset_are_scored_in_one_read_and_each_fails_alone(
+    night_data: Path, tmp_path: Path, store_url: str, dask_client: Any
+) -> None:
+    """Three models on one dataset, one night: one read of the partition for all three; the one whose
+    contract the data breaks (found while reading) fails naming the column, the other two commit every row
+    and are decided."""
+    from nightshift.config import load_settings
+    from nightshift.nightly import run_nights
+    from tests.conftest import write_project
+
+    data = tmp_path / "data"
+    shutil.copytree(night_data, data, ignore=shutil.ignore_patterns("drifted"))
+    group = '[models.schedule]\ngroup = "customers"\n'
+    settings = load_settings(
+        write_project(
+            tmp_path,
+            store_url,
+            data,
+            extra_model=group,
+            more_models={"churn_b": (data, group), "strict": (data, group)},
+        )
+    )
+    assert [m.name for m in settings.groups()["customers"]] == ["churn", "churn_b", "strict"]
+    for name in ("churn", "churn_b", "strict"):
+        train_and_register(settings, name, D1)
+    # Tightened after training: tonight's data has missing ages, which `strict` no longer accepts.
+    strict = settings.model("strict")
+    columns = [c.model_copy(update={"nullable": False}) if c.name == "age" else c for c in strict.contract.columns]
+    strict.contract = strict.contract.model_copy(update={"columns": columns})
+    ds = D1 + timedelta(days=2)
+    # Tonight's writer kept no column statistics: no footer can tell the missing ages, only the read can.
+    import pyarrow.parquet as pq
+
+    for path in sorted((data / "features" / f"ds={ds.isoformat()}").glob("*.parquet")):
+        pq.write_table(pq.read_table(path), path, write_statistics=False)
+    reports = run_nights(settings, ["churn", "churn_b", "strict"], ds, client=dask_client)
+    assert isinstance(reports["strict"], Exception)
+    assert "age" in str(reports["strict"])
+    store = open_store(settings)
+    try:
+        runs = {(r["model"], r["status"]): r for r in store.runs(limit=20) if r["ds"] == ds}
+        for name in ("churn", "churn_b"):
+            report = reports[name]
+            assert not isinstance(report, Exception), report
+            assert report.scored["champion"]["rows"] == ROWS
+            assert report.decision.rollout  # decided, like a night of its own
+            part = store.partition(name, 1, ds)
+            assert part is not None
+            assert part.row_count == ROWS
+            # All three models rode the same read: one pass, as many chunk tasks as one model alone needs.
+            assert runs[(name, "committed")]["timings"]["models_in_read"] == 3
+        assert store.partition("strict", 1, ds) is None
+        assert runs[("strict", "failed")]["error"]
+        assert "age" in runs[("strict", "failed")]["error"]
+    finally:
+        store.dispose()

@@ -358,16 +358,16 @@ import pyarrow.parquet as pq
 from nightshift.data import TaskSlice
 from nightshift.demo import demo_contract
 from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
-from nightshift.db.store import _binary_copy_body
+from nightshift.db.staging import _binary_copy_body
 assert "pandas" not in sys.modules, "imported before scoring"
 path = {str(files[0])!r}
 meta = pq.ParquetFile(path).metadata
-task = ChunkTask(TaskSlice(path, tuple(range(meta.num_row_groups)), meta.num_rows), demo_contract(),
+task = ChunkTask.single(TaskSlice(path, tuple(range(meta.num_row_groups)), meta.num_rows), demo_contract(),
                  ModelHandle({str(model)!r}, {hashlib.sha256(trained_model.onnx_bytes).hexdigest()!r}, 1, 0.5),
                  1024, 1, None)
-result = score_chunk(task)
-assert result.rows == meta.num_rows and result.ids is not None
-_binary_copy_body(1, result.ids, result.scores, result.labels)
+part = score_chunk(task).of(1)
+assert part.error is None and part.rows == meta.num_rows and part.data is not None
+_binary_copy_body(1, part.data)
 print("pandas" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

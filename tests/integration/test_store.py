@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,9 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from nightshift.db.store import Store, StoreError, StoreUnavailable, redact, stage_chunk
+from nightshift.db.engine import StoreError, StoreUnavailable, redact
+from nightshift.db.staging import stage_chunk
+from nightshift.db.store import Store
 from nightshift.errors import ArtifactIntegrityError, CommitError, ModelNotFound, RunLockTimeout
 from nightshift.models.registry import Registry
 
@@ -135,7 +137,7 @@ def test_registry_versions_aliases_history_and_integrity(store_url: str, tmp_pat
     v2 = registry.register("m", b"model-two", **meta)  # type: ignore[arg-type]
     assert (v1.version, v2.version) == (1, 2)
     assert registry.get("m", 2).training_data["content_sha256"] == "abc"
-    assert Path(v2.artifact_uri).with_name("card.json").exists()
+    assert list((Path(v2.artifact_uri).parent / "cards").glob("v2-*.json"))
     with pytest.raises(ModelNotFound, match=r"has no .champion. alias .*versions 1, 2 exist"):
         registry.resolve("m")
     assert registry.set_alias("m", "champion", 1, reason="first") is None
@@ -185,15 +187,36 @@ def test_retention_expires_old_days_and_gc_removes_dead_rows(store_url: str) -> 
     assert [h.entity_id for h in store.lookup("m", 1, days[2], ["1"])] == ["1"]
     for info in expired:
         assert store.count_predictions(info.run_id) == 0
-    # The crashed run is only known dead once another run of its partition starts;
-    # mark it as such the way start_run would, then gc removes its rows.
-    with store.begin() as conn:
-        conn.execute(sa.text("UPDATE runs SET status = 'abandoned' WHERE run_id = :r"), {"r": crashed})
-    store.gc("m")
+    # The crashed run was killed and never re-run: it stays `running`. Nobody holds its partition's
+    # lock, so gc knows it is dead, marks it abandoned and removes its rows, counting them exactly.
+    dry = store.gc("m", dry_run=True)
+    assert dry.dry_run
+    assert dry.abandoned == [crashed]
+    assert [(r["run_id"], r["status"], r["rows"]) for r in dry.runs] == [(crashed, "abandoned", 2)]
+    assert store.count_predictions(crashed) == 2  # a dry run changes nothing
+    assert store.runs("m", limit=1)[0]["status"] == "running"
+    report = store.gc("m")
+    assert report.abandoned == [crashed]
+    assert [(r["run_id"], r["status"], r["rows"]) for r in report.runs] == [(crashed, "abandoned", 2)]
+    assert report.rows == 2
     assert store.count_predictions(crashed) == 0
     with store.connect() as conn:
         total = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
     assert total == 2
+    assert store.gc("m").runs == []  # nothing left: gc does not revisit what it collected
+
+
+def test_gc_never_takes_a_live_run_for_dead(store_url: str) -> None:
+    store = Store(store_url)
+    with store.run_lock("m", DS, 5):
+        live = store.start_run("m", 1, DS, input_rows=2)
+        stage_chunk(store.url, live, "a", *_chunk(["1", "2"]))
+        report = store.gc("m")
+        assert report.abandoned == []
+        assert report.runs == []
+        assert store.count_predictions(live) == 2
+        store.commit_run(live, 2)
+    assert store.partition("m", 1, DS) is not None
 
 
 def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
@@ -207,7 +230,7 @@ def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
 
 @pytest.mark.postgres
 def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_url: str) -> None:
-    from nightshift.db.store import chunk_writer
+    from nightshift.db.staging import chunk_writer
     from nightshift.errors import ContractError
 
     store = Store(pg_url)
@@ -232,7 +255,7 @@ def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_
 @pytest.mark.postgres
 def test_two_attempts_of_one_chunk_at_once_stage_it_once(pg_url: str) -> None:
     """A Dask task recomputed while its first attempt still runs: the later ledger row loses, its rows go."""
-    from nightshift.db.store import chunk_writer
+    from nightshift.db.staging import chunk_writer
 
     store = Store(pg_url)
     run = store.start_run("m", 1, DS, input_rows=2)
@@ -265,3 +288,48 @@ def test_two_attempts_of_one_chunk_at_once_stage_it_once(pg_url: str) -> None:
     store.commit_run(run, 2)
     rows = store.lookup("m", 1, DS, ["1", "2"])
     assert [round(p.score, 3) for p in rows] == [0.9, 0.9]
+
+
+def _score_day(store: Store, ids: list[str], score: float, history_days: float) -> int:
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=len(ids), history_days=history_days)
+        stage_chunk(store.url, run, "a", *_chunk(ids, score))
+        store.commit_run(run, len(ids), history_days=history_days)
+    return run
+
+
+def test_a_replaced_day_stays_readable_for_its_history_window_then_gc_removes_it(store_url: str) -> None:
+    from nightshift.db.engine import utcnow
+
+    store = Store(store_url)
+    first = _score_day(store, ["1", "2"], 0.25, history_days=7)
+    between = utcnow()
+    second = _score_day(store, ["1", "2"], 0.75, history_days=7)
+    # Re-scoring replaced the first run, but inside the window its rows stay, and "what served at T" is exact.
+    assert {r["run_id"]: r["status"] for r in store.runs("m")} == {first: "superseded", second: "committed"}
+    assert store.count_predictions(first) == 2
+    then = store.served_run("m", 1, DS, between)
+    now = store.served_run("m", 1, DS, utcnow())
+    assert then is not None
+    assert then.run_id == first
+    assert now is not None
+    assert now.run_id == second
+    assert store.served_run("m", 1, DS, datetime(2026, 1, 1, tzinfo=UTC)) is None  # before anything was committed
+    # gc honours the window; without one, the replaced rows go, and the current run is untouched.
+    assert store.gc("m", history_days={"m": 7}).rows == 0
+    assert store.count_predictions(first) == 2
+    report = store.gc("m", dry_run=True, history_days={"m": 0})
+    assert [(r["run_id"], r["rows"]) for r in report.runs] == [(first, 2)]
+    assert store.count_predictions(first) == 2  # a dry run removes nothing
+    assert store.gc("m").rows == 2
+    assert store.count_predictions(first) == 0
+    assert store.count_predictions(second) == 2
+    assert store.served_run("m", 1, DS, utcnow()).run_id == second  # type: ignore[union-attr]
+
+
+def test_without_a_history_window_a_replaced_day_goes_at_commit(store_url: str) -> None:
+    store = Store(store_url)
+    first = _score_day(store, ["1"], 0.25, history_days=0)
+    second = _score_day(store, ["1"], 0.5, history_days=0)
+    assert store.count_predictions(first) == 0
+    assert store.count_predictions(second) == 1

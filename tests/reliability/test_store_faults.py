@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from nightshift.db import open_store
-from nightshift.db.store import lock_key
+from nightshift.db.backends import lock_key
 from nightshift.scoring import score_partition
 from tests.conftest import SCORE_DS
 from tests.reliability.conftest import (

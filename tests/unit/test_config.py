@@ -87,7 +87,7 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
         ),
         (MINIMAL + MINIMAL.replace("[[models]]", "[[models]]"), r"model name\(s\) declared twice: m1"),
         (
-            MINIMAL.replace("[models.contract]", '[models.estimator]\nkind = "xgboost"\n\n[models.contract]'),
+            MINIMAL.replace("[models.contract]", '[models.estimator]\nkind = "catboost"\n\n[models.contract]'),
             r"models\[0\] \(m1\)\.estimator\.kind",
         ),
     ],

@@ -124,7 +124,7 @@ def test_labels_separate_and_aligned(small: tuple[Path, DemoSummary, list[tuple[
     root, _, _ = small
     feats, labels = _features(root, START), _labels(root, START)
     assert DEMO_LABEL not in feats.column_names
-    assert labels.column_names == [DEMO_ENTITY_ID, DEMO_LABEL]
+    assert labels.column_names == [DEMO_ENTITY_ID, DEMO_LABEL, "spend_next_month", "next_plan"]
     assert labels.schema.field(DEMO_LABEL).type == pa.int8()
     assert labels.column(DEMO_ENTITY_ID).equals(feats.column(DEMO_ENTITY_ID))
     y = labels.column(DEMO_LABEL).to_numpy()

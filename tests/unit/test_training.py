@@ -209,6 +209,28 @@ def test_feature_importance_falls_back_to_permutation(data: tuple[pa.Table, np.n
     assert all(v >= 0 for v in fi.values())
 
 
+def test_feature_importance_is_measured_or_left_empty_never_made_up(data: tuple[pa.Table, np.ndarray]) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    table, labels = data
+    pipe = training.build_pipeline(CONTRACT, EstimatorSettings(), SEED)
+    pipe.steps[-1] = ("classifier", KNeighborsClassifier(n_neighbors=25))  # no coef_, no feature_importances_
+    frame = model_frame(table, CONTRACT)
+    pipe.fit(frame.iloc[:2000], labels[:2000])
+    one_class = np.zeros(N_ROWS - 2000, dtype=labels.dtype)  # no ROC AUC to permute: nothing can be measured
+    assert training.feature_importance(pipe, CONTRACT, frame.iloc[2000:], one_class, SEED) == {}
+    nothing = training.measure_feature_importance(pipe, CONTRACT, frame.iloc[2000:], one_class, SEED)
+    assert (nothing.values, nothing.method) == ({}, None)
+    measured = training.measure_feature_importance(pipe, CONTRACT, frame.iloc[2000:], labels[2000:], SEED)
+    assert measured.method is not None
+    assert measured.method.startswith("permutation")
+
+
+def test_a_trained_model_says_how_its_importance_was_measured(trained: training.TrainedModel) -> None:
+    assert trained.feature_importance_method is not None
+    assert trained.feature_importance_method.startswith("permutation")
+
+
 # -- build_pipeline / export -------------------------------------------------------------------
 
 
@@ -259,13 +281,13 @@ def test_impossible_tolerance_raises_parity_error(data: tuple[pa.Table, np.ndarr
 
 
 def test_noisy_onnx_raises_parity_error(data: tuple[pa.Table, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
-    real = training.onnx_scores
+    real = training.onnx_predict
 
-    def noisy(onnx_bytes: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        scores = real(onnx_bytes, feeds)
+    def noisy(onnx_bytes: bytes, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
+        scores = real(onnx_bytes, feeds, task)
         return scores + np.where(np.arange(len(scores)) == 17, 0.05, 0.0)
 
-    monkeypatch.setattr(training, "onnx_scores", noisy)
+    monkeypatch.setattr(training, "onnx_predict", noisy)
     table, labels = data
     with pytest.raises(ParityError) as info:
         training.train(table, labels, CONTRACT, EstimatorSettings(), settings())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from starlette.responses import Response
 
 from nightshift.api import responses
 from nightshift.api.auth import Authenticator, RateLimited, RateLimiter, Unauthorized
+from nightshift.api.cache import AnswerCache, RedisTier
 from nightshift.api.db import Database, DatabaseUnavailable, open_database
 from nightshift.api.deps import ApiState
 from nightshift.api.metrics import ApiMetrics
@@ -20,7 +22,8 @@ from nightshift.api.queries import Queries
 from nightshift.api.queries import build as build_queries
 from nightshift.api.reader import NotFound, PredictionReader, ResolutionCache
 from nightshift.api.routes import build_router
-from nightshift.config import Settings
+from nightshift.config import ApiSettings, Settings
+from nightshift.db.engine import redact
 from nightshift.errors import NightshiftError
 
 log = logging.getLogger("nightshift.api")
@@ -42,6 +45,14 @@ async def _check_schema(db: Database, queries: Queries, url: str) -> None:
         raise NightshiftError(
             f"the store is at schema revision {current or 'none'}, this API needs {head}: run `nightshift db upgrade`"
         )
+
+
+def redis_prefix(api: ApiSettings, store_url: str) -> str:
+    """The Redis key prefix: `api.redis_prefix`, else one derived from the store URL (without its password), so
+    two stores sharing a Redis never share keys."""
+    if api.redis_prefix is not None:
+        return api.redis_prefix
+    return f"nightshift:{hashlib.sha256(redact(store_url).encode()).hexdigest()[:12]}:"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,10 +88,20 @@ def create_app(settings: Settings) -> FastAPI:
             await db.close()
             raise
         cache.clear()
+        redis = None
+        if api.redis_url:
+            redis = RedisTier(
+                api.redis_url, prefix=redis_prefix(api, url), ttl_s=api.redis_ttl_s, timeout_s=api.redis_timeout_s
+            )
+            if not await redis.ping():  # start anyway: the database answers until Redis is back
+                log.error("starting without Redis at %s: it is skipped until it answers", redact(api.redis_url))
+        answers = AnswerCache(api.cache_entries, redis)
         state = ApiState(
             settings=api,
             db=db,
-            reader=PredictionReader(db, queries, cache, coalesce=api.coalesce_lookups, max_ids=api.max_batch_ids),
+            reader=PredictionReader(
+                db, queries, cache, coalesce=api.coalesce_lookups, max_ids=api.max_batch_ids, answers=answers
+            ),
             auth=Authenticator(
                 db,
                 queries,
@@ -97,6 +118,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if redis is not None:
+                await redis.close()
             await db.close()
 
     app = FastAPI(

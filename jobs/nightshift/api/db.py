@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.engine import make_url
 
-from nightshift.db.store import normalize_url, redact
+from nightshift.db.engine import normalize_url, redact
 from nightshift.errors import NightshiftError
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from nightshift.api.reader import ModelStatus, PredictionReader
@@ -15,6 +15,9 @@ from nightshift.api.reader import ModelStatus, PredictionReader
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The status counted for a request whose client hung up before any response started (nginx's
+#: "client closed request"): not a server error, and never sent to anyone.
+CLIENT_CLOSED = 499
 
 
 class ApiMetrics:
@@ -28,7 +31,7 @@ class ApiMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "nightshift_api_requests",
-            "HTTP requests answered, by route template, method and status",
+            "HTTP requests by route template, method and status (499: the client hung up before the answer)",
             ["route", "method", "status"],
             registry=self.registry,
         )
@@ -104,6 +107,30 @@ class _ReaderCollector(Collector):
         family.add_metric(["hit"], cache.hits)
         family.add_metric(["miss"], cache.misses)
         yield family
+        answers = reader.answers
+        if answers is not None:
+            tiers = CounterMetricFamily(
+                "nightshift_api_answer_cache",
+                "Entity lookups in the answer cache (keyed by committed run) by tier and result",
+                labels=["tier", "result"],
+            )
+            if answers.entries > 0:
+                tiers.add_metric(["memory", "hit"], answers.hits)
+                tiers.add_metric(["memory", "miss"], answers.misses)
+            redis = answers.redis
+            if redis is not None:
+                tiers.add_metric(["redis", "hit"], redis.hits)
+                tiers.add_metric(["redis", "miss"], redis.misses)
+            yield tiers
+            yield GaugeMetricFamily(
+                "nightshift_api_answer_cache_entries", "Answers held in this worker's LRU", value=len(answers)
+            )
+            if redis is not None:
+                yield CounterMetricFamily(
+                    "nightshift_api_answer_cache_redis_errors",
+                    "Redis reads or writes that failed or timed out (Redis is then skipped for a few seconds)",
+                    value=redis.errors,
+                )
         coalescer = reader.coalescer
         if coalescer is not None:
             yield CounterMetricFamily(

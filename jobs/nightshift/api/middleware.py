@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import time
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nightshift.api.metrics import ApiMetrics
+from nightshift.api.metrics import CLIENT_CLOSED, ApiMetrics
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request by its route template (bounded label values)."""
+    """Counts and times every HTTP request by its route template (bounded label values).
+
+    A request answered before routing (a 413 from `BodyLimitMiddleware`) is counted under the
+    route its path matches; only a path no route matches is "unmatched". A client that hangs up
+    before any response started is counted with status 499 (client closed request), not as a
+    server error.
+    """
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
@@ -22,7 +29,15 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
+        disconnected = False
+
+        async def watch_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -31,12 +46,27 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watch_receive, send_status)
         finally:
-            route = scope.get("route")
-            # The router writes the matched route into the scope; anything else is one label.
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(path, scope["method"], status, time.perf_counter() - start)
+            if status is None:  # no response started: the client left, or the app failed
+                status = CLIENT_CLOSED if disconnected else 500
+            self.metrics.observe(route_template(scope), scope["method"], status, time.perf_counter() - start)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route serving `scope` (the router writes it into the scope), else of the
+    route its path matches (a request refused before routing), else "unmatched"."""
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return str(path)
+    partial: str | None = None
+    for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
+        match, _child = route.matches(scope)
+        if match is Match.FULL:
+            return str(route.path)
+        if match is Match.PARTIAL and partial is None:  # the path matches, the method does not (405)
+            partial = str(route.path)
+    return partial or "unmatched"
 
 
 async def _reject(send: Send, status: int, detail: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ALIAS = "(SELECT a.version FROM model_aliases a WHERE a.model = :model AND a.alias = :alias)"
 #: The version that held this role on the night asked for (nightshift.nightly records `served`).
@@ -46,6 +46,10 @@ class Queries:
     api_key: str
     schema_revision: str
     canary: str
+    version_task: str
+    #: The partition alone (no prediction rows), by (by_alias, as_of): what the answer cache confirms
+    #: its run with (api/cache.py).
+    resolve: dict[tuple[bool, bool], str] = field(default_factory=dict)
 
 
 _KINDS = [(by_alias, as_of) for by_alias in (False, True) for as_of in (False, True)]
@@ -63,7 +67,7 @@ def build(dialect: str) -> Queries:
     in_ids = "= ANY(:ids)" if dialect == "postgresql" else "IN (SELECT value FROM json_each(:ids))"
     one = {
         kind: (
-            "SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label "
+            "SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label, p.value, p.probs "
             f"FROM ({_partition(by_alias=kind[0], as_of=kind[1])}) c "
             "LEFT JOIN predictions p ON p.run_id = c.run_id AND p.entity_id = :entity_id"
         )
@@ -74,9 +78,9 @@ def build(dialect: str) -> Queries:
     many = {
         kind: (
             f"WITH c AS ({_partition(by_alias=kind[0], as_of=kind[1])}) "
-            "SELECT c.version, c.ds, c.run_id, c.committed_at, NULL, NULL, NULL FROM c "
+            "SELECT c.version, c.ds, c.run_id, c.committed_at, NULL, NULL, NULL, NULL, NULL FROM c "
             "UNION ALL "
-            "SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label FROM c "
+            "SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs FROM c "
             f"JOIN predictions p ON p.run_id = c.run_id AND p.entity_id {in_ids}"
         )
         for kind in _KINDS
@@ -96,10 +100,13 @@ def build(dialect: str) -> Queries:
     )
     api_key = "SELECT key_hash, models, revoked_at FROM api_keys WHERE key_id = :key_id"
     schema_revision = "SELECT version_num FROM alembic_version"
+    # A bandit between the champion and a candidate routes like a canary, by the candidate's share of the
+    # night it published (nightshift.rollout.bandit).
     canary = (
         "SELECT canary_share FROM model_rollouts "
-        "WHERE model = :model AND strategy = 'canary' AND canary_share IS NOT NULL"
+        "WHERE model = :model AND strategy IN ('canary', 'bandit') AND canary_share IS NOT NULL"
     )
+    version_task = "SELECT task, signature FROM model_versions WHERE model = :model AND version = :version"
     return Queries(
         one=one,
         many=many,
@@ -108,4 +115,6 @@ def build(dialect: str) -> Queries:
         api_key=api_key,
         schema_revision=schema_revision,
         canary=canary,
+        version_task=version_task,
+        resolve={kind: _partition(by_alias=kind[0], as_of=kind[1]) for kind in _KINDS},
     )

@@ -8,11 +8,14 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from nightshift.api.cache import AnswerCache, RunKey
+from nightshift.api.cache import Hit as Hit  # what a lookup found; routes and responses import it from here
 from nightshift.api.db import Database
 from nightshift.api.queries import Queries
+from nightshift.db.store import decode_probs
 from nightshift.models.registry import CHAMPION
 
 #: The alias that keeps answering while a newly promoted champion has no committed partition.
@@ -65,14 +68,38 @@ class Partition:
     committed_at: datetime
     #: The answer's leading JSON members, rendered once per statement, not once per lookup.
     json_head: str = field(default="", compare=False)
+    #: binary, multiclass or regression: what an answer carries besides score and label.
+    task: str = "binary"
+    #: A multiclass version's class names, in its probabilities' order.
+    classes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, model: str, version: int, ds: date, run_id: int, committed_at: datetime) -> Partition:
+    def of(
+        cls,
+        model: str,
+        version: int,
+        ds: date,
+        run_id: int,
+        committed_at: datetime,
+        task: str = "binary",
+        classes: tuple[str, ...] = (),
+    ) -> Partition:
         head = (
             f'{{"model":"{model}","version":{version},"ds":"{ds.isoformat()}","run_id":{run_id},'
             f'"committed_at":"{committed_at.isoformat()}",'
         )
-        return cls(model, version, ds, run_id, committed_at, head)
+        if task != "binary":  # binary answers keep the shape they always had
+            head += f'"task":"{task}",'
+        return cls(model, version, ds, run_id, committed_at, head, task, classes)
+
+    @property
+    def run_key(self) -> RunKey:
+        """The committed run that answers: (run_id, commit time in µs), the answer cache's key."""
+        return self.run_id, (self.committed_at - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +202,27 @@ class PredictionReader:
     """Answers lookups from the committed catalog, one statement per answer."""
 
     def __init__(
-        self, db: Database, queries: Queries, cache: ResolutionCache, *, coalesce: bool = True, max_ids: int = 1000
+        self,
+        db: Database,
+        queries: Queries,
+        cache: ResolutionCache,
+        *,
+        coalesce: bool = True,
+        max_ids: int = 1000,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.db = db
         self.q = queries
         self.cache = cache
+        #: Answers per committed run (None or disabled: every lookup reads the database).
+        self.answers = answers if answers is not None and answers.enabled else None
+        #: The run each selection resolved to last: only a guess of which run's cache to try first.
+        self._last_run: dict[Selection, Partition] = {}
         self._score = float if db.dialect == "postgresql" else shortest_float32
         self.coalescer = Coalescer(self, max_ids) if coalesce else None
         self._canary: dict[str, tuple[float, float | None]] = {}
+        #: (model, version) → (task, classes): a registered version never changes, so it is read once.
+        self._versions: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}
 
     async def canary_share(self, model: str) -> float | None:
         """The share of entities a running canary serves from the challenger (None: no canary).
@@ -215,8 +255,33 @@ class PredictionReader:
             return None
         return ds if self.db.dialect == "postgresql" else ds.isoformat()
 
-    def _partition(self, model: str, row: Sequence[Any]) -> Partition:
-        return Partition.of(model, int(row[0]), as_date(row[1]), int(row[2]), as_utc(row[3]))
+    async def _version(self, model: str, version: int) -> tuple[str, tuple[str, ...]]:
+        key = (model, version)
+        found = self._versions.get(key)
+        if found is None:
+            rows = await self.db.fetch(self.q.version_task, {"model": model, "version": version})
+            task, signature = (rows[0][0], rows[0][1]) if rows else ("binary", None)
+            if isinstance(signature, str):
+                signature = json.loads(signature)
+            classes = tuple(str(c) for c in ((signature or {}).get("outputs") or {}).get("classes") or ())
+            found = (str(task or "binary"), classes)
+            if len(self._versions) >= CACHE_MAX_ENTRIES:
+                self._versions.clear()
+            self._versions[key] = found
+        return found
+
+    async def _partition(self, model: str, row: Sequence[Any]) -> Partition:
+        version = int(row[0])
+        task, classes = await self._version(model, version)
+        return Partition.of(model, version, as_date(row[1]), int(row[2]), as_utc(row[3]), task, classes)
+
+    def _hit(self, task: str, score: Any, label: Any, value: Any, probs: Any) -> Hit:
+        if task == "binary":
+            return self._score(score), int(label), None
+        if task == "regression":
+            return self._score(score), None, float(value) if value is not None else None
+        decoded = decode_probs(probs)
+        return self._score(score), int(label), [self._score(p) for p in decoded] if decoded is not None else None
 
     async def _fetch(
         self, sel: Selection, statements: dict[tuple[bool, bool], str], extra: dict[str, Any]
@@ -231,37 +296,103 @@ class PredictionReader:
             self.cache.drop(sel)  # that partition is gone: resolve again
         rows = await self.db.fetch(statements[(sel.by_alias, sel.ds is not None)], {**self._params(sel), **extra})
         head = next((r for r in rows if r[0] is not None), None)
-        if head is not None:
-            self.cache.put(sel, self._partition(sel.model, head))
+        if head is not None and self.cache.enabled:
+            self.cache.put(sel, await self._partition(sel.model, head))
         return rows
 
-    async def one(self, sel: Selection, entity_id: str) -> tuple[Partition, tuple[float, int] | None]:
-        """The partition a selection resolves to, and the entity's (score, label) in it if any."""
+    async def one(self, sel: Selection, entity_id: str) -> tuple[Partition, Hit | None]:
+        """The partition a selection resolves to, and the entity's hit (score, label, extra) in it if any."""
         if self.coalescer is not None:
-            result: tuple[Partition, tuple[float, int] | None] = await self.coalescer.load(sel, entity_id)
+            result: tuple[Partition, Hit | None] = await self.coalescer.load(sel, entity_id)
             return result
         return await self.one_alone(sel, entity_id)
 
-    async def one_alone(self, sel: Selection, entity_id: str) -> tuple[Partition, tuple[float, int] | None]:
+    async def one_alone(self, sel: Selection, entity_id: str) -> tuple[Partition, Hit | None]:
         """`one` with its own point statement, not shared with concurrent lookups."""
+        if self.answers is not None:
+            part, found = await self.many(sel, [entity_id])
+            return part, found.get(entity_id)
         rows = await self._fetch(sel, self.q.one, {"entity_id": entity_id})
         if not rows:
             raise await self._why_not_found(sel)
         row = rows[0]
-        part = self._partition(sel.model, row)
-        return part, (None if row[4] is None else (self._score(row[4]), int(row[5])))
+        part = await self._partition(sel.model, row)
+        return part, (None if row[4] is None else self._hit(part.task, row[4], row[5], row[6], row[7]))
 
-    async def many(self, sel: Selection, entity_ids: Sequence[str]) -> tuple[Partition, dict[str, tuple[float, int]]]:
-        """The partition, and (score, label) of each requested entity found in it: one statement."""
+    async def many(self, sel: Selection, entity_ids: Sequence[str]) -> tuple[Partition, dict[str, Hit]]:
+        """The partition, and the hit of each requested entity found in it: one statement (with the answer
+        cache: one statement too, a cheaper one when every entity is cached; see `_many_cached`)."""
         unique = list(dict.fromkeys(entity_ids))
+        if self.answers is not None:
+            return await self._many_cached(sel, unique)
+        return await self._many_db(sel, unique)
+
+    async def _many_cached(self, sel: Selection, unique: list[str]) -> tuple[Partition, dict[str, Hit]]:
+        """`many` through the answer cache, never answering from a run that is no longer the selection's.
+
+        Every answer's run is confirmed by a statement that started after the request arrived:
+        either the resolution alone (alias → version, newest ds → the catalog's run; two index
+        probes), when every entity is cached under the run the selection had last time, or the
+        ordinary read of the missing entities, which resolves in the same statement. If that
+        statement names another run than the cached entries', the entries are not used: the
+        whole answer is read again, in one statement, from the run it names. So a commit that
+        finished before a request arrived is always seen, and no answer mixes two runs.
+        """
+        answers = self.answers
+        assert answers is not None
+        guess = self._last_run.get(sel)
+        cached: dict[str, Hit] = {}
+        missing = unique
+        if guess is not None:
+            cached, missing = await answers.get_many(guess.run_key, unique)
+            if not missing:
+                part = await self._resolve(sel)
+                if part.run_key == guess.run_key:
+                    return part, cached
+                self._remember_run(sel, part)  # a new run: its entries may be cached (another worker, Redis)
+                guess = part
+                cached, missing = await answers.get_many(part.run_key, unique)
+                if not missing:
+                    return part, cached
+        part, hits = await self._many_db(sel, missing)
+        answers.put_many(part.run_key, {e: hits.get(e) for e in missing})
+        self._remember_run(sel, part)
+        if len(missing) < len(unique) and (guess is None or guess.run_key != part.run_key):
+            # The cached entries were another run's (a commit landed between the two statements).
+            part, hits = await self._many_db(sel, unique)
+            answers.put_many(part.run_key, {e: hits.get(e) for e in unique})
+            self._remember_run(sel, part)
+            return part, hits
+        cached.update(hits)
+        return part, cached
+
+    def _remember_run(self, sel: Selection, part: Partition) -> None:
+        if len(self._last_run) >= CACHE_MAX_ENTRIES and sel not in self._last_run:
+            self._last_run.clear()
+        self._last_run[sel] = part
+
+    async def _resolve(self, sel: Selection) -> Partition:
+        """The partition (and so the run) a selection reads now: one statement, no prediction rows."""
+        rows = await self._fetch(sel, self.q.resolve, {})
+        if not rows:
+            raise await self._why_not_found(sel)
+        return await self._partition(sel.model, rows[0])
+
+    async def _many_db(self, sel: Selection, unique: list[str]) -> tuple[Partition, dict[str, Hit]]:
+        """The partition, and the hit of each entity found in it: one statement."""
         ids: Any = unique if self.db.dialect == "postgresql" else json.dumps(unique)
         rows = await self._fetch(sel, self.q.many, {"ids": ids})
         head = next((r for r in rows if r[0] is not None), None)  # the partition's own row
         if head is None:
             raise await self._why_not_found(sel)
-        score = self._score
-        found = {r[4]: (score(r[5]), int(r[6])) for r in rows if r[0] is None}
-        return self._partition(sel.model, head), found
+        part = await self._partition(sel.model, head)
+        if part.task == "binary":  # the hot path: no per-row branching
+            score = self._score
+            found: dict[str, Hit] = {r[4]: (score(r[5]), int(r[6]), None) for r in rows if r[0] is None}
+        else:
+            hit = self._hit
+            found = {r[4]: hit(part.task, r[5], r[6], r[7], r[8]) for r in rows if r[0] is None}
+        return part, found
 
     async def _why_not_found(self, sel: Selection) -> NotFound:
         """Why a selection resolved to nothing (an extra statement, on this path only)."""

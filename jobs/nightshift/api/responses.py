@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from nightshift.api.reader import ModelStatus, Partition
+from nightshift.api.reader import Hit, ModelStatus, Partition
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -26,7 +26,7 @@ def json_response(body: dict[str, Any], status_code: int = 200, headers: dict[st
 
 
 def _partition(part: Partition, now: datetime) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "model": part.model,
         "version": part.version,
         "ds": part.ds.isoformat(),
@@ -34,16 +34,42 @@ def _partition(part: Partition, now: datetime) -> dict[str, Any]:
         "committed_at": part.committed_at.isoformat(),
         "age_seconds": round((now - part.committed_at).total_seconds(), 3),
     }
+    if part.task != "binary":
+        out["task"] = part.task
+    return out
 
 
-def prediction(part: Partition, entity_id: str, score: float, label: int) -> JsonBytes:
+def _outputs(part: Partition, label: int | None, extra: Any) -> dict[str, Any]:
+    """What a multiclass or regression answer carries besides the score (binary: nothing)."""
+    if part.task == "regression":
+        return {"value": extra}
+    if part.task == "multiclass" and label is not None:
+        probs = list(extra or ())
+        names = part.classes if len(part.classes) == len(probs) else tuple(str(i) for i in range(len(probs)))
+        return {
+            "predicted_class": names[label] if label < len(names) else str(label),
+            "probabilities": dict(zip(names, probs, strict=True)),
+        }
+    return {}
+
+
+def prediction(part: Partition, entity_id: str, score: float, label: int | None, extra: Any = None) -> JsonBytes:
     """The hot answer, formatted directly: every string in it is validated ([A-Za-z0-9_.:-], ISO
-    dates), so none needs escaping, and this is a fifth of the cost of a JSON encoder pass."""
+    dates), so none needs escaping, and this is a fifth of the cost of a JSON encoder pass. A
+    multiclass or regression answer adds its outputs (class names are the model's: encoded)."""
     if not math.isfinite(score):
         raise ValueError(f"score of {entity_id!r} in run {part.run_id} is not finite: {score!r}")
     age = round((datetime.now(UTC) - part.committed_at).total_seconds(), 3)
+    if part.task == "binary":
+        return JsonBytes(
+            f'{part.json_head}"age_seconds":{age!r},"entity_id":"{entity_id}","score":{score!r},'
+            f'"label":{label}}}'.encode()
+        )
+    more = _dumps(_outputs(part, label, extra))[1:-1]
+    label_json = "null" if label is None else str(label)
     return JsonBytes(
-        f'{part.json_head}"age_seconds":{age!r},"entity_id":"{entity_id}","score":{score!r},"label":{label}}}'.encode()
+        f'{part.json_head}"age_seconds":{age!r},"entity_id":"{entity_id}","score":{score!r},'
+        f'"label":{label_json},{more}}}'.encode()
     )
 
 
@@ -56,8 +82,8 @@ def entity_not_found(part: Partition, entity_id: str) -> JsonBytes:
 def batch(
     part: Partition,
     ids: Sequence[str],
-    found: dict[str, tuple[float, int]],
-    canary: tuple[Partition, dict[str, tuple[float, int]]] | None = None,
+    found: dict[str, Hit],
+    canary: tuple[Partition, dict[str, Hit]] | None = None,
 ) -> JsonBytes:
     """The batch answer. Under a canary, the canary entities found in the challenger's partition
     are answered from it: each item names its version, and `canary` describes that partition."""
@@ -73,13 +99,16 @@ def batch(
             continue
         seen.add(entity_id)
         hit = canary_found.get(entity_id)
-        version = canary_version
+        version, answered_by = canary_version, canary[0] if canary else part
         if hit is None:
-            hit, version = found.get(entity_id), part.version
+            hit, version, answered_by = found.get(entity_id), part.version, part
         if hit is None:
             missing.append(entity_id)
         else:
-            predictions.append({"entity_id": entity_id, "score": hit[0], "label": hit[1], "version": version})
+            item = {"entity_id": entity_id, "score": hit[0], "label": hit[1], "version": version}
+            if answered_by.task != "binary":
+                item.update(_outputs(answered_by, hit[1], hit[2]))
+            predictions.append(item)
     body["predictions"] = predictions
     body["missing"] = missing
     body["canary"] = _partition(canary[0], now) if canary else None

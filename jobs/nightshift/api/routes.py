@@ -13,7 +13,7 @@ from nightshift.api.auth import Caller
 from nightshift.api.db import DatabaseUnavailable
 from nightshift.api.deps import BatchLookup, get_caller, get_reader, single_lookup, state_of
 from nightshift.api.metrics import CONTENT_TYPE
-from nightshift.api.reader import NotFound, Partition, PredictionReader
+from nightshift.api.reader import Hit, NotFound, Partition, PredictionReader
 from nightshift.api.schemas import (
     BatchRequestBase,
     Health,
@@ -130,7 +130,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         ids = cast(BatchRequestBase, body).ids
         state_of(request).metrics.batch_ids.observe(len(ids))
         sel, reader = lookup.selection, lookup.reader
-        canary: tuple[Partition, dict[str, tuple[float, int]]] | None = None
+        canary: tuple[Partition, dict[str, Hit]] | None = None
         if sel.version is None and sel.alias is None:
             share = await reader.canary_share(sel.model)
             if share:

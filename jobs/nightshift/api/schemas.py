@@ -49,18 +49,35 @@ class PartitionRef(BaseModel):
     age_seconds: float = Field(description="seconds since committed_at, at the time of the answer")
 
 
-class Prediction(PartitionRef):
-    """One entity's committed prediction."""
+class TaskOutputs(BaseModel):
+    """What a multiclass or a regression model's answer carries besides score and label (binary: absent)."""
 
+    value: float | None = Field(
+        default=None, description="regression: the predicted value, as the model gave it (float64)"
+    )
+    predicted_class: str | None = Field(
+        default=None, description="multiclass: the most probable class's name (label is its index)"
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="multiclass: every class's probability, by class name"
+    )
+
+
+class Prediction(PartitionRef, TaskOutputs):
+    """One entity's committed prediction. binary: score = P(positive class), label = 0/1 at the decision
+    threshold. multiclass: score = the predicted class's probability, label = its index, plus predicted_class
+    and probabilities. regression: value, and score = the value as float32, label = null."""
+
+    task: str | None = Field(default=None, description="multiclass or regression (absent for a binary model)")
     entity_id: str
     score: float
-    label: int
+    label: int | None
 
 
-class ScoredEntity(BaseModel):
+class ScoredEntity(TaskOutputs):
     entity_id: str
     score: float
-    label: int
+    label: int | None
     version: int = Field(description="the version that answered: the challenger's for canary entities")
 
 

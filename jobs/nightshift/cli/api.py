@@ -1,38 +1,37 @@
-"""`nightshift api` (serve the lookup API with uvicorn) and `nightshift keys create|list|revoke`."""
+"""`nightshift api` (serve the lookup API with uvicorn) and `nightshift keys create | list | revoke`."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="project file (default: $NIGHTSHIFT_CONFIG or ./nightshift.toml)"),
-]
+from nightshift.cli.app import app, err, out
+from nightshift.cli.common import ConfigOpt, JsonOpt, print_json, settings_from
 
 if TYPE_CHECKING:  # pragma: no cover
     from nightshift.api.keys import KeyManager
 
-out = Console()
-err = Console(stderr=True)
 
-keys_app = typer.Typer(help="API keys of the lookup API: create (shown once), list, revoke.", no_args_is_help=True)
+def _check_schema(settings: Any) -> None:
+    """Refuse to start on a store whose schema is not the code's, in one line (the app's own check would fail
+    in every worker's startup, with uvicorn's traceback). An unreachable database is left to the app: it starts
+    anyway and /readyz answers 503 until the database is back."""
+    from nightshift.db import Store, StoreUnavailable
+
+    store = Store(settings.api.store_url or settings.resolved_store_url, connect_retries=0)
+    try:
+        store.ensure_current()  # StoreError: "... is at schema revision 0004, this code needs 0007: run ..."
+    except StoreUnavailable as exc:
+        err.print(f"warning: {exc}; starting anyway (/readyz answers 503 until the database answers)", soft_wrap=True)
+    finally:
+        store.dispose()
 
 
-def _key_manager(config: Path | None) -> KeyManager:
-    from nightshift.api.keys import KeyManager
-    from nightshift.config import load_settings
-    from nightshift.db import open_store
-
-    return KeyManager(open_store(load_settings(config)))
-
-
+@app.command("api")
 def api_cmd(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (default: api.host)")] = None,
@@ -47,6 +46,7 @@ def api_cmd(
 
     path = find_config(config)
     settings = load_settings(path)  # fail here, with a clear message, not in every worker
+    _check_schema(settings)
     os.environ[CONFIG_ENV] = str(path)  # what the factory reads in each worker
     uvicorn.run(
         "nightshift.api.app:app_from_environment",
@@ -60,12 +60,22 @@ def api_cmd(
     )
 
 
+keys_app = app.sub("keys", "API keys of the lookup API: create (shown once), list, revoke.")
+
+
+def _key_manager(config: Path | None) -> KeyManager:
+    from nightshift.api.keys import KeyManager
+    from nightshift.db import open_store
+
+    return KeyManager(open_store(settings_from(config)))
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", "-n", help="who or what uses the key (an app's name)")],
     models: Annotated[str, typer.Option("--models", "-m", help="comma-separated model names, or '*' for all")],
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print it ONCE: only its SHA-256 is stored, it cannot be shown again."""
     from nightshift.models.registry import current_user
@@ -73,7 +83,7 @@ def keys_create(
     manager = _key_manager(config)
     key, token = manager.create(name, models, created_by=current_user())
     if as_json:
-        print(json.dumps({**key.as_dict(), "key": token}))
+        print_json({**key.as_dict(), "key": token})
         return
     err.print(f"created key {key.key_id} ({key.name}) for models {', '.join(key.models)}; store it now:")
     print(token)
@@ -83,13 +93,13 @@ def keys_create(
 def keys_list(
     config: ConfigOpt = None,
     active: Annotated[bool, typer.Option("--active", help="only keys that are not revoked")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List keys (never their secrets)."""
     manager = _key_manager(config)
     keys = manager.list_keys(include_revoked=not active)
     if as_json:
-        print(json.dumps([k.as_dict() for k in keys]))
+        print_json([k.as_dict() for k in keys])
         return
     table = Table(title="API keys")
     for col in ("key_id", "name", "models", "created", "by", "status"):
@@ -109,9 +119,3 @@ def keys_revoke(
     manager = _key_manager(config)
     for k in manager.revoke(key):
         out.print(f"revoked {k.key_id} ({k.name})")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `api` and `keys` to the `nightshift` command."""
-    app.command("api")(api_cmd)
-    app.add_typer(keys_app, name="keys")

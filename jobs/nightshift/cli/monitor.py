@@ -5,30 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nightshift.cli.common import ConfigOpt, JsonOpt, ModelOpt, parse_day, print_json, settings_from
-
-out = Console()
-err = Console(stderr=True)
-
-_ConfigOpt = ConfigOpt
-_ModelOpt = ModelOpt
-_DsOpt = Annotated[str, typer.Option("--ds", help="the partition (YYYY-MM-DD)")]
-_VersionOpt = Annotated[int | None, typer.Option("--version", help="model version (default: the champion)")]
-_JsonOpt = JsonOpt
+from nightshift.cli.app import app, err, out
+from nightshift.cli.common import (
+    AnyModelOpt,
+    ConfigOpt,
+    DsOpt,
+    JsonOpt,
+    ModelOpt,
+    VersionOpt,
+    parse_day,
+    print_json,
+    settings_from,
+)
 
 _STYLE = {"pass": "green", "fail": "bold red", "insufficient_data": "yellow"}
-
-
-_settings = settings_from
-_day = parse_day
-
-
-def _print_json(data: Any) -> None:
-    print_json(out, data)
 
 
 def _status(status: str) -> str:
@@ -71,7 +64,7 @@ def _check_rows(result: Any) -> list[dict[str, Any]]:
 
 def _show_result(result: Any, as_json: bool, all_checks: bool) -> None:
     if as_json:
-        _print_json(result.as_dict(checks=True))
+        print_json(result.as_dict(checks=True))
         return
     title = f"{result.model} v{result.version} ds={result.ds} ({result.kind})"
     out.print(_checks_table(title, _check_rows(result), only_problems=not all_checks))
@@ -82,16 +75,17 @@ def _show_result(result: Any, as_json: bool, all_checks: bool) -> None:
     )
 
 
+@app.command("monitor")
 def monitor_cmd(
-    model: _ModelOpt,
-    ds: _DsOpt,
-    version: _VersionOpt = None,
+    model: ModelOpt,
+    ds: DsOpt,
+    version: VersionOpt = None,
     report: Annotated[
         bool | None, typer.Option("--report/--no-report", help="write the HTML report (default: the project file)")
     ] = None,
     all_checks: Annotated[bool, typer.Option("--all", help="list passing checks too")] = False,
-    config: _ConfigOpt = None,
-    as_json: _JsonOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Monitor a committed partition: data quality, drift of features and scores; store, report, alert.
 
@@ -99,40 +93,48 @@ def monitor_cmd(
     """
     from nightshift.monitoring import monitor_partition
 
-    result = monitor_partition(_settings(config), model, _day(ds), version=version, report=report)
+    result = monitor_partition(settings_from(config), model, parse_day(ds, "--ds"), version=version, report=report)
     _show_result(result, as_json, all_checks)
     if result.status == "fail":
         raise typer.Exit(1)
 
 
-def report_cmd(model: _ModelOpt, ds: _DsOpt, version: _VersionOpt = None, config: _ConfigOpt = None) -> None:
+@app.command("monitor-report")
+def report_cmd(model: ModelOpt, ds: DsOpt, version: VersionOpt = None, config: ConfigOpt = None) -> None:
     """Write the Evidently HTML report of a monitored partition (when monitoring ran with --no-report)."""
     from nightshift.monitoring import report_partition
 
-    out.print(report_partition(_settings(config), model, _day(ds), version=version))
+    out.print(report_partition(settings_from(config), model, parse_day(ds, "--ds"), version=version))
 
 
+@app.command("reports")
 def reports_cmd(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="one model (default: all)")] = None,
-    ds: Annotated[str | None, typer.Option("--ds", help="show the checks of this night")] = None,
+    model: AnyModelOpt = None,
+    ds: Annotated[str | None, typer.Option("--ds", help="show the checks of this night (YYYY-MM-DD)")] = None,
+    version: Annotated[
+        int | None,
+        typer.Option("--version", help="only this model version (default: all; with --ds, the newest monitored)"),
+    ] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="'data' or 'quality' (default: both)")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 30,
-    plot: Annotated[bool, typer.Option("--plot", help="write the drift-history PNG per model")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="monitored nights per model, newest first")] = 30,
+    plot: Annotated[
+        bool, typer.Option("--plot", help="write the drift-history PNG per model (one line style per version)")
+    ] = False,
     requests: Annotated[bool, typer.Option("--requests", help="list retraining requests instead")] = False,
-    config: _ConfigOpt = None,
-    as_json: _JsonOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Monitoring history per model: verdicts, failed checks, reports; --ds for one night's checks."""
     from nightshift.db import open_store
     from nightshift.monitoring import monitor_checks, monitor_history, plot_history, retrain_requests
 
-    settings = _settings(config)
+    settings = settings_from(config)
     models = [model] if model else [m.name for m in settings.models]
     store = open_store(settings)
     if requests:
         rows = [r for m in models for r in retrain_requests(settings, m, store=store)]
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
         table = Table(title="retraining requests")
         for col in ("request / run id", "model", "ds", "version", "source", "status", "reason"):
@@ -150,17 +152,27 @@ def reports_cmd(
         out.print(table)
         return
     if ds:
-        day = _day(ds)
-        found = {m: monitor_checks(settings, m, day, kind=kind or "data", store=store) for m in models}
+        day = parse_day(ds, "--ds")
+        kind_ = kind or "data"
+        found: dict[str, list[dict[str, Any]]] = {}
+        for m in models:
+            # Which versions were monitored that night (newest first): the checks shown are of --version, or the newest.
+            nights = monitor_history(settings, m, kind=kind_, version=version, since=day, until=day, store=store)
+            shown = version if version is not None else (int(nights[0]["version"]) if nights else None)
+            checks = monitor_checks(settings, m, day, version=shown, kind=kind_, store=store) if nights else []
+            found[m] = [{**c, "version": shown} for c in checks]
+            if not as_json:
+                others = sorted({int(r["version"]) for r in nights} - {shown})
+                title = f"{m} v{shown} ds={day} ({kind_})" if shown is not None else f"{m} ds={day} ({kind_})"
+                out.print(_checks_table(title, checks, only_problems=False))
+                if others:
+                    out.print(f"{m} ds={day}: also monitored " + ", ".join(f"v{v} (--version {v})" for v in others))
         if as_json:
-            _print_json(found)
-            return
-        for m, checks in found.items():
-            out.print(_checks_table(f"{m} ds={day} ({kind or 'data'})", checks, only_problems=False))
+            print_json(found)
         return
-    runs = {m: monitor_history(settings, m, kind=kind, limit=limit, store=store) for m in models}
+    runs = {m: monitor_history(settings, m, kind=kind, version=version, limit=limit, store=store) for m in models}
     if as_json:
-        _print_json(runs)
+        print_json(runs)
     else:
         for m, rows in runs.items():
             table = Table(title=f"{m}: monitoring history")
@@ -181,68 +193,78 @@ def reports_cmd(
             out.print(table)
     if plot:
         for m in models:
-            err.print(f"drift history of {m}: {plot_history(settings, m, store=store)}")
+            err.print(f"drift history of {m}: {plot_history(settings, m, version=version, store=store)}")
 
 
+@app.command("labels-quality")
 def labels_quality_cmd(
-    model: _ModelOpt, ds: _DsOpt, version: _VersionOpt = None, config: _ConfigOpt = None, as_json: _JsonOpt = False
+    model: ModelOpt, ds: DsOpt, version: VersionOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
 ) -> None:
     """The model's quality on a labelled day: ROC AUC, log loss, precision, recall, base rate; stored and checked."""
     from nightshift.monitoring import label_quality
 
-    result = label_quality(_settings(config), model, _day(ds), version=version)
+    result = label_quality(settings_from(config), model, parse_day(ds, "--ds"), version=version)
     _show_result(result, as_json, all_checks=True)
     if result.status == "fail":
         raise typer.Exit(1)
 
 
+@app.command("retrain-decision")
 def retrain_decision_cmd(
-    model: _ModelOpt, ds: _DsOpt, version: _VersionOpt = None, config: _ConfigOpt = None, as_json: _JsonOpt = False
+    model: ModelOpt, ds: DsOpt, version: VersionOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Decide (and record, exactly once) whether the monitored night asks for retraining."""
     from nightshift.monitoring import retrain_decision
 
-    decision = retrain_decision(_settings(config), model, _day(ds), version=version)
+    decision = retrain_decision(settings_from(config), model, parse_day(ds, "--ds"), version=version)
     if as_json:
-        _print_json(decision.as_dict())
+        print_json(decision.as_dict())
         return
     verdict = "[bold red]TRIGGER[/]" if decision.trigger else "[green]no retraining[/]"
     again = " (already recorded: replayed)" if decision.replayed else ""
     out.print(f"{model} ds={decision.ds}: {verdict}{again} — {escape(decision.reason)}; run id {decision.run_id}")
 
 
+@app.command("retrain-request")
 def retrain_request_cmd(
-    model: _ModelOpt,
-    ds: _DsOpt,
+    model: ModelOpt,
+    ds: DsOpt,
     reason: Annotated[str, typer.Option("--reason", help="why (kept with the request)")],
-    config: _ConfigOpt = None,
-    as_json: _JsonOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Record a retraining request by hand (idempotent per model and ds)."""
     from nightshift.monitoring import record_retrain_request
 
-    request, created = record_retrain_request(_settings(config), model, _day(ds), reason, source="manual")
+    request, created = record_retrain_request(
+        settings_from(config), model, parse_day(ds, "--ds"), reason, source="manual"
+    )
     if as_json:
-        _print_json({**request, "created": created})
+        print_json({**request, "created": created})
         return
     out.print(f"{'recorded' if created else 'already recorded'}: {request['request_id']} — {escape(request['reason'])}")
 
 
+@app.command("monitor-reference")
 def reference_cmd(
-    model: _ModelOpt,
-    version: _VersionOpt = None,
+    model: ModelOpt,
+    version: VersionOpt = None,
     ds: Annotated[
         list[str] | None, typer.Option("--ds", help="build from these days (default: the training partitions)")
     ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="rebuild even if stored")] = False,
-    config: _ConfigOpt = None,
-    as_json: _JsonOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show (building once if needed) the reference a version's monitoring compares against."""
     from nightshift.monitoring import reference_for
 
     ref = reference_for(
-        _settings(config), model, version=version, days=[_day(d) for d in ds or []] or None, rebuild=rebuild
+        settings_from(config),
+        model,
+        version=version,
+        days=[parse_day(d, "--ds") for d in ds or []] or None,
+        rebuild=rebuild,
     )
     info = {
         "model": ref.model,
@@ -255,20 +277,9 @@ def reference_cmd(
         "score": ref.stats.get("score"),
     }
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     out.print(
         f"{model} v{ref.version} reference: {info['rows']:,} training rows, {info['sampled_rows']:,} sampled, "
         f"from {', '.join(str(p.get('ds')) for p in ref.partitions)}; stored at {ref.uri}"
     )
-
-
-def register(app: typer.Typer) -> None:
-    """Add the monitoring commands to the `nightshift` app."""
-    app.command("monitor")(monitor_cmd)
-    app.command("monitor-report")(report_cmd)
-    app.command("monitor-reference")(reference_cmd)
-    app.command("reports")(reports_cmd)
-    app.command("labels-quality")(labels_quality_cmd)
-    app.command("retrain-decision")(retrain_decision_cmd)
-    app.command("retrain-request")(retrain_request_cmd)

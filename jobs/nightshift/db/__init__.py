@@ -7,17 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nightshift.db.store import (
-    CommitResult,
-    PartitionInfo,
-    Prediction,
-    Store,
-    StoreError,
-    StoreUnavailable,
-    normalize_url,
-    redact,
-    utcnow,
-)
+from nightshift.db.engine import StoreError, StoreUnavailable, normalize_url, redact, utcnow
+from nightshift.db.store import CommitResult, PartitionInfo, Prediction, Store
 
 if TYPE_CHECKING:  # pragma: no cover
     from nightshift.config import Settings

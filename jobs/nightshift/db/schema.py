@@ -8,6 +8,7 @@ apart. Readable DDL generated from the migrations: `sql/`.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 metadata = sa.MetaData()
 
@@ -38,6 +39,12 @@ model_versions = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("description", sa.Text, nullable=False, server_default=""),
+    #: binary, multiclass or regression (migration 0007).
+    sa.Column("task", sa.String(16), nullable=False, server_default="binary"),
+    #: How the ONNX graph is fed and read (input layout, output roles, class names); NULL: nightshift's own.
+    sa.Column("signature", JSON, nullable=True),
+    #: Where a model brought by its user came from (flavour, library, converter, original URI and SHA-256).
+    sa.Column("source", JSON, nullable=True),
 )
 
 model_aliases = sa.Table(
@@ -117,10 +124,13 @@ runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("host", sa.String(256), nullable=True),
     sa.Column("pid", sa.Integer, nullable=True),
+    #: When a newer run of the same (model, version, ds) took over (migration 0008); NULL while it serves.
+    sa.Column("replaced_at", TS, nullable=True),
     sa.CheckConstraint(
         "status IN ('running', 'committed', 'superseded', 'failed', 'abandoned', 'expired')", name="ck_runs_status"
     ),
     sa.Index("ix_runs_partition", "model", "version", "ds"),
+    sa.Index("ix_runs_served", "model", "version", "ds", "status"),
 )
 
 # Idempotent staging: a chunk (file or row-group range) is written at most once per run,
@@ -155,7 +165,13 @@ predictions = sa.Table(
     # PostgreSQL: TEXT COLLATE "C" (ids compare bytewise: faster index builds and lookups), REAL.
     sa.Column("entity_id", sa.String(128).with_variant(sa.Text(collation="C"), "postgresql"), primary_key=True),
     sa.Column("score", sa.Float(precision=24).with_variant(sa.REAL(), "postgresql"), nullable=False),
-    sa.Column("label", sa.SmallInteger, nullable=False),
+    # The predicted class (binary: 0/1 at the decision threshold; multiclass: the class's index);
+    # NULL for a regression.
+    sa.Column("label", sa.SmallInteger, nullable=True),
+    # A regression's value as the model gave it (score keeps it as float4 for monitoring and ordering).
+    sa.Column("value", sa.Float, nullable=True),
+    # A multiclass model's probability of every class, in its recorded class order (SQLite: float32 bytes).
+    sa.Column("probs", sa.LargeBinary().with_variant(ARRAY(sa.REAL()), "postgresql"), nullable=True),
     sqlite_with_rowid=False,
     # The key's column order differs by store (see primary_key_columns): PostgreSQL leads with
     # entity_id (migration 0005: the index build sorts on abbreviated keys); SQLite keeps run_id
@@ -303,3 +319,49 @@ def primary_key_columns(table: sa.Table, dialect: str) -> tuple[str, ...]:
     if dialect in by_dialect:
         return tuple(by_dialect[dialect])
     return tuple(c.name for c in table.primary_key.columns)
+
+
+# -- lineage (migration 0009) ------------------------------------------------------------------
+
+#: Each run's input manifest (nightshift.telemetry.manifest): every file read (URI, bytes, rows, SHA-256
+#: fingerprint), the partition's digest, the model version's artifact and SHA-256, the OpenLineage run id.
+#: NULL for runs recorded before lineage was.
+runs.append_column(sa.Column("manifest", JSON, nullable=True))
+
+
+# -- decisions by outcomes (migration 0010) ------------------------------------------------------
+
+#: Every bandit allocation decided: per (model, night it applies to, version).
+bandit_allocations = sa.Table(
+    "bandit_allocations",
+    metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("ds", sa.Date, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("p_best", sa.Float, nullable=True),
+    sa.Column("rewards", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("mean_reward", sa.Float, nullable=True),
+    sa.Column("decided_ds", sa.Date, nullable=True),
+    sa.Column("decided_at", TS, nullable=False),
+    sa.CheckConstraint("share >= 0 AND share <= 1", name="ck_bandit_allocations_share"),
+)
+
+#: The label-free estimate of a version's quality on a ds (monitoring/cbpe.py), and once labels land the
+#: realized values and the estimation error beside it.
+performance_estimates = sa.Table(
+    "performance_estimates",
+    metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ds", sa.Date, primary_key=True),
+    sa.Column("run_id", ID_, nullable=True),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("task", sa.String(16), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("estimated", JSON, nullable=False),
+    sa.Column("realized", JSON, nullable=True),
+    sa.Column("error", JSON, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("labelled_at", TS, nullable=True),
+)

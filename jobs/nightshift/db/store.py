@@ -20,41 +20,40 @@ run of that partition.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import socket
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from nightshift.db import schema
-from nightshift.errors import CommitError, DuplicateEntityError, NightshiftError, RunLockTimeout
+from nightshift.db.backends import BACKENDS, Backend
+from nightshift.db.engine import (
+    StoreError,
+    StoreUnavailable,
+    as_date,
+    as_utc,
+    dialect_insert,
+    normalize_url,
+    redact,
+    sqlite_on_begin,
+    sqlite_on_connect,
+    utcnow,
+)
+from nightshift.errors import CommitError, RunLockTimeout
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
-
+__all__ = ["CommitResult", "GcReport", "PartitionInfo", "Prediction", "Store", "StoreError", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
-
-
-class StoreError(NightshiftError):
-    """The store is unreachable, not migrated, or refused an operation."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not be reached after the configured retries."""
 
 
 @dataclass(frozen=True)
@@ -80,46 +79,41 @@ class CommitResult:
 class Prediction:
     entity_id: str
     score: float
-    label: int
+    label: int | None
     ds: date
     version: int
     run_id: int
     committed_at: datetime
+    #: A regression's value (None for classifiers).
+    value: float | None = None
+    #: A multiclass model's probability of each class, in its recorded class order (None otherwise).
+    probs: list[float] | None = None
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def decode_probs(raw: Any) -> list[float] | None:
+    """A stored `probs` value as floats: PostgreSQL returns a list, SQLite the float32 bytes."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes | bytearray | memoryview):
+        import struct
+
+        data = bytes(raw)
+        return list(struct.unpack(f"<{len(data) // 4}f", data))
+    return [float(x) for x in raw]
 
 
-def normalize_url(url: str) -> str:
-    """SQLAlchemy URL with the driver nightshift uses (psycopg 3 for PostgreSQL)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+@dataclass
+class GcReport:
+    """What `Store.gc` removed (or, in a dry run, would remove): each dead run and the rows it held."""
 
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    #: Runs found still marked running whose lock nobody holds: their process died. Marked abandoned.
+    abandoned: list[int] = field(default_factory=list)
+    dry_run: bool = False
 
-def redact(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL that does not parse is shown as given
-        return url
-
-
-def _libpq_url(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def staging_table(run_id: int) -> str:
-    """The PostgreSQL table a run's rows are staged in (and attached as its partition)."""
-    return f"predictions_r{int(run_id)}"
-
-
-def lock_key(model: str, ds: date | str) -> int:
-    """A stable signed 64-bit key for the (model, ds) run lock."""
-    digest = hashlib.blake2b(f"nightshift:run:{model}:{ds}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    @property
+    def rows(self) -> int:
+        return sum(int(r["rows"]) for r in self.runs)
 
 
 class Store:
@@ -144,10 +138,11 @@ class Store:
             self.engine: Engine = sa.create_engine(
                 self.url, connect_args={"timeout": 60, "check_same_thread": False}, poolclass=sa.pool.NullPool
             )
-            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-            sa.event.listen(self.engine, "begin", _sqlite_on_begin)
+            sa.event.listen(self.engine, "connect", sqlite_on_connect)
+            sa.event.listen(self.engine, "begin", sqlite_on_begin)
         else:
             self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        self.backend: Backend = BACKENDS[self.dialect](self, self._url)
 
     def __repr__(self) -> str:
         return f"Store({redact(self.url)})"
@@ -165,7 +160,7 @@ class Store:
     @property
     def parallel_staging(self) -> bool:
         """Whether Dask workers write their chunks themselves (PostgreSQL) or hand them to the driver (SQLite)."""
-        return not self.is_sqlite
+        return self.backend.parallel_staging
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -255,47 +250,8 @@ class Store:
     @contextlib.contextmanager
     def run_lock(self, model: str, ds: date, timeout_s: float) -> Iterator[None]:
         """Serialise runs of one (model, ds) across processes and machines."""
-        if self.is_sqlite:
-            from filelock import FileLock, Timeout
-
-            lock_dir = Path(self.sqlite_path + ".locks")
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_dir / f"{model}__{ds}.lock"))
-            try:
-                lock.acquire(timeout=timeout_s)
-            except Timeout:
-                raise RunLockTimeout(
-                    f"another run of model {model!r} ds={ds} still holds the lock after {timeout_s:.0f}s"
-                ) from None
-            try:
-                yield
-            finally:
-                lock.release()
-            return
-        import psycopg
-
-        key = lock_key(model, ds)
-        conn = psycopg.connect(_libpq_url(self._url), autocommit=True)
-        try:
-            deadline = time.monotonic() + timeout_s
-            pause = 0.05
-            while True:
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-                if got and got[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise RunLockTimeout(
-                        f"another run of model {model!r} ds={ds} still holds the lock after {timeout_s:.0f}s"
-                    )
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(Exception):
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            conn.close()
+        with self.backend.run_lock(model, ds, timeout_s):
+            yield
 
     def start_run(
         self,
@@ -306,18 +262,28 @@ class Store:
         run_key: str | None = None,
         input_rows: int | None = None,
         files: int | None = None,
+        keep_running: Sequence[int] = (),
+        history_days: float = 0,
+        manifest: dict[str, Any] | None = None,
     ) -> int:
-        """Record a new run and return its id. Call under `run_lock`."""
+        """Record a new run and return its id. Call under `run_lock`.
+
+        `keep_running`: runs of this (model, ds) started by the same pass (other versions scored in the
+        same read), which are alive although they are running. `history_days`: replaced runs of the
+        partition stay while their history window is open (see `cleanup`). `manifest`: what the run reads
+        (nightshift.telemetry.manifest), stored with it for lineage.
+        """
         now = utcnow()
         with self.begin() as conn:
             # Under the run lock no other run of this partition is alive: any still marked
-            # running crashed. Mark them so their staged rows are cleaned up.
+            # running (but this pass's own) crashed. Mark them so their staged rows are cleaned up.
             conn.execute(
                 schema.runs.update()
                 .where(
                     schema.runs.c.model == model,
                     schema.runs.c.ds == ds,
                     schema.runs.c.status == "running",
+                    schema.runs.c.run_id.not_in(list(keep_running)),
                 )
                 .values(status="abandoned", finished_at=now, error="process ended before commit or failure")
             )
@@ -333,21 +299,24 @@ class Store:
                     started_at=now,
                     host=socket.gethostname(),
                     pid=os.getpid(),
+                    manifest=manifest,
                 )
             )
             pk = result.inserted_primary_key
             assert pk is not None
             run_id = int(pk[0])
-            if not self.is_sqlite:
-                table = staging_table(run_id)
-                conn.exec_driver_sql(
-                    f"CREATE TABLE {table} (LIKE predictions INCLUDING DEFAULTS, "
-                    f"CONSTRAINT {table}_run CHECK (run_id = {run_id}))"
-                )
-        self.cleanup(model, version, ds)
+            self.backend.create_run_storage(conn, run_id)
+        self.cleanup(model, version, ds, history_days=history_days)
         return run_id
 
-    def commit_run(self, run_id: int, expected_rows: int, timings: dict[str, Any] | None = None) -> CommitResult:
+    def commit_run(
+        self,
+        run_id: int,
+        expected_rows: int,
+        timings: dict[str, Any] | None = None,
+        *,
+        history_days: float = 0,
+    ) -> CommitResult:
         """Make run `run_id` the visible truth of its partition, if its row counts match the input."""
         t0 = time.perf_counter()
         r, p, c = schema.runs, schema.partitions, schema.run_chunks
@@ -366,14 +335,13 @@ class Store:
             # Each ledger row holds the count the database reported for its chunk's rows (COPY's
             # "COPY n", executemany's rowcount), written in the same transaction as the rows:
             # counting a 4M-row run again would cost 0.1 s.
-            stored = self._staged_rows(conn, run_id, staged)
+            stored = self.backend.stored_rows(conn, run_id, staged)
             if not (int(staged) == int(stored) == int(expected_rows)):
                 raise CommitError(
                     f"{where}: row count check failed: input {expected_rows} rows, ledger {staged}, "
                     f"stored {stored}; nothing committed, the previous predictions still serve"
                 )
-            if not self.is_sqlite:
-                self._attach_run(conn, run_id, where)
+            self.backend.publish(conn, run_id, where)
             old = conn.execute(
                 sa.select(p.c.run_id).where(
                     p.c.model == run["model"], p.c.version == run["version"], p.c.ds == run["ds"]
@@ -387,7 +355,7 @@ class Store:
                 "committed_at": now,
                 "timings": timings,
             }
-            insert = _dialect_insert(self.dialect, p).values(
+            insert = dialect_insert(self.dialect, p).values(
                 model=run["model"], version=run["version"], ds=run["ds"], **values
             )
             conn.execute(insert.on_conflict_do_update(index_elements=["model", "version", "ds"], set_=values))
@@ -397,10 +365,10 @@ class Store:
                 .values(status="committed", rows=int(stored), finished_at=now, timings=timings)
             )
             if old is not None and old != run_id:
-                conn.execute(r.update().where(r.c.run_id == old).values(status="superseded"))
+                conn.execute(r.update().where(r.c.run_id == old).values(status="superseded", replaced_at=now))
         seconds = time.perf_counter() - t0
         try:
-            self.cleanup(run["model"], run["version"], run["ds"])
+            self.cleanup(run["model"], run["version"], run["ds"], history_days=history_days)
         except Exception as exc:  # noqa: BLE001 - committed is committed; `nightshift gc` finishes the cleanup
             log.warning("run %s committed, but removing replaced rows failed (run `nightshift gc`): %s", run_id, exc)
         return CommitResult(run_id=run_id, rows=int(stored), replaced_run_id=old, seconds=seconds)
@@ -418,8 +386,9 @@ class Store:
             # Only a run that was still running loses its rows: never one that committed meanwhile.
             self._delete_run_rows([run_id])
 
-    def cleanup(self, model: str, version: int, ds: date) -> int:
-        """Delete the staged rows of replaced, failed and abandoned runs of one partition."""
+    def cleanup(self, model: str, version: int, ds: date, *, history_days: float = 0) -> int:
+        """Delete the staged rows of failed and abandoned runs of one partition, and of replaced runs that
+        stopped serving more than `history_days` ago (until then they answer "what did we serve at T")."""
         r = schema.runs
         with self.connect() as conn:
             dead = [
@@ -429,83 +398,143 @@ class Store:
                         r.c.model == model,
                         r.c.version == version,
                         r.c.ds == ds,
-                        r.c.status.in_(("superseded", "failed", "abandoned")),
+                        sa.or_(
+                            r.c.status.in_(("failed", "abandoned")),
+                            sa.and_(r.c.status == "superseded", _replaced_before(r, history_days)),
+                        ),
                     )
                 ).scalars()
             ]
             conn.rollback()
         return self._delete_run_rows(dead)
 
-    def expire(self, model: str, before: date) -> list[PartitionInfo]:
+    def expire(self, model: str, before: date, *, dry_run: bool = False) -> list[PartitionInfo]:
         """Retention: remove the committed partitions of `model` older than `before`, rows and all.
 
         On PostgreSQL each one is a table drop (detached concurrently, so readers never wait).
+        With `dry_run`, return what would go and change nothing.
         """
         p, r = schema.partitions, schema.runs
         with self.begin() as conn:
             rows = conn.execute(sa.select(p).where(p.c.model == model, p.c.ds < before)).mappings().all()
             expired = [_partition_info(row) for row in rows]
+            if dry_run:
+                conn.rollback()
+                return expired
             for info in expired:
                 conn.execute(p.delete().where(p.c.model == model, p.c.version == info.version, p.c.ds == info.ds))
                 conn.execute(r.update().where(r.c.run_id == info.run_id).values(status="expired"))
         self._delete_run_rows([i.run_id for i in expired])
         return expired
 
-    def gc(self, model: str | None = None) -> int:
-        """Remove what dead runs left (replaced, failed, abandoned, expired); returns rows removed."""
+    def abandon_dead_runs(self, model: str | None = None, *, dry_run: bool = False) -> list[int]:
+        """Runs still marked `running` whose process is gone (nobody holds their (model, ds) run lock, so
+        no live run of that partition exists): mark them abandoned, so gc collects what they staged.
+
+        A run being scored holds its lock the whole time, so it is never taken for dead."""
         r = schema.runs
-        q = sa.select(r.c.run_id).where(r.c.status.in_(("superseded", "failed", "abandoned", "expired")))
+        q = sa.select(r.c.run_id, r.c.model, r.c.ds).where(r.c.status == "running")
         if model:
             q = q.where(r.c.model == model)
         with self.connect() as conn:
-            dead = [int(x) for x in conn.execute(q).scalars()]
+            running = [(int(x.run_id), str(x.model), as_date(x.ds)) for x in conn.execute(q)]
             conn.rollback()
-        return self._delete_run_rows(dead)
+        dead: list[int] = []
+        for run_id, run_model, ds in running:
+            try:
+                with self.backend.run_lock(run_model, ds, timeout_s=0):
+                    if dry_run:
+                        dead.append(run_id)
+                        continue
+                    with self.begin() as conn:
+                        marked = conn.execute(
+                            r.update()
+                            .where(r.c.run_id == run_id, r.c.status == "running")
+                            .values(
+                                status="abandoned", finished_at=utcnow(), error="process ended before commit or failure"
+                            )
+                        ).rowcount
+                    if marked:
+                        dead.append(run_id)
+            except RunLockTimeout:
+                continue  # alive: its run holds the lock
+        return dead
+
+    def gc(
+        self, model: str | None = None, *, dry_run: bool = False, history_days: Mapping[str, float] | None = None
+    ) -> GcReport:
+        """Remove what dead runs left (replaced, failed, crashed, expired), with the rows each held.
+
+        Runs whose process died without a word (still `running`, lock free) are marked abandoned first.
+        Only runs that still hold rows or a table are visited. With `dry_run`, nothing changes.
+        """
+        abandoned = self.abandon_dead_runs(model, dry_run=dry_run)
+        r = schema.runs
+        q = sa.select(r).where(r.c.status.in_(("superseded", "failed", "abandoned", "expired")))
+        if model:
+            q = q.where(r.c.model == model)
+        for kept_model, days in (history_days or {}).items():  # replaced runs inside their model's history window
+            if days > 0:
+                q = q.where(
+                    sa.not_(
+                        sa.and_(r.c.model == kept_model, r.c.status == "superseded", sa.not_(_replaced_before(r, days)))
+                    )
+                )
+        with self.connect() as conn:
+            dead = {int(row["run_id"]): dict(row) for row in conn.execute(q).mappings()}
+            if dry_run:
+                for run_id in abandoned:  # not marked in a dry run, but they would be
+                    row = conn.execute(sa.select(r).where(r.c.run_id == run_id)).mappings().first()
+                    if row is not None:
+                        dead[run_id] = {**dict(row), "status": "abandoned"}
+            left = self.backend.with_leftovers(conn, sorted(dead))
+            conn.rollback()
+        removed = self.backend.remove_runs(left, dry_run=dry_run)
+        runs = [
+            {
+                "run_id": x.run_id,
+                "model": dead[x.run_id]["model"],
+                "version": int(dead[x.run_id]["version"]),
+                "ds": as_date(dead[x.run_id]["ds"]),
+                "status": dead[x.run_id]["status"],
+                "rows": x.rows,
+            }
+            for x in removed
+        ]
+        return GcReport(runs=runs, abandoned=abandoned, dry_run=dry_run)
+
+    def served_run(self, model: str, version: int, ds: date, at: datetime) -> PartitionInfo | None:
+        """The run that served (model, version, ds) at time `at` (a replaced one while its history is kept)."""
+        r = schema.runs
+        q = (
+            sa.select(r)
+            .where(
+                r.c.model == model,
+                r.c.version == version,
+                r.c.ds == ds,
+                r.c.status.in_(("committed", "superseded")),
+                r.c.finished_at <= at,
+                sa.or_(r.c.replaced_at.is_(None), r.c.replaced_at > at),
+            )
+            .order_by(r.c.finished_at.desc())
+            .limit(1)
+        )
+        with self.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            return None
+        return PartitionInfo(
+            model=row["model"],
+            version=int(row["version"]),
+            ds=as_date(row["ds"]),
+            run_id=int(row["run_id"]),
+            row_count=int(row["rows"] or 0),
+            committed_at=as_utc(row["finished_at"]),
+            timings=row["timings"],
+        )
 
     def _delete_run_rows(self, run_ids: Sequence[int]) -> int:
-        if not run_ids:
-            return 0
-        if not self.is_sqlite:
-            return self._drop_run_tables(run_ids)
-        deleted = 0
-        with self.begin() as conn:
-            for rid in run_ids:
-                res = conn.execute(schema.predictions.delete().where(schema.predictions.c.run_id == rid))
-                deleted += int(res.rowcount or 0)
-                conn.execute(schema.run_chunks.delete().where(schema.run_chunks.c.run_id == rid))
-        return deleted
-
-    def _drop_run_tables(self, run_ids: Sequence[int]) -> int:
-        """Drop the tables of dead runs; attached ones are detached concurrently first, so readers never wait."""
-        dropped = 0
-        with self.connect() as conn:
-            conn.exec_driver_sql("SET lock_timeout = '30s'")
-            conn.commit()
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            raw.autocommit = True
-            try:
-                for rid in run_ids:
-                    table = staging_table(rid)
-                    attached = conn.exec_driver_sql(
-                        "SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%(t)s)", {"t": table}
-                    ).scalar()
-                    if attached:
-                        try:
-                            conn.exec_driver_sql(f"ALTER TABLE predictions DETACH PARTITION {table} CONCURRENTLY")
-                        except sa.exc.DBAPIError:
-                            # An earlier detach was interrupted: finish it.
-                            conn.exec_driver_sql(f"ALTER TABLE predictions DETACH PARTITION {table} FINALIZE")
-                    count = conn.exec_driver_sql(
-                        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%(t)s)", {"t": table}
-                    ).scalar()
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-                    with self.begin() as c2:
-                        c2.execute(schema.run_chunks.delete().where(schema.run_chunks.c.run_id == rid))
-                    dropped += max(int(count or 0), 0)
-            finally:
-                raw.autocommit = False
-        return dropped
+        return sum(r.rows for r in self.backend.remove_runs(run_ids))
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -562,7 +591,17 @@ class Store:
             return []
         p, c = schema.predictions, schema.partitions
         q = (
-            sa.select(p.c.entity_id, p.c.score, p.c.label, c.c.ds, c.c.version, c.c.run_id, c.c.committed_at)
+            sa.select(
+                p.c.entity_id,
+                p.c.score,
+                p.c.label,
+                p.c.value,
+                p.c.probs,
+                c.c.ds,
+                c.c.version,
+                c.c.run_id,
+                c.c.committed_at,
+            )
             .select_from(c.join(p, p.c.run_id == c.c.run_id))
             .where(
                 c.c.model == model,
@@ -577,11 +616,13 @@ class Store:
                 Prediction(
                     entity_id=row.entity_id,
                     score=float(row.score),
-                    label=int(row.label),
-                    ds=_as_date(row.ds),
+                    label=int(row.label) if row.label is not None else None,
+                    ds=as_date(row.ds),
                     version=int(row.version),
                     run_id=int(row.run_id),
-                    committed_at=_as_utc(row.committed_at),
+                    committed_at=as_utc(row.committed_at),
+                    value=float(row.value) if row.value is not None else None,
+                    probs=decode_probs(row.probs),
                 )
                 for row in conn.execute(q)
             ]
@@ -616,352 +657,24 @@ class Store:
     def count_predictions(self, run_id: int) -> int:
         """Rows stored under a run, staged or committed (0 once its rows are gone)."""
         with self.connect() as conn:
-            return self._count_run_rows(conn, run_id)
-
-    def _count_run_rows(self, conn: Connection, run_id: int) -> int:
-        if self.is_sqlite:
-            q = sa.select(sa.func.count()).select_from(schema.predictions).where(schema.predictions.c.run_id == run_id)
-            return int(conn.execute(q).scalar_one())
-        exists = conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": staging_table(run_id)}).scalar()
-        if exists is None:
-            return 0
-        return int(conn.exec_driver_sql(f"SELECT count(*) FROM {staging_table(run_id)}").scalar_one())
-
-    def _staged_rows(self, conn: Connection, run_id: int, ledger: int) -> int:
-        """The ledger's count, once the run's rows are known to be there (0 if they are gone)."""
-        if self.is_sqlite:
-            p = schema.predictions
-            q = sa.select(p.c.run_id).where(p.c.run_id == run_id).limit(1)
-            return int(ledger) if conn.execute(q).first() is not None else 0
-        exists = conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": staging_table(run_id)}).scalar()
-        return int(ledger) if exists is not None else 0
-
-    def _attach_run(self, conn: Connection, run_id: int, where: str) -> None:
-        """Index a staged run's table and attach it as its partition (inside the commit transaction)."""
-        from psycopg import errors as pg_errors
-
-        table = staging_table(run_id)
-        try:
-            with conn.begin_nested():
-                # A PRIMARY KEY constraint, not a bare unique index: only a constraint matches the
-                # parent's, so ATTACH adopts it instead of building a second index (4M rows: 1.4 s
-                # saved). Key order as the parent's (migration 0005): entity_id first sorts faster.
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (entity_id, run_id)")
-        except sa.exc.IntegrityError as exc:
-            if isinstance(exc.orig, pg_errors.UniqueViolation):
-                detail = (exc.orig.diag.message_detail or "").strip()
-                # The failure path may be slow: find the repeated ids exactly, for the error message.
-                dupes = tuple(
-                    str(v)
-                    for (v,) in conn.exec_driver_sql(
-                        f"SELECT entity_id FROM {table} GROUP BY entity_id HAVING count(*) > 1 "
-                        "ORDER BY entity_id LIMIT 5"
-                    )
-                )
-                shown = ", ".join(map(repr, dupes)) if dupes else detail
-                raise DuplicateEntityError(
-                    f"{where}: entity id(s) {shown} appear more than once in the partition; "
-                    "duplicate entity ids are an error; nothing committed",
-                    dupes,
-                ) from None
-            raise
-        conn.exec_driver_sql(f"ALTER TABLE predictions ATTACH PARTITION {table} FOR VALUES IN ({int(run_id)})")
+            return self.backend.count_rows(conn, run_id)
 
 
-def _dialect_insert(dialect: str, table: sa.Table) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
-def _as_date(v: Any) -> date:
-    if isinstance(v, datetime):
-        return v.date()
-    if isinstance(v, date):
-        return v
-    return date.fromisoformat(str(v))
-
-
-def _as_utc(v: Any) -> datetime:
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    if v.tzinfo is None:
-        v = v.replace(tzinfo=UTC)
-    return v
+def _replaced_before(r: sa.Table, days: float) -> Any:
+    """A replaced run whose history window (`days` after it was replaced) is over (or never opened)."""
+    if days <= 0:
+        return sa.true()
+    cutoff = utcnow() - timedelta(days=days)
+    return sa.or_(r.c.replaced_at.is_(None), r.c.replaced_at < cutoff)
 
 
 def _partition_info(row: Any) -> PartitionInfo:
     return PartitionInfo(
         model=row["model"],
         version=int(row["version"]),
-        ds=_as_date(row["ds"]),
+        ds=as_date(row["ds"]),
         run_id=int(row["run_id"]),
         row_count=int(row["row_count"]),
-        committed_at=_as_utc(row["committed_at"]),
+        committed_at=as_utc(row["committed_at"]),
         timings=row["timings"],
     )
-
-
-def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event start transactions, so they can be IMMEDIATE.
-    dbapi_conn.isolation_level = None
-    _sqlite_pragmas(dbapi_conn)
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    # Take the write lock up front: a deferred transaction that reads then writes can
-    # fail at once with "database is locked" instead of waiting for its turn.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _sqlite_pragmas(dbapi_conn: sqlite3.Connection) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-# -- staging: runs inside Dask workers (PostgreSQL) or the driver (SQLite) -----------------
-
-_conn_cache: dict[tuple[int, str], Any] = {}
-_conn_lock = threading.Lock()
-
-
-def _staging_connection(url: str) -> Any:
-    """One raw DBAPI connection per process (and thread) and URL, reused across chunks."""
-    key = (threading.get_ident(), url)
-    with _conn_lock:
-        conn = _conn_cache.get(key)
-    if conn is not None:
-        if getattr(conn, "closed", False):
-            conn = None
-        else:
-            return conn
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        assert parsed.database
-        conn = sqlite3.connect(parsed.database, timeout=60, isolation_level=None, check_same_thread=False)
-        _sqlite_pragmas(conn)
-    else:
-        import psycopg
-
-        conn = psycopg.connect(_libpq_url(parsed))
-    with _conn_lock:
-        _conn_cache[key] = conn
-    return conn
-
-
-def _drop_staging_connection(url: str) -> None:
-    key = (threading.get_ident(), url)
-    with _conn_lock:
-        conn = _conn_cache.pop(key, None)
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            conn.close()
-
-
-def stage_chunk(
-    url: str,
-    run_id: int,
-    chunk: str,
-    ids: pa.Array,
-    scores: np.ndarray,
-    labels: np.ndarray,
-) -> int:
-    """Write one chunk's predictions under `run_id`, exactly once. Returns the chunk's row count.
-
-    A second attempt for the same (run_id, chunk) — a Dask task recomputed after its worker
-    died after writing — finds the ledger row and writes nothing.
-    """
-    url = normalize_url(url)
-    try:
-        if make_url(url).get_backend_name() == "sqlite":
-            return _stage_sqlite(url, run_id, chunk, ids, scores, labels)
-        return _stage_postgres(url, run_id, chunk, ids, scores, labels)
-    except DuplicateEntityError:
-        raise
-    except Exception:
-        # A broken connection must not be reused by the next chunk.
-        _drop_staging_connection(url)
-        raise
-
-
-def _stage_sqlite(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> int:
-    conn: sqlite3.Connection = _staging_connection(url)
-    n = len(ids)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
-        if row is not None:
-            conn.execute("ROLLBACK")
-            return int(row[0])
-        try:
-            stored = conn.executemany(
-                "INSERT INTO predictions (run_id, entity_id, score, label) VALUES (?, ?, ?, ?)",
-                zip([run_id] * n, ids.to_pylist(), scores.tolist(), labels.tolist(), strict=True),
-            ).rowcount
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" not in str(exc):
-                raise
-            conn.execute("ROLLBACK")
-            dupes = _existing_ids_sqlite(conn, run_id, ids)
-            raise DuplicateEntityError(
-                f"{chunk}: entity id(s) {', '.join(map(repr, dupes[:5]))} appear more than once in the partition "
-                "(also in another file); duplicate entity ids are an error",
-                tuple(dupes[:5]),
-            ) from None
-        if stored != n:
-            raise CommitError(f"{chunk}: sent {n} rows, SQLite stored {stored}")
-        # The ledger holds the count SQLite reports, in the rows' transaction (see commit_run).
-        conn.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (?, ?, ?)", (run_id, chunk, stored))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return n
-
-
-def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, ids: pa.Array) -> list[str]:
-    found: list[str] = []
-    values = ids.to_pylist()
-    for i in range(0, len(values), 500):
-        part = values[i : i + 500]
-        marks = ",".join("?" * len(part))
-        found += [
-            r[0]
-            for r in conn.execute(
-                f"SELECT entity_id FROM predictions WHERE run_id = ? AND entity_id IN ({marks})",
-                (run_id, *part),
-            )
-        ]
-        if len(found) >= 5:
-            break
-    return found
-
-
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
-_COPY_TRAILER = b"\xff\xff"
-
-
-def _binary_copy_body(run_id: int, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> pa.Buffer:
-    """The rows of a binary COPY (run_id int8, entity_id text, score float4, label int2), built in Arrow/numpy.
-
-    Each row is a fixed 18-byte head (field count, run_id, id length), the id's bytes, and a
-    fixed 14-byte tail (score, label); Arrow joins the three columns row by row in C++.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from nightshift.data.features import numpy_values
-
-    n = len(ids)
-    ids = ids.cast(pa.binary())
-    lengths = numpy_values(pc.binary_length(ids), "<i4")
-    head = np.empty(n, np.dtype([("fields", ">i2"), ("len1", ">i4"), ("run_id", ">i8"), ("len2", ">i4")]))
-    head["fields"], head["len1"], head["run_id"], head["len2"] = 4, 8, run_id, lengths
-    tail = np.empty(n, np.dtype([("len3", ">i4"), ("score", ">f4"), ("len4", ">i4"), ("label", ">i2")]))
-    tail["len3"], tail["score"], tail["len4"], tail["label"] = 4, scores, 2, labels
-    heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)]).cast(pa.binary())
-    tails = pa.FixedSizeBinaryArray.from_buffers(pa.binary(14), n, [None, pa.py_buffer(tail)]).cast(pa.binary())
-    # The empty separator as an array, not b"": a Python scalar argument makes pyarrow import pandas.
-    empty = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b"")])
-    rows = pc.binary_join_element_wise(heads, ids, tails, empty)
-    offsets = np.frombuffer(rows.buffers()[1], np.int32, count=n + 1, offset=rows.offset * 4)
-    data = rows.buffers()[2]
-    if data is None:
-        return pa.py_buffer(b"")
-    return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-
-
-class ChunkWriter:
-    """Streams one chunk's rows into a PostgreSQL run table inside one transaction (see `chunk_writer`)."""
-
-    def __init__(self, run_id: int, copy: Any = None, done: int | None = None) -> None:
-        self.run_id = run_id
-        self.rows = done or 0
-        #: Rows an earlier attempt of this chunk already staged (then write nothing), or None.
-        self.done = done
-        self._copy = copy
-
-    def write(self, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> None:
-        if self._copy is None:
-            raise RuntimeError("this chunk was already staged; write nothing")
-        if len(ids):
-            self._copy.write(memoryview(_binary_copy_body(self.run_id, ids, scores, labels)))
-            self.rows += len(ids)
-
-
-@contextlib.contextmanager
-def chunk_writer(url: str, run_id: int, chunk: str) -> Iterator[ChunkWriter]:
-    """Stage one chunk into a PostgreSQL run table, exactly once, streaming batch by batch.
-
-    One transaction holds the binary COPY of every batch written to the writer and, at the end,
-    the chunk's ledger row with its row count: the database parses the rows while the worker
-    scores the next batch, and a chunk is either wholly staged or not at all. If an earlier
-    attempt of the chunk (a task Dask recomputed) already staged it, `writer.done` holds its
-    row count and nothing is written. An exception inside the block rolls the chunk back.
-    """
-    import psycopg
-    from psycopg import errors as pg_errors
-
-    url = normalize_url(url)
-    conn: psycopg.Connection[Any] = _staging_connection(url)
-    table = staging_table(run_id)
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
-            row = cur.fetchone()
-            if row is not None:
-                yield ChunkWriter(run_id, done=int(row[0]))
-                return
-            with cur.copy(f"COPY {table} (run_id, entity_id, score, label) FROM STDIN WITH (FORMAT binary)") as cp:
-                cp.write(_COPY_HEADER)
-                writer = ChunkWriter(run_id, cp)
-                yield writer
-                cp.write(_COPY_TRAILER)
-            # The ledger records the rows PostgreSQL says it stored ("COPY n"), in the same
-            # transaction as the rows: the commit trusts the ledger without counting the table.
-            if cur.rowcount != writer.rows:
-                raise CommitError(f"{chunk}: sent {writer.rows} rows, PostgreSQL stored {cur.rowcount}")
-            try:
-                with conn.transaction():
-                    stored = cur.rowcount
-                    ledger = "INSERT INTO run_chunks (run_id, chunk, rows) VALUES (%s, %s, %s)"
-                    cur.execute(ledger, (run_id, chunk, stored))
-            except pg_errors.UniqueViolation:
-                # A concurrent attempt of the same chunk committed its ledger row first: its rows stand, ours go.
-                cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
-                found = cur.fetchone()
-                if found is None:
-                    raise
-                writer.done = writer.rows = int(found[0])
-                raise _ChunkSuperseded from None
-    except _ChunkSuperseded:
-        return
-    except pg_errors.UndefinedTable:
-        raise CommitError(f"{chunk}: run {run_id} is no longer staging (it failed or was replaced)") from None
-    except NightshiftError:
-        raise  # bad data: the connection is fine
-    except BaseException:
-        # A broken connection must not be reused by the next chunk.
-        _drop_staging_connection(url)
-        raise
-
-
-class _ChunkSuperseded(Exception):
-    """Internal: roll this attempt's rows back, another attempt of the chunk committed first."""
-
-
-def _stage_postgres(url: str, run_id: int, chunk: str, ids: pa.Array, scores: np.ndarray, labels: np.ndarray) -> int:
-    with chunk_writer(url, run_id, chunk) as writer:
-        if writer.done is None:
-            writer.write(ids, scores, labels)
-    return writer.rows

@@ -5,11 +5,27 @@ from __future__ import annotations
 from nightshift.demo.data import (
     DEMO_ENTITY_ID,
     DEMO_LABEL,
+    DEMO_NEXT_PLAN,
+    DEMO_SPEND,
     DemoSummary,
     DriftSpec,
+    Seasonality,
+    check_drift,
     demo_contract,
     generate,
     parse_drift,
 )
 
-__all__ = ["DEMO_ENTITY_ID", "DEMO_LABEL", "DemoSummary", "DriftSpec", "demo_contract", "generate", "parse_drift"]
+__all__ = [
+    "DEMO_ENTITY_ID",
+    "DEMO_LABEL",
+    "DEMO_NEXT_PLAN",
+    "DEMO_SPEND",
+    "DemoSummary",
+    "DriftSpec",
+    "Seasonality",
+    "check_drift",
+    "demo_contract",
+    "generate",
+    "parse_drift",
+]

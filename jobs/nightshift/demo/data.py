@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 DEMO_ENTITY_ID: Final = "customer_id"
 DEMO_LABEL: Final = "churned"
+#: The other outcomes the labels carry, for a regression and a multiclass model on the same customers.
+DEMO_SPEND: Final = "spend_next_month"  # what the customer pays next month (0 when they churn)
+DEMO_NEXT_PLAN: Final = "next_plan"  # the plan the customer is on next month
 
 #: Customers are generated in fixed blocks of this many ids, each block from its own
 #: random streams, so a customer's values depend only on (seed, day, id): not on
@@ -43,6 +46,7 @@ _STREAM_CUSTOMER: Final = 0  # stable per-customer traits: (seed, block)
 _STREAM_DAY: Final = 1  # that day's behaviour and label: (seed, day, block)
 _STREAM_NULLS: Final = 2  # which values are missing that day: (seed, day, block)
 _STREAM_DRIFT: Final = 3  # drift injection: (seed, day, block, drift index)
+_STREAM_OUTCOMES: Final = 4  # next month's spend and plan: (seed, day, block); churn keeps its own stream
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,20 @@ class DriftSpec:
         return f"{self.kind}:{self.column}:{self.magnitude:g}@{self.start.isoformat()}"
 
 
+def check_drift(drift: Sequence[DriftSpec], start: date, days: int) -> None:
+    """ValueError unless each drift starts on one of the generated days start .. start + days - 1: a drift
+    starting later would never be injected, one starting earlier would drift every day (the reference too)."""
+    last = start + timedelta(days=days - 1)
+    for spec in drift:
+        if not isinstance(spec, DriftSpec):
+            raise ValueError(f"drift must hold DriftSpec values, got {spec!r}")
+        if not start <= spec.start <= last:
+            raise ValueError(
+                f"drift {spec}: its start {spec.start.isoformat()} is outside the generated days "
+                f"{start.isoformat()}..{last.isoformat()}; pick a day in that range (or move --start/--days)"
+            )
+
+
 _DRIFT_RE: Final = re.compile(r"^\s*([^:@\s]+)\s*:\s*([^:@\s]+)\s*:\s*([^:@\s]+)\s*@\s*(\S+)\s*$")
 
 
@@ -206,6 +224,81 @@ def parse_drift(text: str) -> DriftSpec:
         raise ValueError(f"drift {text!r}: {exc}") from None
 
 
+# -- seasonality ---------------------------------------------------------------------------
+
+#: Usage and behaviour features that follow the week (people stream, call and log in more at weekends).
+SEASONAL_COLUMNS: Final = (
+    "data_usage_gb_30d",
+    "streaming_hours_30d",
+    "voice_minutes_30d",
+    "sms_count_30d",
+    "app_sessions_7d",
+    "logins_30d",
+    "avg_session_minutes",
+    "roaming_minutes_30d",
+)
+#: Columns that follow the slow trend (prices and usage grow).
+TREND_COLUMNS: Final = ("monthly_charges", "total_charges", "data_usage_gb_30d", "streaming_hours_30d")
+#: The day the slow trend is measured from (a fixed date: a day's values depend on that day alone).
+TREND_ANCHOR: Final = date(2026, 1, 1)
+
+
+@dataclass(frozen=True)
+class Seasonality:
+    """Real-world rhythm in the generated features (off by default; no random draw is added or moved).
+
+    weekly: amplitude of a weekly cycle of the usage features (SEASONAL_COLUMNS): each value times
+        1 + weekly x cos(2 pi (weekday - 5.5) / 7), highest at the weekend (Saturday and Sunday
+        x0.90 of the amplitude), lowest mid-week (Tuesday, Wednesday).
+    trend_per_year: the prices and usage (TREND_COLUMNS) grow by this share per year, linearly from
+        TREND_ANCHOR (0.05: +5% a year).
+
+    Like a drift it changes what the features report, not who churns.
+    """
+
+    weekly: float = 0.0
+    trend_per_year: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("weekly", "trend_per_year"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"seasonality {name} must be a finite number, got {v!r}")
+        if not -0.9 <= self.weekly <= 0.9:
+            raise ValueError(f"seasonality weekly amplitude must be in [-0.9, 0.9], got {self.weekly!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.weekly != 0.0 or self.trend_per_year != 0.0
+
+    def factors(self, day: date) -> dict[str, float]:
+        """The multiplier of each seasonal or trending column on `day`."""
+        out: dict[str, float] = {}
+        if self.weekly:
+            cycle = 1.0 + self.weekly * math.cos(2 * math.pi * (day.weekday() - 5.5) / 7)
+            out.update(dict.fromkeys(SEASONAL_COLUMNS, cycle))
+        if self.trend_per_year:
+            grow = 1.0 + self.trend_per_year * (day - TREND_ANCHOR).days / 365.0
+            for name in TREND_COLUMNS:
+                out[name] = out.get(name, 1.0) * grow
+        return out
+
+
+def _apply_seasonality(blk: _Block, season: Seasonality | None, day: date) -> None:
+    """Scale the block's seasonal columns for `day` (after labels and drift; deterministic, no draws)."""
+    if season is None or not season.active:
+        return
+    for name, factor in season.factors(day).items():
+        x = blk.numeric[name]
+        spec = next(s for s in _NUMERIC if s.name == name)
+        scaled = x * factor
+        if spec.dictionary:  # integer-valued counts stay integers
+            scaled = scaled.round()
+        if spec.max is not None:
+            scaled = scaled.clip(max=spec.max)
+        blk.numeric[name] = scaled
+
+
 # -- generation of one block of customers on one day ---------------------------------------
 
 
@@ -217,6 +310,8 @@ class _Block:
     numeric: dict[str, FloatArray]
     codes: dict[str, IntArray]
     label: npt.NDArray[np.int8]
+    spend: FloatArray
+    next_plan: IntArray
     # Extra values a new_category drift added to a column's dictionary.
     extra_values: dict[str, list[str]] = field(default_factory=dict)
     # Extra nulls from missing_spike drifts.
@@ -383,7 +478,17 @@ def _generate_block(seed: int, day: date, block: int) -> _Block:
         "network_outage_minutes_30d": outage,
     }
     codes: dict[str, IntArray] = {"plan": plan, "region": region, "payment_method": payment}
-    return _Block(ids=ids, numeric=numeric, codes=codes, label=label)
+
+    # Next month, from a stream of its own (so churn and every feature stay as they were): the bill
+    # follows plan, usage and discount, and is 0 for a customer who churns; the plan moves up with
+    # engagement and income, down with dissatisfaction, and often stays.
+    o = _rng(seed, _STREAM_OUTCOMES, day.toordinal(), block)
+    usage = 0.8 * overage + 0.05 * data_gb + 0.01 * voice
+    spend = np.round(np.maximum(monthly + usage + o.normal(0.0, 4.0, n), 0.0) * (label == 0), 2)
+    move = 0.6 * engagement + 0.5 * (np.log(income) - math.log(55.0)) / 0.5 - 0.5 * dissatisfaction
+    step = np.where(move + o.normal(0.0, 0.8, n) > 1.2, 1, np.where(move + o.normal(0.0, 0.8, n) < -1.2, -1, 0))
+    next_plan = np.where(plan == 3, np.where(o.random(n) < 0.85, 3, 2), np.clip(plan + step, 0, 2)).astype(np.int64)
+    return _Block(ids=ids, numeric=numeric, codes=codes, label=label, spend=spend, next_plan=next_plan)
 
 
 def _apply_drift(blk: _Block, drift: Sequence[DriftSpec], seed: int, day: date, block: int) -> None:
@@ -431,7 +536,14 @@ def _features_schema() -> pa.Schema:
 def _labels_schema() -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema([pa.field(DEMO_ENTITY_ID, pa.int64(), nullable=False), pa.field(DEMO_LABEL, pa.int8())])
+    return pa.schema(
+        [
+            pa.field(DEMO_ENTITY_ID, pa.int64(), nullable=False),
+            pa.field(DEMO_LABEL, pa.int8()),
+            pa.field(DEMO_SPEND, pa.float64()),
+            pa.field(DEMO_NEXT_PLAN, pa.string()),
+        ]
+    )
 
 
 def _to_tables(blk: _Block, seed: int, day: date, block: int) -> tuple[pa.Table, pa.Table]:
@@ -457,7 +569,11 @@ def _to_tables(blk: _Block, seed: int, day: date, block: int) -> tuple[pa.Table,
         indices = pa.array(blk.codes[cat.name].astype(np.int32), type=pa.int32(), mask=mask)
         arrays.append(dictionary.take(indices))
     features = pa.Table.from_arrays(arrays, schema=_features_schema())
-    labels = pa.Table.from_arrays([arrays[0], pa.array(blk.label, type=pa.int8())], schema=_labels_schema())
+    plans = pa.array(_PLANS, type=pa.string()).take(pa.array(blk.next_plan.astype(np.int32), type=pa.int32()))
+    labels = pa.Table.from_arrays(
+        [arrays[0], pa.array(blk.label, type=pa.int8()), pa.array(blk.spend, type=pa.float64()), plans],
+        schema=_labels_schema(),
+    )
     return features, labels
 
 
@@ -558,13 +674,14 @@ def _file_bounds(rows: int, files: int) -> list[tuple[int, int]]:
 
 
 def _day_blocks(
-    seed: int, day: date, rows: int, drift: Sequence[DriftSpec]
+    seed: int, day: date, rows: int, drift: Sequence[DriftSpec], season: Seasonality | None = None
 ) -> Iterator[tuple[int, pa.Table, pa.Table]]:
     """(first row offset, features, labels) for each block of the day, trimmed to `rows` customers."""
     blocks = -(-rows // BLOCK_ROWS)
     for b in range(blocks):
         blk = _generate_block(seed, day, b)
         _apply_drift(blk, drift, seed, day, b)
+        _apply_seasonality(blk, season, day)
         features, labels = _to_tables(blk, seed, day, b)
         keep = min(BLOCK_ROWS, rows - b * BLOCK_ROWS)
         yield b * BLOCK_ROWS, features.slice(0, keep), labels.slice(0, keep)
@@ -581,6 +698,7 @@ def _write_day(
     drift: Sequence[DriftSpec],
     on_file: Callable[[int], None],
     executor: Executor,
+    season: Seasonality | None = None,
 ) -> None:
     bounds = _file_bounds(rows, files)
     names = [_part_name(k) for k in range(files)]
@@ -593,7 +711,7 @@ def _write_day(
     writer: _AtomicParquetWriter | None = None
     labels_writer = _AtomicParquetWriter(labels_dir / _part_name(0), _labels_schema(), [DEMO_LABEL], executor)
     try:
-        for offset, features, labels in _day_blocks(seed, day, rows, drift):
+        for offset, features, labels in _day_blocks(seed, day, rows, drift, season):
             labels_writer.write(labels)
             pos = 0
             while pos < features.num_rows:
@@ -652,6 +770,7 @@ def generate(
     seed: int = 42,
     drift: Sequence[DriftSpec] = (),
     progress: Callable[[int, int], None] | None = None,
+    seasonality: Seasonality | None = None,
 ) -> DemoSummary:
     """Write `days` daily partitions of churn features and labels, starting at `start`.
 
@@ -659,7 +778,8 @@ def generate(
     labels (customer_id, churned) to `<labels_root>/ds=YYYY-MM-DD/part-00000.parquet`; each
     partition gets an empty `_SUCCESS` marker after its files. Customers 1..rows_per_day appear
     every day. The same arguments always write the same values; a rerun replaces a day's files.
-    Memory stays bounded (a few blocks of rows) whatever rows_per_day is.
+    Memory stays bounded (a few blocks of rows) whatever rows_per_day is. `seasonality` adds a weekly
+    cycle and a slow trend (off by default: without it every value is exactly as before).
     """
     if not isinstance(start, date) or isinstance(start, datetime):
         raise ValueError(f"start must be a date (not a datetime), got {start!r}")
@@ -671,9 +791,7 @@ def generate(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     drift = tuple(drift)
-    for spec in drift:
-        if not isinstance(spec, DriftSpec):
-            raise ValueError(f"drift must hold DriftSpec values, got {spec!r}")
+    check_drift(drift, start, days)
 
     began = time.perf_counter()
     features_path = Path(features_root)
@@ -701,6 +819,7 @@ def generate(
                 drift=drift,
                 on_file=on_file,
                 executor=executor,
+                season=seasonality,
             )
     return DemoSummary(
         days=day_list,

@@ -6,6 +6,7 @@ import getpass
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,14 +17,23 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from nightshift.db import schema
-from nightshift.db.store import Store, _as_utc, utcnow
+from nightshift.db.engine import as_utc, utcnow
+from nightshift.db.store import Store
 from nightshift.errors import ArtifactIntegrityError, ModelNotFound, NightshiftError
+from nightshift.jsonsafe import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from nightshift.contracts import FeatureContract
     from nightshift.training import TrainedModel
 
 CHAMPION = "champion"
+#: The model's file name inside its content-addressed folder; per-version cards go under CARDS_FOLDER.
+ARTIFACT_FILE = "model.onnx"
+CARDS_FOLDER = "cards"
+#: Names an extra file may not take: the model, the cards, the monitoring reference (monitoring/reference.py).
+_RESERVED_NAMES = (ARTIFACT_FILE, CARDS_FOLDER, "monitoring")
+#: Version numbers tried before a registration gives up (each racing registration takes one).
+_VERSION_ATTEMPTS = 20
 _ALIAS_PATTERN = "abcdefghijklmnopqrstuvwxyz0123456789_-"
 
 
@@ -50,6 +60,12 @@ class ModelVersion:
     sha256: str
     size_bytes: int
     description: str
+    #: binary, multiclass or regression.
+    task: str = "binary"
+    #: How the ONNX graph is fed and read (nightshift.models.signature); None: nightshift's own layout.
+    signature: dict[str, Any] | None = None
+    #: Where a model brought by its user came from (flavour, library, original URI and SHA-256); None: trained here.
+    source: dict[str, Any] | None = None
 
     def card(self) -> dict[str, Any]:
         """Everything known about this version, JSON-safe."""
@@ -88,11 +104,63 @@ def read_artifact(uri: str, expected_sha256: str) -> bytes:
     return data
 
 
+def bundle_digest(onnx_sha256: str, extra_files: dict[str, bytes] | None = None) -> str:
+    """The SHA-256 a version's folder is named by (see `Registry.artifact_folder`)."""
+    if not extra_files:
+        return onnx_sha256
+    lines = [f"{ARTIFACT_FILE} {onnx_sha256}"]
+    lines += [f"{name} {sha256_bytes(data)}" for name, data in sorted(extra_files.items())]
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def write_once(uri: str, data: bytes) -> None:
+    """Write `data` at a content-addressed `uri` unless it is there already: never replace a file.
+
+    The bytes go to a temporary name first and are moved into place only if nothing is there
+    (a hard link on local disks, which fails if the name exists), so a reader never sees half a
+    file and two writers never clobber each other. A file already there with the same bytes is
+    reused; one with other bytes was changed after it was written, and is refused loudly.
+    """
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent, name = path.rsplit("/", 1)
+    fs.makedirs(parent, exist_ok=True)
+    if fs.exists(path):
+        _check_existing(fs, path, uri, data)
+        return
+    tmp = f"{parent}/.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                _check_existing(fs, path, uri, data)
+            except OSError:  # a file system without hard links: the name is the content, a rename is safe
+                os.replace(tmp, path)
+        else:  # object storage has no "create if absent"; a concurrent writer of this name wrote these bytes
+            fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def _check_existing(fs: Any, path: str, uri: str, data: bytes) -> None:
+    existing = sha256_bytes(fs.cat_file(path))
+    if existing != sha256_bytes(data):
+        raise ArtifactIntegrityError(
+            f"{uri} already exists with other bytes (SHA-256 {existing[:16]}…, expected {sha256_bytes(data)[:16]}…): "
+            "it was changed after it was written; refusing to replace it"
+        )
+
+
 def _row_to_version(row: Any) -> ModelVersion:
     return ModelVersion(
         model=row["model"],
         version=int(row["version"]),
-        created_at=_as_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]),
         created_by=row["created_by"],
         algorithm=row["algorithm"],
         hyperparameters=row["hyperparameters"],
@@ -109,12 +177,10 @@ def _row_to_version(row: Any) -> ModelVersion:
         sha256=row["sha256"],
         size_bytes=int(row["size_bytes"]),
         description=row["description"] or "",
+        task=str(row.get("task") or "binary"),
+        signature=row.get("signature"),
+        source=row.get("source"),
     )
-
-
-def json_safe(value: Any) -> Any:
-    """`value` as plain JSON types (anything else as its str), ready for a JSON column."""
-    return json.loads(json.dumps(value, default=str))
 
 
 class Registry:
@@ -138,7 +204,12 @@ class Registry:
         created_by: str | None = None,
         extra_files: dict[str, bytes] | None = None,
     ) -> ModelVersion:
-        """`register` a model fresh from `training.train`, with the metadata it carries."""
+        """`register` a model fresh from `training.train`, with the metadata it carries.
+
+        How its feature importance was measured goes into `training_data` (`feature_importance_method`,
+        None when it could not be measured and `feature_importance` is {}): it was measured on these rows.
+        """
+        training_data = {"feature_importance_method": trained.feature_importance_method, **training_data}
         return self.register(
             model,
             trained.onnx_bytes,
@@ -156,6 +227,8 @@ class Registry:
             description=description,
             created_by=created_by,
             extra_files=extra_files,
+            task=getattr(trained, "task", "binary"),
+            signature=trained.signature() if hasattr(trained, "signature") else None,
         )
 
     def register(
@@ -177,25 +250,32 @@ class Registry:
         description: str = "",
         created_by: str | None = None,
         extra_files: dict[str, bytes] | None = None,
+        task: str = "binary",
+        signature: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """Store the artifact, then record the version. The artifact is written before the row,
-        so a registered version always has its file."""
+        """Store the artifact, then record the version.
+
+        `task`, `signature` (how the graph is fed and read) and `source` (where a model brought by its
+        user came from) default to what nightshift's own training produces.
+
+        Files are addressed by content (`artifact_folder`) and written once, so the artifact exists
+        before its row and no registration, racing or from another store sharing the folder, can
+        replace another's files. The row keeps the artifact's exact URI.
+        """
         mv = schema.model_versions
         sha = sha256_bytes(onnx_bytes)
-        for _attempt in range(5):
+        extras = dict(extra_files or {})
+        folder = self.artifact_folder(model, sha, extras)
+        uri = f"{folder}/{ARTIFACT_FILE}"
+        write_once(uri, onnx_bytes)
+        for name, data in sorted(extras.items()):
+            write_once(f"{folder}/{name}", data)
+        for _attempt in range(_VERSION_ATTEMPTS):
             with self.store.connect() as conn:
                 latest = conn.execute(sa.select(sa.func.max(mv.c.version)).where(mv.c.model == model)).scalar()
                 conn.rollback()
             version = int(latest or 0) + 1
-            folder = f"{self.artifacts_uri}/{model}/v{version}"
-            uri = f"{folder}/model.onnx"
-            fs, path = fsspec.core.url_to_fs(uri)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            with fsspec.open(uri, "wb") as f:
-                f.write(onnx_bytes)
-            for name, data in (extra_files or {}).items():
-                with fsspec.open(f"{folder}/{name}", "wb") as f:
-                    f.write(data)
             row = {
                 "model": model,
                 "version": version,
@@ -216,6 +296,9 @@ class Registry:
                 "sha256": sha,
                 "size_bytes": len(onnx_bytes),
                 "description": description,
+                "task": task,
+                "signature": json_safe(signature) if signature is not None else None,
+                "source": json_safe(source) if source is not None else None,
             }
             try:
                 with self.store.begin() as conn:
@@ -223,10 +306,25 @@ class Registry:
             except IntegrityError:
                 continue  # another registration took this version number; take the next
             card = _row_to_version(row)
-            with fsspec.open(f"{folder}/card.json", "w") as f:
-                f.write(json.dumps(card.card(), indent=2, sort_keys=True))
+            text = json.dumps(json_safe(card.card()), indent=2, sort_keys=True, allow_nan=False).encode()
+            write_once(f"{folder}/{CARDS_FOLDER}/v{version}-{sha256_bytes(text)}.json", text)
             return card
-        raise NightshiftError(f"could not allocate a version number for model {model!r} after 5 attempts")
+        raise NightshiftError(
+            f"could not allocate a version number for model {model!r} after {_VERSION_ATTEMPTS} attempts"
+        )
+
+    def artifact_folder(self, model: str, onnx_sha256: str, extra_files: dict[str, bytes] | None = None) -> str:
+        """`<artifacts>/<model>/sha256/<digest>`: the folder a version's files are written to, named by content.
+
+        The digest is the model's own SHA-256 when the model is all the folder holds; with extra
+        files (the end-to-end set a retrain versions with its model) it is the SHA-256 of the
+        manifest of every file (`name sha256` lines, sorted), so the files beside a model are always
+        the ones registered with it. Same content, same folder: nothing there is ever replaced.
+        """
+        for name in extra_files or {}:
+            if not name or "/" in name or name.startswith(".") or name in _RESERVED_NAMES:
+                raise ValueError(f"extra file name {name!r} must be a plain file name other than {_RESERVED_NAMES}")
+        return f"{self.artifacts_uri}/{model}/sha256/{bundle_digest(onnx_sha256, extra_files)}"
 
     def set_alias(
         self,

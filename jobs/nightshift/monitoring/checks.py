@@ -14,7 +14,7 @@ from nightshift.config import ColumnMonitoring, ModelSettings, MonitoringSetting
 from nightshift.contracts import Column
 from nightshift.errors import ConfigError
 from nightshift.monitoring.profile import PartitionProfile, category_counts, numeric_values
-from nightshift.monitoring.reference import SCORE, Reference
+from nightshift.monitoring.reference import LABEL, SCORE, Reference
 from nightshift.monitoring.stats import STATISTIC, categorical_distance, finite, numeric_distance
 
 PASS, FAIL, INSUFFICIENT = "pass", "fail", "insufficient_data"
@@ -297,8 +297,11 @@ def drift_checks(
     cfg: ModelSettings,
     rules: dict[str, ColumnRules],
     current_scores: np.ndarray | None,
+    current_labels: np.ndarray | None = None,
 ) -> list[Check]:
-    """Per-feature drift, dataset drift (share of drifted features) and score drift, on the samples."""
+    """Per-feature drift, dataset drift (share of drifted features), score drift (a binary model's P(1), a
+    regression's value, a multiclass model's top probability) and, for a multiclass model, drift of the
+    predicted-class mix (Jensen-Shannon of the class shares), on the samples."""
     mon = cfg.monitoring
     out: list[Check] = []
     for spec in cfg.contract.columns:
@@ -391,7 +394,29 @@ def drift_checks(
                 "fail",
             )
         )
+    if current_labels is not None and LABEL in reference.sample.column_names:
+        ref_labels = reference.sample.column(LABEL).to_numpy(zero_copy_only=False)
+        cur_labels = current_labels[current_labels >= 0]
+        out.append(
+            _drift(
+                "class_drift",
+                None,
+                "jensenshannon",
+                mon.drift_thresholds.get("jensenshannon", 0.1),
+                _class_counts(ref_labels),
+                _class_counts(cur_labels),
+                True,
+                mon,
+                "fail",
+            )
+        )
     return out
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    """Predicted-class counts as a categorical column's counts (class index → count)."""
+    values, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    return {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
 
 
 def run_checks(
@@ -401,6 +426,7 @@ def run_checks(
     *,
     current_scores: np.ndarray | None,
     volume_history: Sequence[int] | None,
+    current_labels: np.ndarray | None = None,
 ) -> list[Check]:
     """Every nightly check: quality on every row, drift on the sample, volume against recent days."""
     rules = validate_columns(cfg)
@@ -408,7 +434,7 @@ def run_checks(
     if volume_history is not None:
         checks.append(volume_check(profile.rows, volume_history, cfg.monitoring))
     checks += quality_checks(profile, reference, cfg, rules)
-    checks += drift_checks(profile, reference, cfg, rules, current_scores)
+    checks += drift_checks(profile, reference, cfg, rules, current_scores, current_labels)
     return checks
 
 

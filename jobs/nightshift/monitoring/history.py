@@ -28,12 +28,13 @@ def monitor_history(
     kind: str | None = None,
     version: int | None = None,
     since: date | None = None,
+    until: date | None = None,
     limit: int = 100,
     store: Store | None = None,
 ) -> list[dict[str, Any]]:
-    """Monitored partitions of a model, newest ds first (see results.history)."""
+    """Monitored partitions of a model (each with its version), newest ds first (see results.history)."""
     settings.model(model)
-    return history(_store(settings, store), model, kind=kind, version=version, since=since, limit=limit)
+    return history(_store(settings, store), model, kind=kind, version=version, since=since, until=until, limit=limit)
 
 
 def monitor_checks(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -18,18 +19,24 @@ import pyarrow.parquet as pq
 
 from nightshift.config import Settings
 from nightshift.contracts import FeatureContract
-from nightshift.db.store import utcnow
+from nightshift.db.engine import utcnow
 from nightshift.errors import NightshiftError
+from nightshift.jsonsafe import json_safe
 from nightshift.models.registry import ModelVersion, read_artifact
 from nightshift.monitoring.profile import PartitionProfile, profile_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime as ort
 
+log = logging.getLogger(__name__)
+
 #: Bumped when the stored layout changes; an older reference is rebuilt.
-REFERENCE_FORMAT = 1
+#: 2: records `model_sha256`, the SHA-256 of the model artifact the reference was scored with.
+REFERENCE_FORMAT = 2
 #: The score column of the reference sample (a feature may not take this name).
 SCORE = "__score__"
+#: The predicted class (index) of each reference row: multiclass models only.
+LABEL = "__label__"
 SCORE_BATCH_ROWS = 65_536
 
 
@@ -65,7 +72,12 @@ class Reference:
 
 
 def reference_folder(mv: ModelVersion) -> str:
-    """`<the version's artifact folder>/monitoring`."""
+    """`<the version's artifact folder>/monitoring`.
+
+    Artifact folders are named by content (models/registry.py), so a folder holds one model; older
+    versions' folders were named by version only and could hold another store's model. Either way a
+    reference is used only for the model whose SHA-256 it records (`load_reference`).
+    """
     return f"{mv.artifact_uri.rsplit('/', 1)[0]}/monitoring"
 
 
@@ -75,18 +87,50 @@ def model_session(onnx_bytes: bytes) -> ort.InferenceSession:
     return make_session(onnx_bytes, 1)
 
 
-def score_sample(session: ort.InferenceSession, table: pa.Table, contract: FeatureContract) -> np.ndarray:
-    """P(class 1) of every row of a sample from the model's ONNX session, in 64k-row batches, float32 like the store."""
-    from nightshift.contracts import PROBABILITIES
-    from nightshift.data.features import model_inputs
+def score_sample(
+    session: ort.InferenceSession,
+    table: pa.Table,
+    contract: FeatureContract,
+    task: str = "binary",
+    signature: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """The score of every row of a sample from the model's ONNX session, as scoring stores it (P(1); the
+    predicted class's probability; the value), in 64k-row batches, float32 like the store."""
+    return _predict_sample(session, table, contract, task, signature)[0]
 
+
+def _predict_sample(
+    session: ort.InferenceSession,
+    table: pa.Table,
+    contract: FeatureContract,
+    task: str = "binary",
+    signature: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scores as float64 of float32, predicted class indices or None) of a sample, as scoring computes them."""
+    import pyarrow as pa
+
+    from nightshift.data.features import model_inputs, onnx_feeds
+    from nightshift.scoring.outputs import OutputReader
+
+    reader = OutputReader.of(task, signature, 0.5)
+    inputs = (signature or {}).get("inputs")
     names = [i.name for i in session.get_inputs()]
-    out: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for start in range(0, table.num_rows, SCORE_BATCH_ROWS):
-        feeds = model_inputs(table.slice(start, SCORE_BATCH_ROWS), contract, "reference sample")
-        proba = session.run([PROBABILITIES], {n: feeds[n] for n in names})[0]
-        out.append(np.asarray(proba[:, 1], dtype=np.float32))
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        part = table.slice(start, SCORE_BATCH_ROWS)
+        if inputs is None:
+            feeds = model_inputs(part, contract, "reference sample")
+        else:
+            feeds = onnx_feeds(part, contract, inputs, "reference sample")
+        raw = session.run([reader.output], {n: feeds[n] for n in names})[0]
+        rows = reader.rows(pa.array([""] * part.num_rows), raw, "reference sample")
+        scores.append(np.asarray(rows.scores, dtype=np.float32))
+        if rows.labels is not None:
+            labels.append(np.asarray(rows.labels, dtype=np.int64))
+    score = np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
+    label = np.concatenate(labels) if labels and task == "multiclass" else None
+    return score, label
 
 
 def _column_stats(profile: PartitionProfile, contract: FeatureContract) -> dict[str, Any]:
@@ -110,11 +154,15 @@ def _column_stats(profile: PartitionProfile, contract: FeatureContract) -> dict[
 
 
 def _training_days(mv: ModelVersion) -> list[date]:
-    parts = mv.training_data.get("partitions") if isinstance(mv.training_data, dict) else None
+    """The days a version's reference describes: its training partitions, or, for a model brought from
+    outside (no training days known), the partition its parity was proven on."""
+    data = mv.training_data if isinstance(mv.training_data, dict) else {}
     days = []
-    for part in parts or []:
+    for part in data.get("partitions") or []:
         if isinstance(part, dict) and part.get("ds"):
             days.append(date.fromisoformat(str(part["ds"])))
+    if not days and data.get("parity_partition"):
+        days.append(date.fromisoformat(str(data["parity_partition"])))
     return sorted(set(days))
 
 
@@ -128,17 +176,22 @@ def reference_from_files(
     uri: str,
     cap: int,
     seed: int,
+    task: str = "binary",
+    signature: dict[str, Any] | None = None,
 ) -> Reference:
     """Profile some feature files, keep their hash sample and score it with the model: a Reference (not saved)."""
     profile = profile_files(uris, contract, cap=cap, seed=seed)
     if profile.rows == 0:
         raise ReferenceUnavailable(f"model {model!r} v{version}: the reference files hold no rows")
-    scores = score_sample(model_session(onnx_bytes), profile.sample, contract)
+    scores, labels = _predict_sample(model_session(onnx_bytes), profile.sample, contract, task, signature)
     sample = profile.sample.append_column(SCORE, pa.array(scores, pa.float64()))
+    if labels is not None:
+        sample = sample.append_column(LABEL, pa.array(labels, pa.int64()))
     stats: dict[str, Any] = {
         "format": REFERENCE_FORMAT,
         "model": model,
         "version": version,
+        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "created_at": utcnow().isoformat(),
         "rows": profile.rows,
         "sample": profile.sample_info(),
@@ -186,6 +239,8 @@ def build_reference(
         uri=reference_folder(mv),
         cap=mon.reference_rows,
         seed=mon.sample_seed,
+        task=mv.task,
+        signature=mv.signature,
     )
     ref.stats["partitions"] = parts
     if save:
@@ -210,11 +265,13 @@ def save_reference(ref: Reference) -> None:
     ref.stats["sample_file"] = "reference.parquet"
     ref.stats["sample_sha256"] = hashlib.sha256(data).hexdigest()
     _write_atomic(f"{ref.uri}/reference.parquet", data)
-    _write_atomic(f"{ref.uri}/reference.json", json.dumps(ref.stats, indent=1, sort_keys=True).encode())
+    text = json.dumps(json_safe(ref.stats), indent=1, sort_keys=True, allow_nan=False)
+    _write_atomic(f"{ref.uri}/reference.json", text.encode())
 
 
 def load_reference(mv: ModelVersion) -> Reference | None:
-    """The stored reference of a version; None when absent, stale (older format) or not matching its hash."""
+    """The stored reference of a version; None when absent, stale (older format), not matching its hash,
+    or scored with another model than this version's (its recorded model SHA-256 differs): rebuilt then."""
     folder = reference_folder(mv)
     try:
         with fsspec.open(f"{folder}/reference.json", "rb") as f:
@@ -224,6 +281,17 @@ def load_reference(mv: ModelVersion) -> Reference | None:
     except FileNotFoundError:
         return None
     if stats.get("format") != REFERENCE_FORMAT or hashlib.sha256(data).hexdigest() != stats.get("sample_sha256"):
+        return None
+    if stats.get("model_sha256") != mv.sha256:
+        log.warning(
+            "model %r v%d: the reference in %s was built for another model (SHA-256 %s…, this version's is %s…); "
+            "rebuilding it",
+            mv.model,
+            mv.version,
+            folder,
+            str(stats.get("model_sha256"))[:16],
+            mv.sha256[:16],
+        )
         return None
     sample = pq.ParquetFile(io.BytesIO(data)).read()
     return Reference(mv.model, mv.version, sample, stats, folder)

@@ -11,8 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from nightshift.db.engine import as_date, as_utc, utcnow
 from nightshift.db.schema import monitor_checks, monitor_runs
-from nightshift.db.store import Store, _as_date, _as_utc, utcnow
+from nightshift.db.store import Store
+from nightshift.jsonsafe import json_safe as _json_safe
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, PASS, Check
 
 
@@ -67,20 +69,6 @@ class MonitorResult:
         if checks:
             out["checks"] = [_json_safe(c.as_dict()) for c in self.checks]
         return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
-    return value
 
 
 def advisory_lock(conn: Connection, key: str) -> None:
@@ -160,8 +148,8 @@ def set_report_uri(store: Store, model: str, version: int, ds: date, kind: str, 
 
 def _run_dict(row: Any) -> dict[str, Any]:
     out = dict(row)
-    out["ds"] = _as_date(out["ds"])
-    out["created_at"] = _as_utc(out["created_at"])
+    out["ds"] = as_date(out["ds"])
+    out["created_at"] = as_utc(out["created_at"])
     return out
 
 
@@ -229,7 +217,7 @@ def check_history(
     if since:
         q = q.where(r.c.ds >= since)
     with store.connect() as conn:
-        return [{**dict(row), "ds": _as_date(row["ds"])} for row in conn.execute(q).mappings()]
+        return [{**dict(row), "ds": as_date(row["ds"])} for row in conn.execute(q).mappings()]
 
 
 def night_statuses(store: Store, model: str, version: int, first: date, last: date) -> dict[date, list[dict[str, Any]]]:

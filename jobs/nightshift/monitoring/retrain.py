@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from nightshift.config import Settings
+from nightshift.db import schema
+from nightshift.db.engine import as_date, as_utc, utcnow
 from nightshift.db.schema import retrain_requests
-from nightshift.db.store import Store, _as_date, _as_utc, utcnow
+from nightshift.db.store import Store
 from nightshift.monitoring.checks import FAIL
 from nightshift.monitoring.results import _json_safe, advisory_lock, failing_checks, night_statuses
 
@@ -42,6 +44,9 @@ class RetrainDecision:
     failing_nights: list[date] = field(default_factory=list)
     window: tuple[date, date] | None = None
     replayed: bool = False
+    #: The first night of the failing streak ending at ds (the detected onset of the shift): what a
+    #: retrain trains from when there are enough labelled days since (training.regime_window).
+    onset: date | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe: an XCom, or the `trigger` of Rollouts.retrain."""
@@ -57,14 +62,15 @@ class RetrainDecision:
                 "failing_nights": self.failing_nights,
                 "window": list(self.window) if self.window else None,
                 "replayed": self.replayed,
+                "onset": self.onset,
             }
         )
 
 
 def _request_dict(row: Any) -> dict[str, Any]:
     out = dict(row)
-    out["ds"] = _as_date(out["ds"])
-    out["created_at"] = _as_utc(out["created_at"])
+    out["ds"] = as_date(out["ds"])
+    out["created_at"] = as_utc(out["created_at"])
     return out
 
 
@@ -139,6 +145,64 @@ def record_retrain_request(
             store.dispose()
 
 
+#: The monitor run kinds that make a night fail.
+JUDGED_KINDS = ("data", "quality")
+#: How far back the onset of a failing streak is looked for.
+MAX_ONSET_DAYS = 366
+
+
+def detect_onset(store: Store, model: str, version: int, ds: date) -> date | None:
+    """The first night of the streak of consecutive failing nights of `version` ending at `ds` (its data or
+    quality result failed; an unmonitored or passing night ends the streak); None when ds did not fail."""
+    nights = night_statuses(store, model, version, ds - timedelta(days=MAX_ONSET_DAYS), ds)
+    onset = None
+    day = ds
+    while any(r["status"] == FAIL and r["kind"] in JUDGED_KINDS for r in nights.get(day, [])):
+        onset = day
+        day -= timedelta(days=1)
+    return onset
+
+
+def _still_failing_after_retrain(
+    conn: Any, model: str, version: int, recent: Any, failing: list[date], need: int
+) -> str | None:
+    """Why the cooldown of an earlier request does not apply, or None when it does.
+
+    The cooldown keeps a shift from asking for retraining again while the answer to the first request is
+    on its way. It does not hold once that answer is the version judged now: `version` was trained in
+    answer to the request (its candidate names the request's run id, or it was trained on data reaching
+    the request's ds), and it fails at least N nights after its own training window — the shift moved on,
+    or the retrain did not capture it, and waiting out the cooldown would leave a failing champion serving.
+    """
+    c = schema.candidates
+    cand = conn.execute(
+        sa.select(c.c.trigger, c.c.training_data)
+        .where(c.c.model == model, c.c.version == version)
+        .order_by(c.c.candidate_id.desc())
+    ).first()
+    row = conn.execute(
+        sa.select(schema.model_versions.c.training_data).where(
+            schema.model_versions.c.model == model, schema.model_versions.c.version == version
+        )
+    ).first()
+    trigger = (cand.trigger if cand is not None else None) or {}
+    data = (row.training_data if row is not None else None) or {}
+    days = [str(p.get("ds")) for p in (data.get("partitions") or []) if isinstance(p, dict) and p.get("ds")]
+    test = data.get("confidence_test") or {}
+    days += [str(p.get("ds")) for p in (test.get("partitions") or []) if isinstance(p, dict) and p.get("ds")]
+    if not days:
+        return None
+    last = max(date.fromisoformat(d) for d in days)
+    answered = recent.request_id in (trigger.get("run_id"), trigger.get("dag_run_id")) or last >= as_date(recent.ds)
+    after = [d for d in failing if d > last]
+    if answered and len(after) >= need:
+        return (
+            f"v{version} was retrained in answer to {recent.request_id} (trained on data up to {last}) and still "
+            f"fails {len(after)} night(s) after its training window: the cooldown does not apply"
+        )
+    return None
+
+
 def retrain_decision(
     settings: Settings, model: str, ds: date, *, version: int | None = None, store: Store | None = None
 ) -> RetrainDecision:
@@ -147,9 +211,10 @@ def retrain_decision(
     Triggers when ds's own night failed (data or label quality), at least
     `retrain_failing_nights` (N) of the `retrain_window_nights` (M) nights ending at ds failed,
     and no retraining was requested for the model within `retrain_cooldown_days` (K) of ds
-    (either side, so a backfill does not trigger again). A trigger is recorded as a retraining
-    request with run id `retrain__<model>__<ds>__drift`; deciding the same ds again replays it.
-    `version` defaults to the champion.
+    (either side, so a backfill does not trigger again) — unless the version judged is the answer to
+    that earlier request and still fails N nights after its own training window. A trigger is recorded
+    as a retraining request with run id `retrain__<model>__<ds>__drift` and carries the detected onset
+    of the failing streak; deciding the same ds again replays it. `version` defaults to the champion.
     """
     from nightshift.models.registry import Registry, current_user
 
@@ -178,8 +243,13 @@ def retrain_decision(
                 list(existing["breaches"] or []),
                 window=(first, ds),
                 replayed=True,
+                onset=detect_onset(store, model, mv_version, ds),
             )
-        nights = night_statuses(store, model, mv_version, first, ds)
+        nights = {
+            d: [r for r in runs if r["kind"] in JUDGED_KINDS]
+            for d, runs in night_statuses(store, model, mv_version, first, ds).items()
+        }
+        nights = {d: runs for d, runs in nights.items() if runs}
         failing = sorted(d for d, runs in nights.items() if any(r["status"] == FAIL for r in runs))
         failed_ids = [int(r["monitor_id"]) for d in failing for r in nights[d] if r["status"] == FAIL]
         by_id = {int(r["monitor_id"]): r for runs in nights.values() for r in runs}
@@ -210,6 +280,7 @@ def retrain_decision(
         if len(failing) < need:
             return no(f"hysteresis: {len(failing)} of the last {window} night(s) failed, {need} needed")
         cooldown = mon.retrain_cooldown_days
+        overridden: str | None = None
         with store.begin() as conn:
             advisory_lock(conn, f"nightshift-retrain:{model}")
             if cooldown > 0:
@@ -224,15 +295,18 @@ def retrain_decision(
                     .order_by(t.c.ds.desc())
                 ).first()
                 if recent is not None:
-                    return no(
-                        f"cooldown: retraining was already requested for ds={_as_date(recent.ds)} "
-                        f"({recent.request_id}), within {cooldown} day(s)"
-                    )
+                    if as_date(recent.ds) < ds:
+                        overridden = _still_failing_after_retrain(conn, model, mv_version, recent, failing, need)
+                    if overridden is None:
+                        return no(
+                            f"cooldown: retraining was already requested for ds={as_date(recent.ds)} "
+                            f"({recent.request_id}), within {cooldown} day(s)"
+                        )
             kinds = sorted({b["check"] for b in breaches})
             reason = (
                 f"{len(failing)} of the last {window} night(s) failed ({', '.join(d.isoformat() for d in failing)}); "
                 f"{len(breaches)} breach(es): {', '.join(kinds)}"
-            )
+            ) + (f"; {overridden}" if overridden else "")
             created = _insert_request(
                 conn,
                 {
@@ -259,6 +333,7 @@ def retrain_decision(
             failing,
             (first, ds),
             replayed=not created,
+            onset=detect_onset(store, model, mv_version, ds),
         )
         if created:
             from nightshift.notify import notify

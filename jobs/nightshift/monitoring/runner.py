@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -18,11 +19,18 @@ from nightshift.db import schema
 from nightshift.db.store import PartitionInfo, Store
 from nightshift.errors import NightshiftError, PartitionNotReady
 from nightshift.models.registry import ModelVersion
-from nightshift.monitoring.checks import FAIL, INSUFFICIENT, run_checks, verdict
+from nightshift.monitoring.checks import FAIL, INSUFFICIENT, Check, run_checks, verdict
 from nightshift.monitoring.profile import PartitionProfile, profile_files
 from nightshift.monitoring.reference import Reference, ensure_reference
-from nightshift.monitoring.report import write_report
-from nightshift.monitoring.results import MonitorResult, save_result, set_report_uri
+from nightshift.monitoring.report import (
+    ReportHeader,
+    load_report_sample,
+    report_sample,
+    report_sample_uri,
+    save_report_sample,
+    write_report,
+)
+from nightshift.monitoring.results import MonitorResult, checks_of, history, save_result, set_report_uri
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +56,27 @@ def committed_rows(store: Store, run_id: int, ids: pa.Array, columns: tuple[str,
 
 def aligned_scores(store: Store, run_id: int, ids: pa.Array) -> np.ndarray:
     """Committed scores of `ids`, in their order, NaN for an id without a committed row."""
-    got = committed_rows(store, run_id, ids)
+    return aligned_predictions(store, run_id, ids)[0]
+
+
+def aligned_predictions(
+    store: Store, run_id: int, ids: pa.Array, *, labels: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Committed (scores, and with `labels` the predicted classes) of `ids`, in their order; NaN / -1 for an id
+    without a committed row."""
+    got = committed_rows(store, run_id, ids, ("score", "label") if labels else ("score",))
     key = pc.cast(ids, pa.string())
     index = pc.index_in(key, value_set=got.column("entity_id")).fill_null(-1).to_numpy(zero_copy_only=False)
     scores = np.asarray(got.column("score").to_numpy(zero_copy_only=False), dtype=np.float64)
     out = np.full(len(key), np.nan)
     hit = index >= 0
     out[hit] = scores[index[hit]]
-    return out
+    if not labels:
+        return out, None
+    found = np.asarray([-1 if v is None else int(v) for v in got.column("label").to_pylist()], dtype=np.int64)
+    classes = np.full(len(key), -1, dtype=np.int64)
+    classes[hit] = found[index[hit]]
+    return out, classes
 
 
 def volume_history(store: Store, model: str, ds: date, days: int) -> list[int]:
@@ -120,6 +141,8 @@ class _Night:
     scores: np.ndarray
     history: list[int]
     timings: dict[str, float]
+    #: A multiclass version's committed predicted classes (aligned with the sample), else None.
+    labels: np.ndarray | None = None
 
 
 def _gather(settings: Settings, store: Store, model: str, ds: date, version: int | None) -> _Night:
@@ -133,11 +156,17 @@ def _gather(settings: Settings, store: Store, model: str, ds: date, version: int
     if part is None:
         raise PartitionNotReady(f"model {model!r} v{mv.version} has no committed partition for ds={ds}")
     reference = ensure_reference(settings, mv)
+    if mon.seasonality == "weekly":  # the night against the reference days of its own weekday
+        from nightshift.monitoring.seasonal import weekday_reference
+
+        reference = weekday_reference(settings, mv, ds, reference)
     t_ref = time.perf_counter()
     features = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, ds, cfg.contract, cfg.success_marker)
     profile = profile_files([f.uri for f in features.files], cfg.contract, cap=mon.sample_rows, seed=mon.sample_seed)
     t_profile = time.perf_counter()
-    scores = aligned_scores(store, part.run_id, profile.sample.column(cfg.contract.entity_id))
+    scores, labels = aligned_predictions(
+        store, part.run_id, profile.sample.column(cfg.contract.entity_id), labels=mv.task == "multiclass"
+    )
     history = volume_history(store, model, ds, mon.volume_window_days)
     t_scores = time.perf_counter()
     timings = {
@@ -145,7 +174,7 @@ def _gather(settings: Settings, store: Store, model: str, ds: date, version: int
         "profile_s": round(t_profile - t_ref, 4),
         "scores_s": round(t_scores - t_profile, 4),
     }
-    return _Night(cfg, mv, part, reference, profile, scores, history, timings)
+    return _Night(cfg, mv, part, reference, profile, scores, history, timings, labels)
 
 
 def _open(settings: Settings, store: Store | None) -> tuple[Store, bool]:
@@ -181,22 +210,38 @@ def monitor_partition(
         cfg, mon = night.cfg, night.cfg.monitoring
         t_checks0 = time.perf_counter()
         checks = run_checks(
-            night.profile, night.reference, cfg, current_scores=night.scores, volume_history=night.history
+            night.profile,
+            night.reference,
+            cfg,
+            current_scores=night.scores,
+            volume_history=night.history,
+            current_labels=night.labels,
         )
         status = verdict(checks)
         t_checks = time.perf_counter()
         report_at: str | None = None
         report_error: str | None = None
-        if (mon.report if report is None else report) and night.profile.sampled_rows == 0:
-            report_error = "no rows: nothing to report"
-        elif mon.report if report is None else report:
+        sample_at: dict[str, Any] | None = None
+        if night.profile.sampled_rows == 0:
+            if mon.report if report is None else report:
+                report_error = "no rows: nothing to report"
+        else:
+            # The report's rows are kept beside the report, so the report (here or as its own task,
+            # `report_partition`) is built from what monitoring computed and never reads the partition again.
+            current = report_sample(cfg, night.profile, night.scores)
+            header = _header(night, status, checks, current.num_rows)
             try:
-                report_at = write_report(
-                    settings, cfg, night.mv.version, ds, night.profile, night.scores, night.reference, checks
-                )
-            except Exception as exc:  # noqa: BLE001 - the verdict stands without its illustration
-                report_error = f"{type(exc).__name__}: {exc}"
-                log.error("monitoring report of %s v%s ds=%s failed: %s", model, night.mv.version, ds, report_error)
+                sample_at = _save_sample(settings, night, ds, current)
+            except Exception as exc:  # noqa: BLE001 - the report task then rebuilds it from the partition
+                log.error("report sample of %s v%s ds=%s not saved: %s", model, night.mv.version, ds, exc)
+            if mon.report if report is None else report:
+                try:
+                    report_at = write_report(
+                        settings, cfg, night.mv.version, ds, current, night.reference, checks, header
+                    )
+                except Exception as exc:  # noqa: BLE001 - the verdict stands without its illustration
+                    report_error = f"{type(exc).__name__}: {exc}"
+                    log.error("monitoring report of %s v%s ds=%s failed: %s", model, night.mv.version, ds, report_error)
         t_report = time.perf_counter()
         drift = next((c for c in checks if c.kind == "dataset_drift"), None)
         reference = night.reference
@@ -217,6 +262,7 @@ def monitor_partition(
                 "partitions": [p.get("ds") for p in reference.partitions],
             },
             "report_rows": min(mon.report_rows, night.profile.sampled_rows),
+            "report_sample": sample_at,
             "report_error": report_error,
             "timings": {
                 **night.timings,
@@ -248,25 +294,124 @@ def monitor_partition(
             store.dispose()
 
 
+def _header(night: _Night, status: str, checks: list[Check], sample_rows: int) -> ReportHeader:
+    return ReportHeader(
+        model=night.cfg.name,
+        version=night.mv.version,
+        ds=night.part.ds,
+        status=status,
+        checks=checks,
+        sample_rows=sample_rows,
+        scored_rows=night.part.row_count,
+        drift_sample_rows=night.profile.sampled_rows,
+        run_id=night.part.run_id,
+        reference_rows=night.reference.stats.get("rows"),
+    )
+
+
+def _save_sample(settings: Settings, night: _Night, ds: date, current: pa.Table) -> dict[str, Any]:
+    """Keep the report's rows beside the report; what the stored result records about them."""
+    uri = report_sample_uri(settings, night.cfg.name, night.mv.version, ds)
+    token = uuid.uuid4().hex  # ties the file to this monitoring run (a later run rewrites both)
+    meta = {
+        "token": token,
+        "run_id": night.part.run_id,
+        "rows": current.num_rows,
+        "scored_rows": night.part.row_count,
+        "drift_sample_rows": night.profile.sampled_rows,
+        "reference_rows": night.reference.stats.get("rows"),
+    }
+    save_report_sample(uri, current, meta)
+    return {"uri": uri, **meta}
+
+
+def _check(row: dict[str, Any]) -> Check:
+    return Check(
+        kind=row["kind"],
+        column=row["column_name"],
+        statistic=row["statistic"],
+        value=row["value"],
+        threshold=row["threshold"],
+        status=row["status"],
+        rows=int(row["rows"] or 0),
+        sampled=bool(row["sampled"]),
+        severity=row["severity"] or "fail",
+        detail=row["detail"] or {},
+    )
+
+
+def _stored_night(
+    settings: Settings, store: Store, model: str, mv: ModelVersion, ds: date
+) -> tuple[pa.Table, Reference, ReportHeader] | str:
+    """What monitoring stored for a night: the report's rows, the reference, the verdict and checks; else why not."""
+    from nightshift.monitoring.reference import load_reference
+
+    runs = history(store, model, kind="data", version=mv.version, since=ds, until=ds, limit=1)
+    if not runs:
+        return "the night was not monitored"
+    run = runs[0]
+    info = (run.get("summary") or {}).get("report_sample")
+    if not info:
+        return "monitoring kept no report sample (monitored before it did, or the sample failed to save)"
+    loaded = load_report_sample(info["uri"])
+    if loaded is None or loaded[1].get("token") != info.get("token"):
+        return f"the report sample {info['uri']} is missing or belongs to another monitoring run"
+    part = store.partition(model, mv.version, ds)
+    if part is None or part.run_id != run.get("run_id"):
+        return "the partition was committed again after it was monitored"
+    reference = load_reference(mv)
+    if reference is None:
+        return "the version's reference is not stored"
+    current, meta = loaded
+    header = ReportHeader(
+        model=model,
+        version=mv.version,
+        ds=ds,
+        status=run["status"],
+        checks=[_check(c) for c in checks_of(store, int(run["monitor_id"]))],
+        sample_rows=current.num_rows,
+        scored_rows=meta.get("scored_rows"),
+        drift_sample_rows=meta.get("drift_sample_rows"),
+        run_id=meta.get("run_id"),
+        reference_rows=meta.get("reference_rows"),
+    )
+    return current, reference, header
+
+
 def report_partition(
     settings: Settings, model: str, ds: date, *, version: int | None = None, store: Store | None = None
 ) -> str:
-    """Write the Evidently HTML report of a committed (model, version, ds) and record its URI on the stored result.
+    """Write the Evidently HTML report of a monitored (model, version, ds) and record its URI on the stored result.
 
-    The same sample, reference and thresholds as `monitor_partition`; for running the (slow) report
-    as its own task after a `monitor_partition(..., report=False)`.
+    Built from what `monitor_partition` computed and stored: the report's rows of the drift
+    sample (kept beside the report, ≤ `report_rows`), the stored verdict and checks, and the
+    version's reference. It reads no feature file. Only a night monitored without its sample (by
+    an older version, or re-committed since) is rebuilt from the partition, as monitoring would.
     """
     require_monitoring(settings, model)
     store, own_store = _open(settings, store)
     try:
-        night = _gather(settings, store, model, ds, version)
-        checks = run_checks(
-            night.profile, night.reference, night.cfg, current_scores=night.scores, volume_history=night.history
-        )
-        uri = write_report(
-            settings, night.cfg, night.mv.version, ds, night.profile, night.scores, night.reference, checks
-        )
-        set_report_uri(store, model, night.mv.version, ds, "data", uri)
+        mv = _resolve(settings, store, model, version)
+        stored = _stored_night(settings, store, model, mv, ds)
+        if isinstance(stored, str):
+            log.warning("report of %s v%s ds=%s: %s; reading the partition again", model, mv.version, ds, stored)
+            night = _gather(settings, store, model, ds, mv.version)
+            checks = run_checks(
+                night.profile,
+                night.reference,
+                night.cfg,
+                current_scores=night.scores,
+                volume_history=night.history,
+                current_labels=night.labels,
+            )
+            current = report_sample(night.cfg, night.profile, night.scores)
+            header = _header(night, verdict(checks), checks, current.num_rows)
+            reference = night.reference
+        else:
+            current, reference, header = stored
+            checks = header.checks
+        uri = write_report(settings, settings.model(model), mv.version, ds, current, reference, checks, header)
+        set_report_uri(store, model, mv.version, ds, "data", uri)
         return uri
     finally:
         if own_store:

@@ -129,7 +129,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def label_metrics(labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """ROC AUC, log loss, precision and recall of the committed labels, base rate and n."""
+    """ROC AUC, log loss, accuracy, precision and recall of the committed labels, base rate and n."""
     y = np.asarray(labels).astype(np.int64)
     p = np.clip(np.asarray(scores, dtype=np.float64), 1e-15, 1 - 1e-15)
     pred = np.asarray(predicted).astype(np.int64)
@@ -141,6 +141,7 @@ def label_metrics(labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray)
         "n": n,
         "roc_auc": roc_auc(y, p),
         "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if n else float("nan"),
+        "accuracy": float((pred == y).mean()) if n else float("nan"),
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
         "base_rate": float(y.mean()) if n else float("nan"),

@@ -3,8 +3,17 @@ mapped over Dask and committed atomically (`partition`)."""
 
 from __future__ import annotations
 
-from nightshift.scoring.chunk import ChunkResult, ChunkTask, score_chunk
-from nightshift.scoring.partition import MAX_ROWS_PER_TASK, RunSummary, WorkerLost, dask_client, score_partition
+from nightshift.scoring.chunk import ChunkResult, ChunkTask, ModelRun, score_chunk
+from nightshift.scoring.outputs import OutputReader
+from nightshift.scoring.partition import (
+    MAX_ROWS_PER_TASK,
+    ModelRunFailed,
+    RunSummary,
+    WorkerLost,
+    dask_client,
+    score_partition,
+    score_partitions,
+)
 from nightshift.scoring.sessions import ModelHandle, check_model_inputs, get_session, make_session
 
 __all__ = [
@@ -12,6 +21,9 @@ __all__ = [
     "ChunkResult",
     "ChunkTask",
     "ModelHandle",
+    "ModelRun",
+    "ModelRunFailed",
+    "OutputReader",
     "RunSummary",
     "WorkerLost",
     "check_model_inputs",
@@ -20,4 +32,5 @@ __all__ = [
     "make_session",
     "score_chunk",
     "score_partition",
+    "score_partitions",
 ]

@@ -1,74 +1,120 @@
-"""One chunk of one file on a worker: Arrow batches → ONNX Runtime → staged rows (or back to the driver)."""
+"""One chunk of one file on a worker: read its Arrow batches ONCE, run every model's session on each batch,
+and stage each model's rows under its own run (or hand them back to the driver).
+
+Several model versions over the same partition (a champion and its challenger, or several models of
+one dataset) share the read: Parquet decoding happens once per batch whatever the number of models.
+A failure that belongs to one model (its inputs break its contract, it outputs NaN) fails only that
+model's part of the chunk — its rows are rolled back and the result says why — while the others
+go on; a failure of the data itself (an unreadable page) fails the chunk for all.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from nightshift.contracts import PROBABILITIES, FeatureContract
+from nightshift.contracts import FeatureContract
 from nightshift.data import TaskSlice, iter_batches
-from nightshift.errors import ContractError, DuplicateEntityError
+from nightshift.db.staging import Rows
+from nightshift.errors import ContractError, DuplicateEntityError, NightshiftError
+from nightshift.scoring.outputs import OutputReader
 from nightshift.scoring.sessions import ModelHandle, get_session
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import onnxruntime as ort
     import pyarrow as pa
 
 
 @dataclass(frozen=True)
+class ModelRun:
+    """One model version scored in a chunk: its session, how it is fed and read, and the run it stages under."""
+
+    model: str
+    version: int
+    handle: ModelHandle
+    contract: FeatureContract
+    run_id: int
+    outputs: OutputReader = field(default_factory=OutputReader)
+    #: The version's signature inputs (how to feed the graph); None: nightshift's own one-input-per-column layout.
+    inputs: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} v{self.version}"
+
+
+@dataclass(frozen=True)
 class ChunkTask:
     slice: TaskSlice
-    contract: FeatureContract
-    model: ModelHandle
+    runs: tuple[ModelRun, ...]
     batch_rows: int
-    run_id: int
     #: Set: the worker stages its rows itself (PostgreSQL). None: rows go back to the driver (SQLite).
     store_url: str | None
+
+    @classmethod
+    def single(
+        cls,
+        slice: TaskSlice,
+        contract: FeatureContract,
+        handle: ModelHandle,
+        batch_rows: int,
+        run_id: int,
+        store_url: str | None,
+        outputs: OutputReader | None = None,
+    ) -> ChunkTask:
+        """A chunk of one model (the end-to-end gate, tests)."""
+        reader = outputs or OutputReader(threshold=handle.decision_threshold)
+        return cls(slice, (ModelRun("model", 0, handle, contract, run_id, reader),), batch_rows, store_url)
+
+    @property
+    def read_columns(self) -> list[str]:
+        """Every column any of the models reads, once."""
+        return list(dict.fromkeys(c for run in self.runs for c in run.contract.read_columns))
+
+    @property
+    def dictionary_columns(self) -> list[str]:
+        return list(dict.fromkeys(c.name for run in self.runs for c in run.contract.categorical))
+
+
+@dataclass
+class ModelChunk:
+    """One model's part of a chunk: its rows staged (or carried back), its time, or why it failed."""
+
+    run_id: int
+    rows: int = 0
+    infer_s: float = 0.0
+    write_s: float = 0.0
+    #: Why this model's part failed (the original exception: it pickles back to the driver), or None.
+    error: NightshiftError | None = None
+    #: The rows for the driver to stage (SQLite), sorted by entity id.
+    data: Rows | None = None
 
 
 @dataclass
 class ChunkResult:
     chunk: str
-    rows: int
     read_s: float
-    infer_s: float
-    write_s: float
     pid: int
     peak_rss_bytes: int
-    ids: pa.Array | None = None
-    scores: np.ndarray | None = None
-    labels: np.ndarray | None = None
+    models: dict[int, ModelChunk]
+
+    def of(self, run_id: int) -> ModelChunk:
+        return self.models[run_id]
 
 
-def _check_scores(scores: np.ndarray, source: str) -> None:
-    import numpy as np
-
-    if len(scores) and not np.isfinite(scores).all():
-        bad = int((~np.isfinite(scores)).sum())
-        raise ContractError(f"{source}: the model produced {bad} non-finite score(s); nothing was written")
+class _Failed(NightshiftError):
+    """Internal: this model's part of the chunk failed; roll its rows back (the connection stays)."""
 
 
-def _scored_batches(
-    task: ChunkTask, session: ort.InferenceSession, clock: dict[str, float]
-) -> Iterator[tuple[pa.Array, np.ndarray, np.ndarray]]:
-    """(entity ids, P(1) as float32, labels as int16) of each batch of the task's rows.
-
-    Adds the seconds spent reading (Parquet decode and conversion to model inputs) and in
-    ONNX Runtime to `clock`; the time the consumer spends between batches is not counted.
-    """
-    import numpy as np
-
-    from nightshift.data.features import entity_ids, model_inputs
-
-    contract = task.contract
+def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[pa.RecordBatch]:
+    """The chunk's record batches, read once; adds the read time to `clock`."""
     source = task.slice.uri
-    categorical = [c.name for c in contract.categorical]
-    batches = iter_batches(task.slice, contract.read_columns, task.batch_rows, categorical)
+    batches = iter_batches(task.slice, task.read_columns, task.batch_rows, task.dictionary_columns)
     while True:
         t = time.perf_counter()
         try:
@@ -77,95 +123,148 @@ def _scored_batches(
             # A footer that reads but a damaged data page: pyarrow's message names no file.
             where = f"row group(s) {', '.join(map(str, task.slice.row_groups))}"
             raise ContractError(f"{source} {where}: unreadable data ({type(exc).__name__}: {exc})") from exc
+        clock["read_s"] += time.perf_counter() - t
         if batch is None:
-            clock["read_s"] += time.perf_counter() - t
             return
-        feeds = model_inputs(batch, contract, source)
-        ids = entity_ids(batch, contract, source)
-        t1 = time.perf_counter()
-        probabilities = session.run([PROBABILITIES], feeds)[0]
-        scores = np.ascontiguousarray(probabilities[:, 1], dtype=np.float32)
-        clock["read_s"] += t1 - t
-        clock["infer_s"] += time.perf_counter() - t1
-        _check_scores(scores, source)
-        yield ids, scores, (scores >= task.model.decision_threshold).astype(np.int16)
+        yield batch
+
+
+def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str) -> tuple[Rows, float]:
+    """One model's rows for one batch, and the seconds ONNX Runtime took."""
+    from nightshift.data.features import entity_ids, model_inputs
+
+    if run.inputs is None:
+        feeds = model_inputs(batch, run.contract, source)
+    else:
+        from nightshift.data.features import onnx_feeds
+
+        feeds = onnx_feeds(batch, run.contract, run.inputs, source)
+    ids = entity_ids(batch, run.contract, source)
+    t = time.perf_counter()
+    raw = session.run([run.outputs.output], feeds)[0]
+    infer = time.perf_counter() - t
+    return run.outputs.rows(ids, raw, source), infer
 
 
 def score_chunk(task: ChunkTask) -> ChunkResult:
-    """Score one slice of one file: Arrow batches → ONNX Runtime → staged rows (or back to the driver).
+    """Score one slice of one file for every model of the task: Arrow batches (read once) → each model's
+    ONNX Runtime session → each model's staged rows (or rows back to the driver).
 
-    PostgreSQL: each batch is streamed into the run's table as soon as it is scored, in one
-    transaction per chunk (`store.chunk_writer`); entity ids repeated within or across files are
-    found by the primary key the commit builds. SQLite: the rows go back to the driver sorted by
-    id, and ids repeated within the chunk are found here (neighbours after the sort).
+    PostgreSQL: each batch is streamed into each model's run table as soon as it is scored, one
+    transaction per (model, chunk) (`staging.chunk_writer`); entity ids repeated within or across
+    files are found by the primary key each commit builds. SQLite: the rows go back to the driver
+    sorted by id, and ids repeated within the chunk are found here (neighbours after the sort).
     """
-    session = get_session(task.model)
     source = task.slice.uri
-    clock = {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
-    if task.store_url is not None:
-        from nightshift.db.store import chunk_writer
+    clock = {"read_s": 0.0}
+    parts = {run.run_id: ModelChunk(run.run_id) for run in task.runs}
+    sessions = {run.run_id: get_session(run.handle) for run in task.runs}
+    if task.store_url is None:
+        return _score_for_driver(task, sessions, parts, clock)
 
-        with chunk_writer(task.store_url, task.run_id, task.slice.chunk_id) as writer:
+    from nightshift.db.staging import chunk_writer
+
+    writers: dict[int, Any] = {}
+    contexts: dict[int, Any] = {}
+    try:
+        for slot, run in enumerate(task.runs):
+            ctx = chunk_writer(task.store_url, run.run_id, task.slice.chunk_id, run.outputs.task, slot=slot)
+            writer = ctx.__enter__()
             if writer.done is None:
-                for ids, scores, labels in _scored_batches(task, session, clock):
+                contexts[run.run_id], writers[run.run_id] = ctx, writer
+            else:  # an earlier attempt of this chunk staged this model's rows: write nothing twice
+                parts[run.run_id].rows = writer.done
+                _close(ctx, None)
+        for batch in _batches(task, clock) if writers else ():
+            for run in task.runs:
+                if run.run_id not in writers:
+                    continue
+                part = parts[run.run_id]
+                try:
+                    rows, infer = _score(run, sessions[run.run_id], batch, source)
+                    part.infer_s += infer
                     t = time.perf_counter()
-                    writer.write(ids, scores, labels)
-                    clock["write_s"] += time.perf_counter() - t
-                if writer.rows != task.slice.rows:
-                    raise ContractError(f"{source}: read {writer.rows} rows, its footer says {task.slice.rows}")
+                    writers[run.run_id].write(rows)
+                    part.write_s += time.perf_counter() - t
+                except NightshiftError as exc:  # this model's failure: roll its rows back, the others go on
+                    part.error = exc
+                    _close(contexts.pop(run.run_id), _Failed(str(exc)))
+                    writers.pop(run.run_id)
+        for run_id in list(writers):
+            writer, part = writers.pop(run_id), parts[run_id]
+            if writer.rows != task.slice.rows:
+                part.error = ContractError(f"{source}: read {writer.rows} rows, its footer says {task.slice.rows}")
+                _close(contexts.pop(run_id), _Failed(str(part.error)))
+                continue
             t = time.perf_counter()
-        clock["write_s"] += time.perf_counter() - t  # the COPY's end and the ledger row's commit
-        return ChunkResult(
-            task.slice.chunk_id,
-            writer.rows,
-            clock["read_s"],
-            clock["infer_s"],
-            clock["write_s"],
-            os.getpid(),
-            _peak_rss(),
-        )
-    return _score_for_driver(task, session, clock)
+            _close(contexts.pop(run_id), None)  # the COPY's end and the ledger row's commit
+            part.write_s += time.perf_counter() - t
+            part.rows = writer.rows
+    finally:
+        abort = _Failed("the chunk failed")
+        for ctx in contexts.values():  # anything still open: a read error or a crash rolls back every model
+            with contextlib.suppress(BaseException):
+                _close(ctx, abort)
+    return ChunkResult(task.slice.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
 
 
-def _score_for_driver(task: ChunkTask, session: ort.InferenceSession, clock: dict[str, float]) -> ChunkResult:
-    import numpy as np
-    import pyarrow as pa
+def _close(ctx: Any, exc: BaseException | None) -> None:
+    """Leave a chunk writer's context: commit (no exception) or roll back (an exception, not re-raised)."""
+    if exc is None:
+        ctx.__exit__(None, None, None)
+        return
+    with contextlib.suppress(_Failed):
+        ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _score_for_driver(
+    task: ChunkTask,
+    sessions: dict[int, ort.InferenceSession],
+    parts: dict[int, ModelChunk],
+    clock: dict[str, float],
+) -> ChunkResult:
     import pyarrow.compute as pc
 
     from nightshift.data.features import numpy_values
 
     source = task.slice.uri
-    parts = list(_scored_batches(task, session, clock))
-    ids: pa.Array = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
-    scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
-    labels = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int16)
-    if len(ids) != task.slice.rows:
-        raise ContractError(f"{source}: read {len(ids)} rows, its footer says {task.slice.rows}")
-    # The driver inserts these into SQLite's B-tree: in key order the inserts append.
-    order = pc.sort_indices(ids)
-    ids = ids.take(order)
-    order_np = numpy_values(order, "<u8")
-    if len(ids) > 1:
-        repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-        if pc.any(repeated).as_py():
-            dupes = ids.slice(1).filter(repeated).unique()[:5].to_pylist()
-            raise DuplicateEntityError(
-                f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file; "
-                "duplicate entity ids are an error",
-                tuple(str(d) for d in dupes),
-            )
-    return ChunkResult(
-        task.slice.chunk_id,
-        len(ids),
-        clock["read_s"],
-        clock["infer_s"],
-        clock["write_s"],
-        os.getpid(),
-        _peak_rss(),
-        ids,
-        scores[order_np],
-        labels[order_np],
-    )
+    collected: dict[int, list[Rows]] = {run.run_id: [] for run in task.runs}
+    for batch in _batches(task, clock):
+        for run in task.runs:
+            part = parts[run.run_id]
+            if part.error is not None:
+                continue
+            try:
+                rows, infer = _score(run, sessions[run.run_id], batch, source)
+            except NightshiftError as exc:
+                part.error = exc
+                collected[run.run_id] = []
+                continue
+            part.infer_s += infer
+            collected[run.run_id].append(rows)
+    for run in task.runs:
+        part = parts[run.run_id]
+        if part.error is not None:
+            continue
+        rows = Rows.concat(collected.pop(run.run_id))
+        if len(rows) != task.slice.rows:
+            part.error = ContractError(f"{source}: read {len(rows)} rows, its footer says {task.slice.rows}")
+            continue
+        # The driver inserts these into SQLite's B-tree: in key order the inserts append.
+        order = numpy_values(pc.sort_indices(rows.ids), "<u8")
+        rows = rows.take(order)
+        ids = rows.ids
+        if len(ids) > 1:
+            repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+            if pc.any(repeated).as_py():
+                dupes = ids.slice(1).filter(repeated).unique()[:5].to_pylist()
+                raise DuplicateEntityError(
+                    f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file; "
+                    "duplicate entity ids are an error",
+                    tuple(str(d) for d in dupes),
+                )
+        part.rows, part.data = len(rows), rows
+    return ChunkResult(task.slice.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
 
 
 def _peak_rss() -> int:

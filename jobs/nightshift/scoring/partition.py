@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 from nightshift.config import DaskSettings, Settings
 from nightshift.contracts import FeatureContract
 from nightshift.data import inspect_partition
-from nightshift.db.store import CommitResult, Store, stage_chunk
-from nightshift.errors import ContractError, DuplicateEntityError, NightshiftError
+from nightshift.db.staging import stage_chunk
+from nightshift.db.store import CommitResult, Store
+from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError, NightshiftError
 from nightshift.models.registry import ModelVersion, Registry, read_artifact
-from nightshift.scoring.chunk import ChunkResult, ChunkTask, score_chunk
+from nightshift.scoring.chunk import ChunkResult, ChunkTask, ModelRun, score_chunk
+from nightshift.scoring.outputs import OutputReader
 from nightshift.scoring.sessions import ModelHandle, check_model_inputs, make_session
+from nightshift.telemetry import ScoringTelemetry
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -55,6 +58,10 @@ class WorkerLost(NightshiftError):
     """A task's Dask worker died on every attempt (usually: out of memory)."""
 
 
+class ModelRunFailed(NightshiftError):
+    """One model's part of a shared scoring pass failed (its inputs, its outputs); the others went on."""
+
+
 # -- the driver side ------------------------------------------------------------------------
 
 
@@ -67,10 +74,24 @@ def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterato
     import dask
     from distributed import Client, LocalCluster
 
+    from nightshift.errors import ClusterUnavailable
+
     if settings.scheduler_address:
-        with Client(settings.scheduler_address, timeout="30s") as c:
+        address, timeout = settings.scheduler_address, settings.connect_timeout_s
+        try:
+            remote = Client(address, timeout=f"{timeout}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterUnavailable(
+                f"cannot reach the Dask scheduler at {address} within {timeout:g}s (dask.scheduler_address, "
+                f"dask.connect_timeout_s): {why}"
+            ) from None
+        with remote as c:
             yield c
         return
+    # Workers log a failing task's traceback at ERROR; a caller that quieted the `distributed` logger
+    # further (the CLI: the error reaches its user as one line) quiets the workers as much.
+    quiet = max(logging.ERROR, logging.getLogger("distributed").getEffectiveLevel())
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": settings.start_method}),
         LocalCluster(
@@ -79,7 +100,7 @@ def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterato
             processes=settings.processes,
             memory_limit=settings.memory_limit,
             dashboard_address="127.0.0.1:0",  # its HTTP server runs anyway: a free loopback port
-            silence_logs=logging.ERROR,
+            silence_logs=quiet,
         ) as cluster,
         Client(cluster) as c,
     ):
@@ -111,6 +132,48 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass
+class _Target:
+    """One model version of a scoring pass, with everything the driver knows about it before the read."""
+
+    mv: ModelVersion
+    cfg: Any
+    partition: Any
+    outputs: OutputReader
+    run_id: int = 0
+    staged: int = 0
+    error: BaseException | None = None
+    totals: dict[str, float] = field(default_factory=lambda: {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0})
+
+
+def _prepare(settings: Settings, store: Store, model: str, ds: date, version: int | None, alias: str | None) -> _Target:
+    """Resolve the version and check it and its partition before any data is read: a missing or changed
+    artifact, inputs that do not fit the contract, or a partition that breaks it fail here, database untouched."""
+    cfg = settings.model(model)
+    mv = Registry(store, settings.artifacts_uri).resolve(model, version=version, alias=alias)
+    outputs = OutputReader.of(mv.task, mv.signature, mv.decision_threshold)
+    source = f"model {model} v{mv.version} ({mv.artifact_uri})"
+    session = make_session(read_artifact(mv.artifact_uri, mv.sha256), 1)
+    inputs = (mv.signature or {}).get("inputs")
+    if inputs is None:  # nightshift's own layout; the outputs are checked by the reader below
+        check_model_inputs(session, cfg.contract, source, probabilities=False)
+    else:
+        from nightshift.models.importing import InputSpec, check_input_spec
+
+        problems = check_input_spec(InputSpec.from_dict(inputs), cfg.contract)
+        if problems:
+            raise ModelSchemaError(f"{source}: the model does not match the feature contract: " + "; ".join(problems))
+    outputs.check(session, source)
+    del session
+    partition = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, ds, cfg.contract, cfg.success_marker)
+    if partition.rows == 0 and cfg.empty_partition == "error":
+        raise ContractError(
+            f"partition {partition.uri} has no rows ({len(partition.files)} file(s)); nothing committed, "
+            'the previous predictions still serve (set empty_partition = "commit" to commit it empty)'
+        )
+    return _Target(mv, cfg, partition, outputs)
+
+
 def score_partition(
     settings: Settings,
     model: str,
@@ -124,82 +187,121 @@ def score_partition(
     progress: Callable[[int, int], None] | None = None,
 ) -> RunSummary:
     """Score partition `ds` of `model` and commit it atomically. Raises, leaving the old predictions, on failure."""
+    result = score_partitions(
+        settings, [(model, version, alias)], ds, run_key=run_key, client=client, store=store, progress=progress
+    )
+    [outcome] = result.values()
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def score_partitions(
+    settings: Settings,
+    targets: Sequence[tuple[str, int | None, str | None]],
+    ds: date,
+    *,
+    run_key: str | None = None,
+    client: Client | None = None,
+    store: Store | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[tuple[str, int], RunSummary | BaseException]:
+    """Score partition `ds` for several (model, version, alias) at once, each committed atomically on its own.
+
+    Targets whose models read the same partition (the same dataset, or versions of one model) share ONE
+    read of each file: every worker reads a chunk's Arrow batches once and runs every model's session on
+    them. A target that fails (its version, its contract, its outputs, its commit) fails alone: its error
+    names it and the previous predictions of its partition still serve; the others commit. Returns
+    (model, version) → its RunSummary, or the exception that failed it. A target that cannot even be
+    prepared (no such version, a broken contract) raises at once when it is the only one.
+    """
     t0 = time.perf_counter()
-    cfg = settings.model(model)
     own_store = store is None
     store = store or Store(settings.resolved_store_url, connect_retries=settings.connect_retries)
+    results: dict[tuple[str, int], RunSummary | BaseException] = {}
     try:
         store.ensure_current()
-        mv = Registry(store, settings.artifacts_uri).resolve(model, version=version, alias=alias)
-        # The model is checked before any data is read: a missing or changed file, or
-        # inputs that do not fit the contract, fail here with the database untouched.
-        session = make_session(read_artifact(mv.artifact_uri, mv.sha256), 1)
-        check_model_inputs(session, cfg.contract, f"model {model} v{mv.version} ({mv.artifact_uri})")
-        del session
-        t_model = time.perf_counter()
-        partition = inspect_partition(
-            cfg.dataset_uri(settings), cfg.partition_key, ds, cfg.contract, cfg.success_marker
-        )
-        if partition.rows == 0 and cfg.empty_partition == "error":
-            raise ContractError(
-                f"partition {partition.uri} has no rows ({len(partition.files)} file(s)); nothing committed, "
-                'the previous predictions still serve (set empty_partition = "commit" to commit it empty)'
-            )
+        prepared: list[_Target] = []
+        for model, version, alias in targets:
+            try:
+                prepared.append(_prepare(settings, store, model, ds, version, alias))
+            except NightshiftError as exc:
+                if len(targets) == 1:
+                    raise
+                results[(model, version or 0)] = exc
         t_plan = time.perf_counter()
-        with store.run_lock(model, ds, settings.run_lock_timeout_s):
-            lock_wait = time.perf_counter() - t_plan
-            if lock_wait > 1.0:
-                log.info(
-                    "%s ds=%s: waited %.1fs for the run lock (another run of this partition)", model, ds, lock_wait
-                )
-            return _run(
-                settings,
-                cfg.contract,
-                cfg.batch_rows,
-                mv,
-                partition,
-                ds,
-                run_key,
-                client,
-                store,
-                progress,
-                t0,
-                t_model,
-                t_plan,
-            )
+        # One read per partition (dataset): group the targets by the files they read.
+        groups: dict[str, list[_Target]] = {}
+        for target in prepared:
+            groups.setdefault(target.partition.uri, []).append(target)
+        for group in groups.values():
+            models = sorted({t.mv.model for t in group})
+            with contextlib.ExitStack() as locks:
+                for model in models:  # always in name order: two passes never wait on each other in a cycle
+                    locks.enter_context(store.run_lock(model, ds, settings.run_lock_timeout_s))
+                lock_wait = time.perf_counter() - t_plan
+                if lock_wait > 1.0:
+                    log.info("ds=%s: waited %.1fs for the run lock(s) of %s", ds, lock_wait, ", ".join(models))
+                results.update(_run(settings, group, ds, run_key, client, store, progress, t0, t_plan))
     finally:
         if own_store:
             store.dispose()
+    return results
 
 
 def _run(
     settings: Settings,
-    contract: FeatureContract,
-    batch_rows: int,
-    mv: ModelVersion,
-    partition: Any,
+    group: list[_Target],
     ds: date,
     run_key: str | None,
     client: Client | None,
     store: Store,
     progress: Callable[[int, int], None] | None,
     t0: float,
-    t_model: float,
     t_plan: float,
-) -> RunSummary:
+) -> dict[tuple[str, int], RunSummary | BaseException]:
     t_locked = time.perf_counter()
+    partition = group[0].partition
     slices = partition.slices(MAX_ROWS_PER_TASK)
-    run_id = store.start_run(
-        mv.model, mv.version, ds, run_key=run_key, input_rows=partition.rows, files=len(partition.files)
+    # What each run read (files, fingerprints, model) is stored with it; START/COMPLETE/FAIL events and
+    # job metrics go wherever [lineage] and [metrics] say. None of it can fail the run.
+    telemetry = ScoringTelemetry(
+        settings, store.url, partition, ds, dataset_uri=group[0].cfg.dataset_uri(settings), run_key=run_key, t0=t0
     )
-    handle = ModelHandle(mv.artifact_uri, mv.sha256, settings.dask.ort_intra_op_threads, mv.decision_threshold)
+    for target in group:
+        manifest = telemetry.manifest(target.mv)
+        target.run_id = store.start_run(
+            target.mv.model,
+            target.mv.version,
+            ds,
+            run_key=run_key,
+            input_rows=partition.rows,
+            files=len(partition.files),
+            keep_running=[t.run_id for t in group if t.run_id],  # this pass's other versions are alive
+            history_days=target.cfg.history_days,
+            manifest=manifest,
+        )
+        telemetry.started(target.run_id, target.mv, manifest, target.cfg.contract)
+    threads = settings.dask.ort_intra_op_threads
+    runs = tuple(
+        ModelRun(
+            t.mv.model,
+            t.mv.version,
+            ModelHandle(t.mv.artifact_uri, t.mv.sha256, threads, t.mv.decision_threshold),
+            t.cfg.contract,
+            t.run_id,
+            t.outputs,
+            (t.mv.signature or {}).get("inputs"),
+        )
+        for t in group
+    )
+    by_run = {t.run_id: t for t in group}
     staged_by_workers = store.parallel_staging
-    tasks = [
-        ChunkTask(s, contract, handle, batch_rows, run_id, store.url if staged_by_workers else None) for s in slices
-    ]
-    totals = {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
+    batch_rows = min(t.cfg.batch_rows for t in group)
+    tasks = [ChunkTask(s, runs, batch_rows, store.url if staged_by_workers else None) for s in slices]
     peak = 0
     done_rows = 0
+    name = "+".join(f"{t.mv.model}-v{t.mv.version}" for t in group)
     # Submitted and not yet consumed: cancelled on failure. A consumed future is dropped at once,
     # so Dask frees its result (on SQLite, a whole chunk's rows) instead of keeping it to the end.
     outstanding: set[Any] = set()
@@ -214,9 +316,8 @@ def _run(
             by_key: dict[Any, ChunkTask] = {}
 
             def submit(i: int) -> Any:
-                fut = c.submit(
-                    score_chunk, tasks[i], key=f"nightshift-score-{mv.model}-r{run_id}-{token}-{i}", pure=False
-                )
+                key = f"nightshift-score-{name}-r{group[0].run_id}-{token}-{i}"
+                fut = c.submit(score_chunk, tasks[i], key=key, pure=False)
                 by_key[fut.key] = tasks[i]
                 outstanding.add(fut)
                 return fut
@@ -255,52 +356,97 @@ def _run(
                         f"{settings.dask.memory_limit!r} per worker); nothing committed, the previous predictions "
                         "still serve"
                     ) from None
-                if not staged_by_workers:
-                    t = time.perf_counter()
-                    if res.ids is None or res.scores is None or res.labels is None:
-                        raise RuntimeError(f"chunk {res.chunk} came back without its rows")
-                    stage_chunk(store.url, run_id, res.chunk, res.ids, res.scores, res.labels)
-                    res.write_s = time.perf_counter() - t
-                for k in totals:
-                    totals[k] += getattr(res, k)
+                for run_id, part in res.models.items():
+                    target = by_run[run_id]
+                    if target.error is not None:
+                        continue
+                    if part.error is not None:
+                        target.error = part.error  # the original exception, naming the file and column
+                        continue
+                    if not staged_by_workers:
+                        t = time.perf_counter()
+                        if part.data is None:
+                            raise RuntimeError(f"chunk {res.chunk} came back without the rows of run {run_id}")
+                        try:
+                            stage_chunk(store.url, run_id, res.chunk, part.data)
+                        except NightshiftError as exc:
+                            target.error = exc
+                            continue
+                        part.write_s = time.perf_counter() - t
+                        part.data = None
+                    target.staged += part.rows
+                    target.totals["read_s"] += res.read_s / len(res.models)
+                    target.totals["infer_s"] += part.infer_s
+                    target.totals["write_s"] += part.write_s
                 peak = max(peak, res.peak_rss_bytes)
-                done_rows += res.rows
+                done_rows += max((p.rows for p in res.models.values()), default=0)
                 if progress:
                     progress(done_rows, partition.rows)
+                if all(t.error is not None for t in group):
+                    break  # every model failed: stop scoring for none
             t_scored = time.perf_counter()
-        timings = {
-            "model_check_s": round(t_model - t0, 4),
-            "contract_check_s": round(t_plan - t_model, 4),
-            "lock_wait_s": round(t_locked - t_plan, 4),
-            "cluster_start_s": round(t_submit - t_cluster, 4),
-            "score_s": round(t_scored - t_submit, 4),
-            **{f"tasks_{k}": round(v, 4) for k, v in totals.items()},
-        }
-        commit: CommitResult = store.commit_run(run_id, partition.rows, timings)
     except BaseException as exc:
         for fut in outstanding:
             with contextlib.suppress(Exception):
                 fut.cancel()
-        located = _locate_duplicates(exc, partition, contract)
-        with contextlib.suppress(Exception):
-            store.fail_run(run_id, _describe(located or exc))
+        located = _locate_duplicates(exc, partition, group[0].cfg.contract)
+        for target in group:
+            with contextlib.suppress(Exception):
+                store.fail_run(target.run_id, _describe(located or exc))
+            telemetry.failed(target.run_id, located or exc, worker_peak_bytes=peak)
         if located is not None:
             raise located from None
         raise
-    seconds = time.perf_counter() - t0
-    timings["commit_s"] = round(commit.seconds, 4)
-    return RunSummary(
-        model=mv.model,
-        version=mv.version,
-        ds=ds,
-        run_id=run_id,
-        rows=commit.rows,
-        files=len(partition.files),
-        tasks=len(tasks),
-        seconds=round(seconds, 3),
-        rows_per_s=round(commit.rows / seconds, 1) if seconds > 0 else 0.0,
-        replaced_run_id=commit.replaced_run_id,
-        store=store.dialect,
-        peak_worker_rss_bytes=peak,
-        timings=timings,
-    )
+    for fut in outstanding:
+        with contextlib.suppress(Exception):
+            fut.cancel()
+    out: dict[tuple[str, int], RunSummary | BaseException] = {}
+    shared = {
+        "contract_check_s": round(t_plan - t0, 4),
+        "lock_wait_s": round(t_locked - t_plan, 4),
+        "cluster_start_s": round(t_submit - t_cluster, 4),
+        "score_s": round(t_scored - t_submit, 4),
+        "models_in_read": len(group),
+    }
+    for target in group:
+        key = (target.mv.model, target.mv.version)
+        if target.error is not None:
+            error = _locate_duplicates(target.error, partition, target.cfg.contract) or target.error
+            with contextlib.suppress(Exception):
+                store.fail_run(target.run_id, _describe(error))
+            telemetry.failed(target.run_id, error, worker_peak_bytes=peak)
+            out[key] = error
+            continue
+        timings = {**shared, **{f"tasks_{k}": round(v, 4) for k, v in target.totals.items()}}
+        try:
+            commit: CommitResult = store.commit_run(
+                target.run_id, partition.rows, timings, history_days=target.cfg.history_days
+            )
+        except BaseException as exc:
+            located = _locate_duplicates(exc, partition, target.cfg.contract)
+            with contextlib.suppress(Exception):
+                store.fail_run(target.run_id, _describe(located or exc))
+            telemetry.failed(target.run_id, located or exc, worker_peak_bytes=peak)
+            out[key] = located or exc
+            if not isinstance(exc, Exception):
+                raise
+            continue
+        seconds = time.perf_counter() - t0
+        timings["commit_s"] = round(commit.seconds, 4)
+        out[key] = RunSummary(
+            model=target.mv.model,
+            version=target.mv.version,
+            ds=ds,
+            run_id=target.run_id,
+            rows=commit.rows,
+            files=len(partition.files),
+            tasks=len(tasks),
+            seconds=round(seconds, 3),
+            rows_per_s=round(commit.rows / seconds, 1) if seconds > 0 else 0.0,
+            replaced_run_id=commit.replaced_run_id,
+            store=store.dialect,
+            peak_worker_rss_bytes=peak,
+            timings=timings,
+        )
+        telemetry.committed(target.run_id, commit.rows, replaced_run_id=commit.replaced_run_id, worker_peak_bytes=peak)
+    return out

@@ -3,13 +3,13 @@ the gates a retrained candidate must pass (`gates`), and train-and-register (`re
 
 from __future__ import annotations
 
+from nightshift.metrics import classification_metrics
 from nightshift.training.pipeline import (
     ParityReport,
     TrainedModel,
     algorithm_name,
     build_pipeline,
     check_parity,
-    classification_metrics,
     export_onnx,
     onnx_schema,
     onnx_scores,

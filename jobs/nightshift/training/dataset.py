@@ -60,11 +60,12 @@ def labelled_days(settings: Settings, cfg: ModelSettings, until: date, window_da
 
 
 def build_training_set(
-    settings: Settings, cfg: ModelSettings, until: date, *, window_days: int | None = None
+    settings: Settings, cfg: ModelSettings, until: date, *, window_days: int | None = None, since: date | None = None
 ) -> TrainingSet:
-    """Join features and labels of the labelled days up to `until`, capped at training.max_rows."""
+    """Join features and labels of the labelled days up to `until`, capped at training.max_rows; with `since`
+    (the detected onset of a shift), only the days of the window on or after it."""
     window = window_days or cfg.training.window_days
-    days = labelled_days(settings, cfg, until, window)
+    days = [d for d in labelled_days(settings, cfg, until, window) if since is None or d >= since]
     if not days:
         raise PartitionNotReady(
             f"model {cfg.name!r}: no day in the {window} day(s) up to {until} has both features and labels ready"

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from nightshift.config import GateSettings
 from nightshift.contracts import FeatureContract
 from nightshift.data.features import MISSING_CATEGORY, model_inputs
+from nightshift.metrics import LOWER_IS_BETTER
 
-#: Metrics where lower is better; the others are higher-is-better.
-LOWER_IS_BETTER = {"log_loss", "brier"}
+__all__ = ["E2E_FILE", "EXPECTED_COLUMN", "LOWER_IS_BETTER", "GateReport", "GateResult"]
 E2E_FILE = "e2e.parquet"
 EXPECTED_COLUMN = "__expected_score"
 
@@ -124,7 +124,15 @@ def e2e_bytes(table: pa.Table, expected: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def e2e_gate(artifact_uri: str, sha256: str, e2e_uri: str, contract: FeatureContract, tolerance: float) -> GateResult:
+def e2e_gate(
+    artifact_uri: str,
+    sha256: str,
+    e2e_uri: str,
+    contract: FeatureContract,
+    tolerance: float,
+    task: str = "binary",
+    signature: dict[str, Any] | None = None,
+) -> GateResult:
     """(b) The registered artifact, loaded and hash-checked by the production scoring code, reproduces the
     expected scores of the model's end-to-end set."""
     from nightshift.data import TaskSlice, open_parquet
@@ -134,20 +142,25 @@ def e2e_gate(artifact_uri: str, sha256: str, e2e_uri: str, contract: FeatureCont
         pf = open_parquet(e2e_uri)
         table = pf.read()
         expected = table.column(EXPECTED_COLUMN).to_numpy()
-        task = ChunkTask(
-            slice=TaskSlice(e2e_uri, tuple(range(pf.metadata.num_row_groups)), table.num_rows),
-            contract=contract,
-            model=ModelHandle(artifact_uri, sha256, 1, 0.5),
+        from nightshift.scoring import OutputReader
+
+        chunk = ChunkTask.single(
+            TaskSlice(e2e_uri, tuple(range(pf.metadata.num_row_groups)), table.num_rows),
+            contract,
+            ModelHandle(artifact_uri, sha256, 1, 0.5),
             batch_rows=max(1024, table.num_rows),
             run_id=0,
             store_url=None,
+            outputs=OutputReader.of(task, signature, 0.5),
         )
-        result = score_chunk(task)
-        if result.ids is None or result.scores is None:
+        part = score_chunk(chunk).of(0)
+        if part.error is not None:
+            raise part.error
+        if part.data is None:
             raise RuntimeError("the end-to-end run returned no rows")
         # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
         file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
-        got = dict(zip(result.ids.to_pylist(), result.scores.tolist(), strict=True))
+        got = dict(zip(part.data.ids.to_pylist(), part.data.scores.tolist(), strict=True))
         lost = [i for i in file_ids if i not in got]
         if lost:
             raise RuntimeError(f"no score for entity id(s) {', '.join(map(repr, lost[:5]))}")
@@ -155,7 +168,9 @@ def e2e_gate(artifact_uri: str, sha256: str, e2e_uri: str, contract: FeatureCont
     except Exception as exc:  # noqa: BLE001 - any failure of the end-to-end run fails the gate, with its cause
         detail = f"{e2e_uri}: {type(exc).__name__}: {exc}"
         return GateResult("end_to_end", False, None, f"|Δ| <= {tolerance}", detail)
-    diff = float(np.max(np.abs(scores - expected))) if len(scores) else 0.0
+    # A regression's score is its value as float32: compare relative to the value's size.
+    scale = np.maximum(1.0, np.abs(expected)) if task == "regression" else 1.0
+    diff = float(np.max(np.abs(scores - expected) / scale)) if len(scores) else 0.0
     ok = len(scores) == len(expected) and diff <= tolerance
     return GateResult(
         "end_to_end",
@@ -168,9 +183,60 @@ def e2e_gate(artifact_uri: str, sha256: str, e2e_uri: str, contract: FeatureCont
 
 def score_with(onnx_bytes: bytes, table: pa.Table, contract: FeatureContract) -> np.ndarray:
     """P(1) of a model on a table, in batches (used for the champion comparison)."""
-    from nightshift.training import onnx_scores
+    return predict_with(onnx_bytes, table, contract)
 
+
+def predict_with(
+    onnx_bytes: bytes,
+    table: pa.Table,
+    contract: FeatureContract,
+    task: str = "binary",
+    signature: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """What a version predicts on a table, in 64k-row batches, fed as scoring feeds it (its signature's
+    inputs, or nightshift's own layout): P(1) [N], probabilities [N, K] or values [N], float64."""
+    from nightshift.data.features import onnx_feeds
+    from nightshift.scoring import OutputReader, make_session
+
+    session = make_session(onnx_bytes, 1)
+    reader = OutputReader.of(task, signature, 0.5)
+    inputs = (signature or {}).get("inputs")
+    names = [i.name for i in session.get_inputs()]
     out = []
     for batch in table.to_batches(max_chunksize=65_536):
-        out.append(onnx_scores(onnx_bytes, model_inputs(batch, contract)))
-    return np.concatenate(out) if out else np.zeros(0)
+        feeds = model_inputs(batch, contract) if inputs is None else onnx_feeds(batch, contract, inputs, "test rows")
+        raw = np.asarray(session.run([reader.output], {n: feeds[n] for n in names})[0], dtype=np.float64)
+        out.append(raw.reshape(len(raw)) if task == "regression" else (raw[:, 1] if task == "binary" else raw))
+    if not out:
+        return np.zeros((0, len(reader.classes))) if task == "multiclass" else np.zeros(0)
+    return np.concatenate(out)
+
+
+def expected_scores(pipeline: Any, frame: Any, task: str) -> np.ndarray:
+    """The score column scoring will store for each row, from the fitted pipeline (float64): P(1), the
+    predicted class's probability, or the value."""
+    if task == "regression":
+        return np.asarray(pipeline.predict(frame), dtype=np.float64)
+    proba = np.asarray(pipeline.predict_proba(frame), dtype=np.float64)
+    return proba[:, 1] if task == "binary" else proba.max(axis=1)
+
+
+def labelled_metrics(
+    prediction: np.ndarray,
+    raw_labels: Any,
+    task: str,
+    classes: list[str] | tuple[str, ...],
+    threshold: float,
+) -> dict[str, float]:
+    """A version's metrics on labelled rows, its classes mapping the labels (multiclass)."""
+    from nightshift.metrics import task_metrics
+
+    if task == "multiclass":
+        index = {str(c): i for i, c in enumerate(classes)}
+        names = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in list(raw_labels)]
+        known = np.array([n in index for n in names])
+        y = np.array([index.get(n, -1) for n in names])
+        return task_metrics("multiclass", y[known], prediction[known])
+    if task == "regression":
+        return task_metrics("regression", np.asarray(raw_labels, dtype=np.float64), prediction)
+    return task_metrics("binary", np.asarray(raw_labels, dtype=np.int64), prediction, threshold)

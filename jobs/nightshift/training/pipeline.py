@@ -14,6 +14,8 @@ import pyarrow.compute as pc
 from nightshift.contracts import PROBABILITIES, FeatureContract
 from nightshift.data.features import model_frame, model_inputs
 from nightshift.errors import ParityError
+from nightshift.jsonsafe import json_safe as _json_safe
+from nightshift.metrics import task_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from sklearn.pipeline import Pipeline
@@ -33,17 +35,44 @@ LABEL_OUTPUT = "label"
 #: Categories written into perturbed parity rows: never seen in training by construction.
 UNSEEN_PREFIX = "__unseen__"
 
-_ESTIMATORS: dict[str, tuple[str, str]] = {
-    "logistic_regression": ("sklearn.linear_model", "LogisticRegression"),
-    "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
-    "gradient_boosting": ("sklearn.ensemble", "GradientBoostingClassifier"),
+#: Each estimator kind's class per task (binary and multiclass share the classifier).
+_ESTIMATORS: dict[str, dict[str, tuple[str, str]]] = {
+    "logistic_regression": {
+        "binary": ("sklearn.linear_model", "LogisticRegression"),
+        "multiclass": ("sklearn.linear_model", "LogisticRegression"),
+        "regression": ("sklearn.linear_model", "Ridge"),
+    },
+    "random_forest": {
+        "binary": ("sklearn.ensemble", "RandomForestClassifier"),
+        "multiclass": ("sklearn.ensemble", "RandomForestClassifier"),
+        "regression": ("sklearn.ensemble", "RandomForestRegressor"),
+    },
+    "gradient_boosting": {
+        "binary": ("sklearn.ensemble", "GradientBoostingClassifier"),
+        "multiclass": ("sklearn.ensemble", "GradientBoostingClassifier"),
+        "regression": ("sklearn.ensemble", "GradientBoostingRegressor"),
+    },
+    "lightgbm": {
+        "binary": ("lightgbm", "LGBMClassifier"),
+        "multiclass": ("lightgbm", "LGBMClassifier"),
+        "regression": ("lightgbm", "LGBMRegressor"),
+    },
+    "xgboost": {
+        "binary": ("xgboost", "XGBClassifier"),
+        "multiclass": ("xgboost", "XGBClassifier"),
+        "regression": ("xgboost", "XGBRegressor"),
+    },
 }
 
-# Defaults that differ from scikit-learn's own; estimator.params override them.
+# Defaults that differ from the libraries' own; estimator.params override them.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # lbfgs at 100 iterations often stops short on real data and warns; 1000 is cheap.
     "logistic_regression": {"max_iter": 1000},
+    "lightgbm": {"n_estimators": 100, "verbose": -1, "n_jobs": 1},
+    "xgboost": {"n_estimators": 100, "max_depth": 6, "n_jobs": 1},
 }
+#: Regression kinds whose scikit-learn class takes different parameters (Ridge has no max_iter default).
+_REGRESSION_DEFAULTS: dict[str, dict[str, Any]] = {"logistic_regression": {}}
 
 #: Estimators whose numeric inputs are standardised. Trees are not: they are invariant to
 #: scaling, and scaling breaks ONNX parity for them. scikit-learn scales in float64 and ONNX in
@@ -101,27 +130,77 @@ class TrainedModel:
     validation_rows: int
     input_schema: list[dict[str, Any]] = field(default_factory=list)
     output_schema: list[dict[str, Any]] = field(default_factory=list)
+    #: How `feature_importance` was measured; None when it could not be (then it is {}).
+    feature_importance_method: str | None = None
+    #: binary, multiclass or regression.
+    task: str = "binary"
+    #: Class names in the probabilities' order (classifiers); [] for a regression.
+    classes: list[str] = field(default_factory=list)
+
+    def signature(self) -> dict[str, Any] | None:
+        """How scoring reads this model's outputs; None for the binary layout every version had before."""
+        if self.task == "binary":
+            return None
+        outputs: dict[str, Any] = {"task": self.task, "classes": self.classes}
+        outputs.update({"value": VALUE_OUTPUT} if self.task == "regression" else {"probabilities": PROBABILITIES})
+        return {"outputs": outputs}
 
 
 # -- pipeline ----------------------------------------------------------------------------
 
 
-def _estimator_class(kind: str) -> type:
+def _estimator_class(kind: str, task: str = "binary") -> type:
     import importlib
 
     try:
-        module, name = _ESTIMATORS[kind]
+        module, name = _ESTIMATORS[kind][task]
     except KeyError:
         known = ", ".join(sorted(_ESTIMATORS))
-        raise ValueError(f"unknown estimator kind {kind!r} (known: {known})") from None
+        raise ValueError(f"unknown estimator kind {kind!r} for task {task!r} (known kinds: {known})") from None
     cls: type = getattr(importlib.import_module(module), name)
     return cls
 
 
-def algorithm_name(kind: str) -> str:
-    """The dotted public name of the classifier class for an estimator kind."""
-    module, name = _ESTIMATORS[kind]
+def algorithm_name(kind: str, task: str = "binary") -> str:
+    """The dotted public name of the estimator class for an estimator kind and task."""
+    module, name = _ESTIMATORS[kind][task]
     return f"{module}.{name}"
+
+
+_CONVERTERS_REGISTERED = False
+
+
+def _register_tree_converters() -> None:
+    """Teach skl2onnx the LightGBM and XGBoost estimators (onnxmltools' converters), once per process."""
+    global _CONVERTERS_REGISTERED
+    if _CONVERTERS_REGISTERED:
+        return
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from xgboost import XGBClassifier, XGBRegressor
+
+    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    update_registered_converter(
+        LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes, convert_lightgbm,
+        options=classifier_options,
+    )  # fmt: skip
+    update_registered_converter(
+        LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm
+    )
+    update_registered_converter(
+        XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes, convert_xgboost,
+        options=classifier_options,
+    )  # fmt: skip
+    update_registered_converter(
+        XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+    )
+    _CONVERTERS_REGISTERED = True
 
 
 def build_pipeline(contract: FeatureContract, estimator: EstimatorSettings, seed: int) -> Pipeline:
@@ -134,15 +213,17 @@ def build_pipeline(contract: FeatureContract, estimator: EstimatorSettings, seed
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    cls = _estimator_class(estimator.kind)
+    task = estimator.task
+    cls = _estimator_class(estimator.kind, task)
     accepted = set(cls().get_params())
     unknown = sorted(set(estimator.params) - accepted)
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {', '.join(map(repr, unknown))} for estimator {estimator.kind!r} "
-            f"({algorithm_name(estimator.kind)}); accepted: {', '.join(sorted(accepted))}"
+            f"({algorithm_name(estimator.kind, task)}); accepted: {', '.join(sorted(accepted))}"
         )
-    params: dict[str, Any] = dict(_DEFAULTS.get(estimator.kind, {}))
+    defaults = _REGRESSION_DEFAULTS if task == "regression" and estimator.kind in _REGRESSION_DEFAULTS else _DEFAULTS
+    params: dict[str, Any] = dict(defaults.get(estimator.kind, {}))
     if "random_state" in accepted:
         params["random_state"] = seed
     params.update(estimator.params)  # an explicit random_state in the project file wins
@@ -170,25 +251,29 @@ def build_pipeline(contract: FeatureContract, estimator: EstimatorSettings, seed
 # -- ONNX --------------------------------------------------------------------------------
 
 
-def export_onnx(pipeline: Pipeline, contract: FeatureContract) -> bytes:
-    """The fitted pipeline as ONNX: one [N, 1] input per contract column; outputs `label`, `probabilities`."""
+#: The ONNX output of a regression's values.
+VALUE_OUTPUT = "variable"
+
+
+def export_onnx(pipeline: Pipeline, contract: FeatureContract, task: str = "binary") -> bytes:
+    """The fitted pipeline as ONNX: one [N, 1] input per contract column; outputs `label`, `probabilities`
+    (classifiers, probabilities [N, K] in `classes_` order) or `variable` (a regression's [N, 1] values)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+    estimator = pipeline.steps[-1][1]
+    if type(estimator).__module__.split(".")[0] in ("lightgbm", "xgboost"):
+        _register_tree_converters()
     initial_types: list[tuple[str, Any]] = [
         (c.name, StringTensorType([None, 1]) if c.type.is_categorical else FloatTensorType([None, 1]))
         for c in contract.columns
     ]
-    classifier = pipeline.steps[-1][1]
-    model = convert_sklearn(
-        pipeline,
-        initial_types=initial_types,
-        target_opset=TARGET_OPSET,
-        options={id(classifier): {"zipmap": False}},
-    )
+    options = {} if task == "regression" else {id(estimator): {"zipmap": False}}
+    model = convert_sklearn(pipeline, initial_types=initial_types, target_opset=TARGET_OPSET, options=options)
     outputs = [o.name for o in model.graph.output]
-    if outputs != [LABEL_OUTPUT, PROBABILITIES]:  # pragma: no cover - a converter change
-        raise RuntimeError(f"unexpected ONNX outputs {outputs}, expected {[LABEL_OUTPUT, PROBABILITIES]}")
+    expected = [VALUE_OUTPUT] if task == "regression" else [LABEL_OUTPUT, PROBABILITIES]
+    if outputs != expected:  # pragma: no cover - a converter change
+        raise RuntimeError(f"unexpected ONNX outputs {outputs}, expected {expected}")
     data: bytes = model.SerializeToString()
     return data
 
@@ -205,13 +290,31 @@ def _session(onnx_bytes: bytes) -> Any:
 
 def onnx_scores(onnx_bytes: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """P(class 1) from ONNX Runtime (CPU, one thread) as a float64 1-D array."""
+    return onnx_predict(onnx_bytes, feeds, "binary")
+
+
+def onnx_predict(onnx_bytes: bytes, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
+    """What ONNX Runtime (CPU, one thread) predicts, float64: P(1) [N] (binary), probabilities [N, K]
+    (multiclass) or values [N] (regression)."""
     session = _session(onnx_bytes)
     names = [i.name for i in session.get_inputs()]
     missing = [n for n in names if n not in feeds]
     if missing:
         raise ValueError(f"ONNX model needs input(s) {', '.join(map(repr, missing))} that the feeds lack")
-    (proba,) = session.run([PROBABILITIES], {n: feeds[n] for n in names})
-    return np.asarray(proba, dtype=np.float64)[:, 1]
+    output = VALUE_OUTPUT if task == "regression" else PROBABILITIES
+    (raw,) = session.run([output], {n: feeds[n] for n in names})
+    out = np.asarray(raw, dtype=np.float64)
+    if task == "regression":
+        return out.reshape(len(out))
+    return out[:, 1] if task == "binary" else out
+
+
+def sklearn_predict(pipeline: Pipeline, frame: Any, task: str) -> np.ndarray:
+    """The same from the fitted pipeline: P(class 1), the probabilities [N, K], or the values."""
+    if task == "regression":
+        return np.asarray(pipeline.predict(frame), dtype=np.float64)
+    proba = np.asarray(pipeline.predict_proba(frame), dtype=np.float64)
+    return proba[:, _positive_column(pipeline)] if task == "binary" else proba
 
 
 def _value_info_schema(values: Any) -> list[dict[str, Any]]:
@@ -280,6 +383,21 @@ def _extreme(table: pa.Table, contract: FeatureContract) -> pa.Table:
     return pa.table(columns)
 
 
+def _show(value: Any) -> str:
+    if np.ndim(value):
+        return "[" + ", ".join(f"{float(v):.9g}" for v in value) + "]"
+    return f"{float(value):.9g}"
+
+
+def _task_of(pipeline: Pipeline) -> str:
+    """binary, multiclass or regression, from the fitted estimator."""
+    estimator = pipeline.steps[-1][1]
+    classes = getattr(estimator, "classes_", None)
+    if classes is None:
+        return "regression"
+    return "binary" if len(classes) == 2 else "multiclass"
+
+
 def _positive_column(pipeline: Pipeline) -> int:
     classes = list(pipeline.classes_)
     if 1 not in classes:
@@ -333,28 +451,38 @@ def check_parity(
         ("perturbed copy (random nulls / unseen categories)", _perturb(sample, contract, rng)),
         ("all-missing copy", _extreme(sample.slice(0, min(sample.num_rows, 64)), contract)),
     ]
-    positive = _positive_column(pipeline)
+    task = _task_of(pipeline)
     feed_parts = [model_inputs(part, contract, source="parity check") for _, part in parts]
     frames = [model_frame(part, contract, source="parity check") for _, part in parts]
     ends = np.cumsum([part.num_rows for _, part in parts])
-    # One call per runtime over all parts: one ONNX session, one predict_proba.
+    # One call per runtime over all parts: one ONNX session, one predict(_proba).
     feeds = {name: np.concatenate([f[name] for f in feed_parts]) for name in feed_parts[0]}
     frame = pd.concat(frames, ignore_index=True)
-    sk = np.asarray(pipeline.predict_proba(frame), dtype=np.float64)[:, positive]
-    ort = onnx_scores(onnx_bytes, feeds)
+    sk = sklearn_predict(pipeline, frame, task)
+    ort = onnx_predict(onnx_bytes, feeds, task)
     if sk.shape != ort.shape:
-        raise ParityError(f"ONNX returned {ort.shape[0]} scores for {sk.shape[0]} rows")
-    diff = np.abs(sk - ort)
+        raise ParityError(f"ONNX returned outputs of shape {ort.shape} for scikit-learn's {sk.shape}")
+    if task == "regression":  # relative to the value's size: float32 inside the graph
+        diff = np.abs(sk - ort) / np.maximum(1.0, np.abs(sk))
+        disagreement = 0.0
+        what = "value"
+    elif task == "multiclass":
+        diff = np.abs(sk - ort).max(axis=1)
+        disagreement = float(np.mean(sk.argmax(axis=1) != ort.argmax(axis=1)))
+        what = "max |P(class)|"
+    else:
+        diff = np.abs(sk - ort)
+        disagreement = float(np.mean((sk >= decision_threshold) != (ort >= decision_threshold)))
+        what = "P(1)"
     # A NaN on either side is a failure, never a silent pass.
     diff = np.where(np.isnan(diff), np.inf, diff)
     worst = int(np.argmax(diff))
     max_diff = float(diff[worst])
-    disagreement = float(np.mean((sk >= decision_threshold) != (ort >= decision_threshold)))
 
     origin = parts[int(np.searchsorted(ends, worst, side="right"))][0]
     description = (
-        f"row {worst} of {len(diff)} ({origin}): sklearn P(1)={sk[worst]:.9g}, "
-        f"onnx P(1)={ort[worst]:.9g}; inputs: {_describe_row(feeds, worst)}"
+        f"row {worst} of {len(diff)} ({origin}): sklearn {what}={_show(sk[worst])}, "
+        f"onnx {what}={_show(ort[worst])}; inputs: {_describe_row(feeds, worst)}"
     )
     return ParityReport(
         rows=len(diff),
@@ -414,26 +542,6 @@ def _check_labels(labels: Any, n_rows: int) -> np.ndarray:
     return out
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    """ROC AUC, log loss, Brier, and accuracy, precision, recall, F1 at the decision threshold."""
-    from sklearn import metrics as m
-
-    pred = (proba >= threshold).astype(np.int64)
-    out = {
-        "roc_auc": float(m.roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan"),
-        "log_loss": float(m.log_loss(y, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1])),
-        "accuracy": float(m.accuracy_score(y, pred)),
-        "precision": float(m.precision_score(y, pred, zero_division=0)),
-        "recall": float(m.recall_score(y, pred, zero_division=0)),
-        "f1": float(m.f1_score(y, pred, zero_division=0)),
-        "positive_rate": float(pred.mean()),  # share predicted positive at the threshold
-        "base_rate": float(y.mean()),  # share actually positive
-        "brier": float(m.brier_score_loss(y, proba)),
-        "decision_threshold": float(threshold),
-    }
-    return out
-
-
 def _output_feature_map(pipeline: Pipeline) -> list[str]:
     """For each column the preprocessor emits, the contract feature it comes from."""
     preprocess = pipeline.named_steps["preprocess"]
@@ -454,19 +562,42 @@ def _normalised(raw: dict[str, float]) -> dict[str, float] | None:
     return {k: max(v, 0.0) / total for k, v in raw.items()}
 
 
-def feature_importance(
-    pipeline: Pipeline, contract: FeatureContract, frame: Any, y: np.ndarray, seed: int
-) -> dict[str, float]:
-    """Global importance per contract feature, summing to 1 (uniform if nothing is informative).
+@dataclass(frozen=True)
+class FeatureImportance:
+    """Global importance per contract feature (summing to 1) and how it was measured; empty when it could
+    not be measured (`method` None): never a made-up value."""
+
+    values: dict[str, float]
+    method: str | None
+
+
+def measure_feature_importance(
+    pipeline: Pipeline, contract: FeatureContract, frame: Any, y: np.ndarray, seed: int, task: str = "binary"
+) -> FeatureImportance:
+    """Global importance per contract feature, summing to 1, with the method that measured it.
 
     Permutation importance: the drop in ROC AUC on (up to 5,000 of) the validation rows when
     one feature's values are shuffled, 3 repeats, negative values clipped to 0. It is in the
     units of the metric, works for every estimator, and does not favour categorical features
-    with many one-hot columns (summed |coef| does). If that is all zero: the estimator's own
-    |coef| or feature_importances_, summed per feature.
+    with many one-hot columns (summed |coef| does). If that is all zero (or the rows hold one
+    class): the estimator's own |coef| or feature_importances_, summed per feature. If neither
+    tells anything: nothing ({}, method None), never a uniform guess presented as measured.
     """
-    result: dict[str, float] | None = None
-    if len(np.unique(y)) == 2:
+    if task != "binary" and len(y) >= 10:
+        from sklearn.inspection import permutation_importance
+
+        rows = min(len(y), 5_000)
+        pick = np.sort(np.random.default_rng(seed).choice(len(y), size=rows, replace=False))
+        scoring, what = ("r2", "R²") if task == "regression" else ("neg_log_loss", "log loss")
+        perm = permutation_importance(
+            pipeline, frame.iloc[pick], y[pick], scoring=scoring, n_repeats=3, random_state=seed
+        )
+        result = _normalised(dict(zip(list(frame.columns), perm.importances_mean.tolist(), strict=True)))
+        if result is not None:
+            return FeatureImportance(
+                result, f"permutation: {what} loss with the feature shuffled, 3 repeats, {rows} validation rows"
+            )
+    if task == "binary" and len(np.unique(y)) == 2:
         from sklearn.inspection import permutation_importance
 
         rows = min(len(y), 5_000)
@@ -475,37 +606,34 @@ def feature_importance(
         if len(np.unique(y_sample)) == 2:
             perm = permutation_importance(pipeline, sample, y_sample, scoring="roc_auc", n_repeats=3, random_state=seed)
             result = _normalised(dict(zip(list(frame.columns), perm.importances_mean.tolist(), strict=True)))
-    if result is None:
-        classifier = pipeline.steps[-1][1]
-        owners = _output_feature_map(pipeline)
-        per_column: np.ndarray | None = None
-        if hasattr(classifier, "coef_"):
-            per_column = np.abs(np.asarray(classifier.coef_, dtype=np.float64)).sum(axis=0)
-        elif hasattr(classifier, "feature_importances_"):
-            per_column = np.asarray(classifier.feature_importances_, dtype=np.float64)
-        if per_column is not None and len(owners) == len(per_column):
-            index = {name: i for i, name in enumerate(contract.feature_names)}
-            sums = np.bincount([index[o] for o in owners], weights=per_column, minlength=len(index))
-            result = _normalised(dict(zip(contract.feature_names, sums.tolist(), strict=True)))
-    if result is None:
-        result = {name: 1.0 / len(contract.feature_names) for name in contract.feature_names}
-    return result
+            if result is not None:
+                return FeatureImportance(
+                    result, f"permutation: ROC AUC drop with the feature shuffled, 3 repeats, {rows} validation rows"
+                )
+    classifier = pipeline.steps[-1][1]
+    owners = _output_feature_map(pipeline)
+    per_column: np.ndarray | None = None
+    method = None
+    if hasattr(classifier, "coef_"):
+        per_column = np.abs(np.asarray(classifier.coef_, dtype=np.float64)).sum(axis=0)
+        method = "estimator: |coef_| summed per feature"
+    elif hasattr(classifier, "feature_importances_"):
+        per_column = np.asarray(classifier.feature_importances_, dtype=np.float64)
+        method = "estimator: feature_importances_ summed per feature"
+    if per_column is not None and len(owners) == len(per_column):
+        index = {name: i for i, name in enumerate(contract.feature_names)}
+        sums = np.bincount([index[o] for o in owners], weights=per_column, minlength=len(index))
+        result = _normalised(dict(zip(contract.feature_names, sums.tolist(), strict=True)))
+        if result is not None:
+            return FeatureImportance(result, method)
+    return FeatureImportance({}, None)
 
 
-def _json_safe(value: Any) -> Any:
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return repr(value)
+def feature_importance(
+    pipeline: Pipeline, contract: FeatureContract, frame: Any, y: np.ndarray, seed: int
+) -> dict[str, float]:
+    """`measure_feature_importance`'s values: {} when it could not be measured."""
+    return measure_feature_importance(pipeline, contract, frame, y, seed).values
 
 
 def library_versions() -> dict[str, str]:
@@ -534,19 +662,21 @@ def sample_rows(n_rows: int, max_rows: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:max_rows])
 
 
-def split_rows(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified (train, validation) row indices, each in ascending order."""
+def split_rows(
+    labels: np.ndarray | None, validation_fraction: float, seed: int, *, n: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, validation) row indices, each in ascending order; stratified by `labels` when
+    given (classifiers), plain otherwise (`n` rows: a regression)."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(labels))
+    idx = np.arange(len(labels) if labels is not None else int(n or 0))
     try:
         train_idx, val_idx = train_test_split(
             idx, test_size=validation_fraction, random_state=seed, shuffle=True, stratify=labels
         )
     except ValueError as exc:
         raise ValueError(
-            f"cannot split {len(labels)} row(s) into train/validation "
-            f"(validation_fraction={validation_fraction}): {exc}"
+            f"cannot split {len(idx)} row(s) into train/validation (validation_fraction={validation_fraction}): {exc}"
         ) from None
     return np.sort(train_idx), np.sort(val_idx)
 
@@ -559,6 +689,52 @@ def _design_width(table: pa.Table, contract: FeatureContract) -> int:
     return width
 
 
+def task_labels(labels: Any, n_rows: int, task: str) -> tuple[np.ndarray, list[str]]:
+    """The labels as the estimator learns them, and the class names: binary 0/1 (classes ["0", "1"]);
+    multiclass class indices 0..K-1 of the sorted class names (at least 3 classes, 2 rows each);
+    regression finite floats (no classes). Raises ValueError naming what is wrong."""
+    if task == "binary":
+        return _check_labels(labels, n_rows), ["0", "1"]
+    if isinstance(labels, pa.ChunkedArray | pa.Array):
+        if labels.null_count:
+            raise ValueError(f"labels have {labels.null_count} null value(s)")
+        labels = labels.to_pylist()
+    values = list(labels) if not isinstance(labels, np.ndarray) else labels.tolist()
+    if len(values) != n_rows:
+        raise ValueError(f"labels have {len(values)} value(s) but the table has {n_rows} row(s)")
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        raise ValueError(f"labels have {sum(v is None or v != v for v in values)} null value(s)")
+    if task == "regression":
+        try:
+            out = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("a regression's labels must be numbers") from None
+        if not np.isfinite(out).all():
+            raise ValueError(f"labels have {int((~np.isfinite(out)).sum())} infinite value(s)")
+        if len(out) < 4:
+            raise ValueError(f"a regression needs at least 4 labelled rows, got {len(out)}")
+        return out, []
+    names = [_class_name(v) for v in values]
+    classes = sorted(set(names))
+    if len(classes) < 3:
+        raise ValueError(f"a multiclass model needs at least 3 classes in its labels, found {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.asarray([index[n] for n in names], dtype=np.int64)
+    counts = np.bincount(out, minlength=len(classes))
+    if counts.min() < 2:
+        rare = classes[int(counts.argmin())]
+        raise ValueError(f"class {rare!r} has {int(counts.min())} labelled row(s): each class needs at least 2")
+    return out, classes
+
+
+def _class_name(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
 def train(
     table: pa.Table,
     labels: np.ndarray,
@@ -569,19 +745,25 @@ def train(
 ) -> TrainedModel:
     """Fit, export to ONNX, check parity and measure on held-out rows; raise ParityError on disagreement.
 
-    Rows: if the table holds more than `training.max_rows`, the first `max_rows` of a
-    permutation seeded with `training.seed` are kept (in table order) — so train + validation
-    rows never exceed the cap. Those are split, stratified by label and seeded likewise, into
-    train and validation (`training.validation_fraction`). Same inputs + seed → same model.
+    The task (`estimator.task`) decides the labels (binary 0/1, multiclass classes, regression values),
+    the ONNX outputs, the parity compared (P(1), every class's probability, or the value relative to
+    its size) and the metrics. Rows: if the table holds more than `training.max_rows`, the first
+    `max_rows` of a permutation seeded with `training.seed` are kept (in table order) — so train +
+    validation rows never exceed the cap. Those are split, seeded likewise and stratified by label for
+    classifiers, into train and validation (`training.validation_fraction`). Same inputs + seed → same model.
     """
-    y_all = _check_labels(labels, table.num_rows)
+    task = estimator.task
+    y_all, classes = task_labels(labels, table.num_rows, task)
     keep = sample_rows(table.num_rows, training.max_rows, training.seed)
     if keep is not None:
         table = table.take(pa.array(keep))
         y_all = y_all[keep]
         log.info("training rows capped at %d of %d (seed %d)", len(keep), len(labels), training.seed)
-        y_all = _check_labels(y_all, table.num_rows)  # the sample must still hold both classes
-    train_idx, val_idx = split_rows(y_all, training.validation_fraction, training.seed)
+        if task == "binary":
+            y_all = _check_labels(y_all, table.num_rows)  # the sample must still hold both classes
+    train_idx, val_idx = split_rows(
+        y_all if task != "regression" else None, training.validation_fraction, training.seed, n=len(y_all)
+    )
     train_table = table.take(pa.array(train_idx))
     val_table = table.take(pa.array(val_idx))
     y_train, y_val = y_all[train_idx], y_all[val_idx]
@@ -593,7 +775,9 @@ def train(
             pipeline.set_params(preprocess__sparse_threshold=0.0)  # speed only: same trees either way
     x_train = model_frame(train_table, contract, source="training rows")
     pipeline.fit(x_train, y_train)
-    onnx_bytes = export_onnx(pipeline, contract)
+    if task == "multiclass" and len(getattr(pipeline.steps[-1][1], "classes_", ())) != len(classes):
+        raise ValueError(f"the training rows hold {len(pipeline.steps[-1][1].classes_)} of the {len(classes)} classes")
+    onnx_bytes = export_onnx(pipeline, contract, task)
 
     parity = check_parity(
         pipeline,
@@ -613,27 +797,32 @@ def train(
         parity.rows,
     )
     if not parity.passed:
+        what = {"binary": "P(1)", "multiclass": "class probability", "regression": "relative value"}[task]
         raise ParityError(
-            f"ONNX and scikit-learn disagree: max |P(1) difference| {parity.max_abs_diff:.3g} "
+            f"ONNX and scikit-learn disagree: max |{what} difference| {parity.max_abs_diff:.3g} "
             f"exceeds tolerance {parity.tolerance:.3g} (mean {parity.mean_abs_diff:.3g}, "
             f"label disagreement {parity.label_disagreement:.3%}); worst: {parity.worst_row_description}"
         )
 
     x_val = model_frame(val_table, contract, source="validation rows")
-    proba = np.asarray(pipeline.predict_proba(x_val), dtype=np.float64)[:, _positive_column(pipeline)]
+    prediction = sklearn_predict(pipeline, x_val, task)
     inputs, outputs = onnx_schema(onnx_bytes)
-    classifier = pipeline.steps[-1][1]
+    estimator_obj = pipeline.steps[-1][1]
+    importance = measure_feature_importance(pipeline, contract, x_val, y_val, training.seed, task=task)
     return TrainedModel(
         pipeline=pipeline,
         onnx_bytes=onnx_bytes,
-        metrics=classification_metrics(y_val, proba, decision_threshold),
+        metrics=task_metrics(task, y_val, prediction, decision_threshold),
         parity=parity,
-        feature_importance=feature_importance(pipeline, contract, x_val, y_val, training.seed),
-        hyperparameters=_json_safe(classifier.get_params(deep=False)),
-        algorithm=algorithm_name(estimator.kind),
+        feature_importance=importance.values,
+        feature_importance_method=importance.method,
+        hyperparameters=_json_safe(estimator_obj.get_params(deep=False)),
+        algorithm=algorithm_name(estimator.kind, task),
         libraries=library_versions(),
         train_rows=len(train_idx),
         validation_rows=len(val_idx),
         input_schema=inputs,
         output_schema=outputs,
+        task=task,
+        classes=classes if task != "regression" else [],
     )

@@ -33,6 +33,23 @@ class TrainResult:
 def train_and_register(
     settings: Settings, model: str, until: date, *, promote: str = "if-first", created_by: str | None = None
 ) -> TrainResult:
+    """`_train_and_register`, with the run's OpenLineage events (training partitions in, the registered artifact
+    out) and job metrics (nightshift.telemetry), which never fail it."""
+    from nightshift.telemetry import TrainingTelemetry
+
+    telemetry = TrainingTelemetry(settings, model, until, kind="train")
+    try:
+        result = _train_and_register(settings, model, until, promote=promote, created_by=created_by)
+    except BaseException as exc:
+        telemetry.failed(exc)
+        raise
+    telemetry.finished(result.version, None, status="promoted" if result.promoted else "registered")
+    return result
+
+
+def _train_and_register(
+    settings: Settings, model: str, until: date, *, promote: str = "if-first", created_by: str | None = None
+) -> TrainResult:
     """Build the training set up to `until`, train, export and parity-check, then register.
 
     `promote`: "if-first" makes the version champion only when the model has none;

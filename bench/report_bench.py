@@ -1,0 +1,207 @@
+"""The nightly report task against the scoring task of the same night: each a fresh process, as Airflow runs them.
+
+    uv run python -m bench.report_bench                  # 50,000 rows a night, 3 rounds
+    uv run python -m bench.report_bench --rows 50000 --rounds 1
+
+One demo night (the demo churn contract: 36 numeric + 3 categorical features, 2 files) is
+scored, monitored and reported by the CLI, each command in its own process, timed from the
+outside (wall clock), round after round:
+
+  * `score`: `nightshift score -m churn --ds D` (Dask cluster started by the command, commit);
+  * `monitor`: `nightshift monitor --no-report` (profile of every row, checks, stored verdict, and
+    the report's rows kept beside the report);
+  * `report`: `nightshift monitor-report` with the night's feature files MOVED AWAY, which proves
+    it reads none: built from what monitoring stored;
+  * `report-rebuilt`: the same command after deleting the stored sample, so it reads the partition
+    again (what the report task did before: profile every row, checks, then Evidently).
+
+Also timed: a process that only imports nightshift's CLI, and one that imports Evidently, so the
+fixed costs are visible. Results: bench/results/report_bench.{jsonl,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+START = date(2026, 11, 10)
+DAYS = 4
+NIGHT = START + timedelta(days=DAYS - 1)
+
+
+def project(folder: Path) -> Path:
+    """A project file with the demo churn model only, its state and data under `folder`."""
+    from nightshift.demo import demo_contract
+
+    contract = demo_contract()
+    cols = ",\n".join(
+        "  {"
+        + ", ".join(f"{k} = {json.dumps(v)}" for k, v in c.model_dump(mode="json", exclude_none=True).items())
+        + "}"
+        for c in contract.columns
+    )
+    path = folder / "nightshift.toml"
+    path.write_text(
+        f"""state_dir = {json.dumps(str(folder / "state"))}
+
+[dask]
+n_workers = 2
+threads_per_worker = 1
+
+[[models]]
+name = "churn"
+dataset = {json.dumps(str(folder / "data" / "features"))}
+labels = {json.dumps(str(folder / "data" / "labels"))}
+label_column = "churned"
+
+[models.estimator]
+kind = "logistic_regression"
+params = {{ C = 1.0, max_iter = 200 }}
+
+[models.training]
+window_days = 3
+
+[models.contract]
+entity_id = "{contract.entity_id}"
+entity_id_type = "{contract.entity_id_type}"
+extra_columns = "ignore"
+columns = [
+{cols}
+]
+"""
+    )
+    return path
+
+
+def cli(config: Path, *args: str) -> float:
+    """Run `nightshift ARGS` in a fresh process; its wall time in seconds (a failure stops the bench)."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "nightshift.cli", *args, "-c", str(config)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return time.perf_counter() - t0
+
+
+def python(code: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rows", type=int, default=50_000, help="rows of the night (and of each training day)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="ns-reportbench-"))
+    config = project(folder)
+    ds = NIGHT.isoformat()
+    night_dir = folder / "data" / "features" / f"ds={ds}"
+    print(f"{args.rows:,} rows a night; setting up in {folder} ...", flush=True)
+    results: list[dict[str, Any]] = []
+    try:
+        cli(config, "demo-data", "--start", START.isoformat(), "--days", str(DAYS), "--rows-per-day", str(args.rows),
+            "--files-per-day", "2")  # fmt: skip
+        cli(config, "db", "upgrade")
+        cli(config, "train", "-m", "churn", "--ds", (NIGHT - timedelta(days=1)).isoformat())
+        cli(config, "score", "-m", "churn", "--ds", ds)
+        cli(config, "monitor", "-m", "churn", "--ds", ds, "--no-report")  # builds the version's reference once
+        reports = folder / "state" / "reports" / "churn" / "v1" / f"ds={ds}"
+        fixed = {
+            "import nightshift.cli": python("import nightshift.cli"),
+            "import evidently": python("import evidently"),
+        }
+        for rnd in range(1, args.rounds + 1):
+            row: dict[str, Any] = {"round": rnd, "load_before": os.getloadavg()[0]}
+            row["score_s"] = cli(config, "score", "-m", "churn", "--ds", ds)
+            row["monitor_s"] = cli(config, "monitor", "-m", "churn", "--ds", ds, "--no-report")
+            hidden = night_dir.with_name(night_dir.name + ".hidden")
+            shutil.move(night_dir, hidden)  # the report task must not need the night's feature files
+            try:
+                row["report_s"] = cli(config, "monitor-report", "-m", "churn", "--ds", ds)
+            finally:
+                shutil.move(hidden, night_dir)
+            (reports / "data.sample.parquet").unlink()
+            row["report_rebuilt_s"] = cli(config, "monitor-report", "-m", "churn", "--ds", ds)
+            row["report_vs_score"] = row["report_s"] / row["score_s"]
+            row["rebuilt_vs_score"] = row["report_rebuilt_s"] / row["score_s"]
+            results.append(row)
+            print(
+                f"  round {rnd}: score {row['score_s']:.1f}s  monitor {row['monitor_s']:.1f}s  "
+                f"report {row['report_s']:.1f}s ({row['report_vs_score']:.2f}x score)  "
+                f"report rebuilt from the partition {row['report_rebuilt_s']:.1f}s "
+                f"({row['rebuilt_vs_score']:.2f}x)  load {row['load_before']:.1f}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in results)
+
+    summary = {
+        "kind": "summary",
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "median_s": {k: round(med(k), 2) for k in ("score_s", "monitor_s", "report_s", "report_rebuilt_s")},
+        "report_vs_score_median": round(med("report_vs_score"), 2),
+        "rebuilt_vs_score_median": round(med("rebuilt_vs_score"), 2),
+        "fixed_s": {k: round(v, 2) for k, v in fixed.items()},
+        "target_report_le_1x_score": med("report_vs_score") <= 1.0,
+    }
+    command = "uv run python -m bench.report_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "kind": "meta",
+        "bench": "report",
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{os.cpu_count()} CPU(s), {platform.python_implementation()} {platform.python_version()}",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "report_bench.jsonl").open("a") as f:
+        for line in (meta, *({"kind": "round", **r} for r in results), summary):
+            f.write(json.dumps(line) + "\n")
+    m = summary["median_s"]
+    lines = [
+        "# Report task vs scoring task",
+        "",
+        f"`{command}` — {meta['started']}, {meta['machine']}; {args.rows:,} rows a night, {args.rounds} round(s); "
+        "each step a fresh process (wall clock), as an Airflow task.",
+        "",
+        "| step | median s |",
+        "|---|---|",
+        f"| score (`nightshift score`) | {m['score_s']:.1f} |",
+        f"| monitor (`nightshift monitor --no-report`) | {m['monitor_s']:.1f} |",
+        f"| report from what monitoring stored (`nightshift monitor-report`, feature files moved away) "
+        f"| {m['report_s']:.1f} |",
+        f"| report rebuilt from the partition (the old path) | {m['report_rebuilt_s']:.1f} |",
+        f"| a process importing nightshift.cli / evidently | {fixed['import nightshift.cli']:.1f} / "
+        f"{fixed['import evidently']:.1f} |",
+        "",
+        f"- report / score: **{summary['report_vs_score_median']:.2f}x** (target ≤ 1x: "
+        f"{'met' if summary['target_report_le_1x_score'] else 'NOT met'}); the old path "
+        f"{summary['rebuilt_vs_score_median']:.2f}x",
+    ]
+    (args.out / "report_bench.md").write_text("\n".join(lines) + "\n")
+    print()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

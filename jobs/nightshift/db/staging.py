@@ -1,0 +1,390 @@
+"""Staging a chunk's predictions under a run, exactly once: what Dask workers (PostgreSQL) or the driver (SQLite) call.
+
+One chunk (a file, or a range of its row groups) is written in ONE transaction together with
+its `run_chunks` ledger row, so a chunk Dask recomputes after a worker died is never written
+twice. PostgreSQL: binary COPY into the run's own table, streamed batch by batch (`chunk_writer`).
+SQLite: executemany in key order into the one predictions table (`stage_chunk`, from the driver).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from nightshift.db.engine import libpq_url, normalize_url, sqlite_pragmas
+from nightshift.errors import CommitError, DuplicateEntityError, NightshiftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+
+def staging_table(run_id: int) -> str:
+    """The PostgreSQL table a run's rows are staged in (and attached as its partition)."""
+    return f"predictions_r{int(run_id)}"
+
+
+#: The predictions columns each task writes (the others stay NULL), in COPY and INSERT order.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "binary": ("run_id", "entity_id", "score", "label"),
+    "multiclass": ("run_id", "entity_id", "score", "label", "probs"),
+    "regression": ("run_id", "entity_id", "score", "value"),
+}
+
+
+@dataclass
+class Rows:
+    """One batch of predictions, column by column: what a chunk stages.
+
+    scores: float32, the score every task has (P(1); the predicted class's probability; the value
+    as float32). labels: int16 predicted class (None for a regression). values: float64 regression
+    values. probs: float32 [N, K] class probabilities (multiclass).
+    """
+
+    ids: pa.Array
+    scores: np.ndarray
+    labels: np.ndarray | None = None
+    values: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def layout(self) -> str:
+        if self.probs is not None:
+            return "multiclass"
+        if self.values is not None:
+            return "regression"
+        return "binary"
+
+    def take(self, order: np.ndarray) -> Rows:
+        """The rows in `order` (numpy integer indices)."""
+        import numpy as np
+        import pyarrow as pa
+
+        # From the numpy buffer, not pa.array(order): that one imports pandas (seconds in a fresh worker).
+        index = np.ascontiguousarray(order, dtype=np.int64)
+        arrow_index = pa.Array.from_buffers(pa.int64(), len(index), [None, pa.py_buffer(index)])
+        return Rows(
+            self.ids.take(arrow_index),
+            self.scores[index],
+            None if self.labels is None else self.labels[index],
+            None if self.values is None else self.values[index],
+            None if self.probs is None else self.probs[index],
+        )
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        import numpy as np
+        import pyarrow as pa
+
+        if not parts:
+            return Rows(pa.array([], pa.string()), np.zeros(0, np.float32), np.zeros(0, np.int16))
+        first = parts[0]
+        return Rows(
+            pa.concat_arrays([p.ids for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            None if first.labels is None else np.concatenate([p.labels for p in parts]),
+            None if first.values is None else np.concatenate([p.values for p in parts]),
+            None if first.probs is None else np.concatenate([p.probs for p in parts]),
+        )
+
+
+_conn_cache: dict[tuple[int, str, int], Any] = {}
+_conn_lock = threading.Lock()
+
+
+def _staging_connection(url: str, slot: int = 0) -> Any:
+    """One raw DBAPI connection per process, thread, URL and slot (a chunk staging several models at once
+    uses one slot per model), reused across chunks."""
+    key = (threading.get_ident(), url, slot)
+    with _conn_lock:
+        conn = _conn_cache.get(key)
+    if conn is not None:
+        if getattr(conn, "closed", False):
+            conn = None
+        else:
+            return conn
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database
+        conn = sqlite3.connect(parsed.database, timeout=60, isolation_level=None, check_same_thread=False)
+        sqlite_pragmas(conn)
+    else:
+        import psycopg
+
+        conn = psycopg.connect(libpq_url(parsed))
+    with _conn_lock:
+        _conn_cache[key] = conn
+    return conn
+
+
+def _drop_staging_connection(url: str, slot: int = 0) -> None:
+    key = (threading.get_ident(), url, slot)
+    with _conn_lock:
+        conn = _conn_cache.pop(key, None)
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def stage_chunk(
+    url: str,
+    run_id: int,
+    chunk: str,
+    ids: pa.Array | Rows,
+    scores: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> int:
+    """Write one chunk's predictions under `run_id`, exactly once. Returns the chunk's row count.
+
+    Pass a `Rows`, or (ids, scores, labels) for a binary model. A second attempt for the same
+    (run_id, chunk) — a Dask task recomputed after its worker died after writing — finds the
+    ledger row and writes nothing.
+    """
+    rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
+    url = normalize_url(url)
+    try:
+        if make_url(url).get_backend_name() == "sqlite":
+            return _stage_sqlite(url, run_id, chunk, rows)
+        return _stage_postgres(url, run_id, chunk, rows)
+    except DuplicateEntityError:
+        raise
+    except Exception:
+        # A broken connection must not be reused by the next chunk.
+        _drop_staging_connection(url)
+        raise
+
+
+def _sqlite_tuples(run_id: int, rows: Rows) -> Iterator[tuple[Any, ...]]:
+    n = len(rows)
+    columns: list[Any] = [[run_id] * n, rows.ids.to_pylist(), rows.scores.tolist()]
+    if rows.layout == "regression":
+        columns.append(rows.values.tolist())  # type: ignore[union-attr]
+    else:
+        columns.append(rows.labels.tolist())  # type: ignore[union-attr]
+    if rows.layout == "multiclass":
+        probs = rows.probs.astype("<f4", copy=False)  # type: ignore[union-attr]
+        columns.append([probs[i].tobytes() for i in range(n)])
+    return zip(*columns, strict=True)
+
+
+def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
+    conn: sqlite3.Connection = _staging_connection(url)
+    ids = rows.ids
+    n = len(ids)
+    columns = LAYOUTS[rows.layout]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
+        if row is not None:
+            conn.execute("ROLLBACK")
+            return int(row[0])
+        try:
+            stored = conn.executemany(
+                f"INSERT INTO predictions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                _sqlite_tuples(run_id, rows),
+            ).rowcount
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            conn.execute("ROLLBACK")
+            dupes = _existing_ids_sqlite(conn, run_id, ids)
+            raise DuplicateEntityError(
+                f"{chunk}: entity id(s) {', '.join(map(repr, dupes[:5]))} appear more than once in the partition "
+                "(also in another file); duplicate entity ids are an error",
+                tuple(dupes[:5]),
+            ) from None
+        if stored != n:
+            raise CommitError(f"{chunk}: sent {n} rows, SQLite stored {stored}")
+        # The ledger holds the count SQLite reports, in the rows' transaction (see commit_run).
+        conn.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (?, ?, ?)", (run_id, chunk, stored))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return n
+
+
+def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, ids: pa.Array) -> list[str]:
+    found: list[str] = []
+    values = ids.to_pylist()
+    for i in range(0, len(values), 500):
+        part = values[i : i + 500]
+        marks = ",".join("?" * len(part))
+        found += [
+            r[0]
+            for r in conn.execute(
+                f"SELECT entity_id FROM predictions WHERE run_id = ? AND entity_id IN ({marks})",
+                (run_id, *part),
+            )
+        ]
+        if len(found) >= 5:
+            break
+    return found
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _copy_tail(rows: Rows) -> np.ndarray:
+    """The fixed-width part of each row after the id, big-endian, for the rows' layout."""
+    import numpy as np
+
+    n = len(rows)
+    if rows.layout == "regression":
+        tail = np.empty(n, np.dtype([("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("value", ">f8")]))
+        tail["l3"], tail["score"], tail["l4"], tail["value"] = 4, rows.scores, 8, rows.values
+        return tail
+    fields = [("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("label", ">i2")]
+    if rows.layout == "binary":
+        tail = np.empty(n, np.dtype(fields))
+        tail["l3"], tail["score"], tail["l4"], tail["label"] = 4, rows.scores, 2, rows.labels
+        return tail
+    # A one-dimensional float4[] of K elements: its header, then (length, value) per element.
+    probs = rows.probs
+    assert probs is not None
+    k = probs.shape[1]
+    array = [("alen", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lbound", ">i4")]
+    elements = np.dtype([("elen", ">i4"), ("p", ">f4")])
+    tail = np.empty(n, np.dtype([*fields, *array, ("probs", elements, (k,))]))
+    tail["l3"], tail["score"], tail["l4"], tail["label"] = 4, rows.scores, 2, rows.labels
+    tail["alen"], tail["ndim"], tail["hasnull"], tail["oid"], tail["dim"], tail["lbound"] = 20 + 8 * k, 1, 0, 700, k, 1
+    tail["probs"]["elen"], tail["probs"]["p"] = 4, probs
+    return tail
+
+
+def _binary_copy_body(run_id: int, ids: pa.Array | Rows, scores: np.ndarray | None = None, labels: Any = None) -> Any:
+    """The rows of a binary COPY in the rows' layout (see LAYOUTS), built in Arrow/numpy.
+
+    Each row is a fixed 18-byte head (field count, run_id, id length), the id's bytes, and a
+    fixed tail per layout (binary: score float4 + label int2 in 14 bytes); Arrow joins the three
+    columns row by row in C++.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from nightshift.data.features import numpy_values
+
+    rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
+    n = len(rows)
+    id_bytes = rows.ids.cast(pa.binary())
+    lengths = numpy_values(pc.binary_length(id_bytes), "<i4")
+    head = np.empty(n, np.dtype([("fields", ">i2"), ("len1", ">i4"), ("run_id", ">i8"), ("len2", ">i4")]))
+    head["fields"], head["len1"], head["run_id"], head["len2"] = len(LAYOUTS[rows.layout]), 8, run_id, lengths
+    tail = _copy_tail(rows)
+    width = tail.dtype.itemsize
+    heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)]).cast(pa.binary())
+    tails = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(tail)]).cast(pa.binary())
+    # The empty separator as an array, not b"": a Python scalar argument makes pyarrow import pandas.
+    empty = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b"")])
+    joined = pc.binary_join_element_wise(heads, id_bytes, tails, empty)
+    offsets = np.frombuffer(joined.buffers()[1], np.int32, count=n + 1, offset=joined.offset * 4)
+    data = joined.buffers()[2]
+    if data is None:
+        return pa.py_buffer(b"")
+    return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+class ChunkWriter:
+    """Streams one chunk's rows into a PostgreSQL run table inside one transaction (see `chunk_writer`)."""
+
+    def __init__(self, run_id: int, copy: Any = None, done: int | None = None, layout: str = "binary") -> None:
+        self.run_id = run_id
+        self.rows = done or 0
+        #: Rows an earlier attempt of this chunk already staged (then write nothing), or None.
+        self.done = done
+        self.layout = layout
+        self._copy = copy
+
+    def write(self, ids: pa.Array | Rows, scores: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        """Stream a batch: a `Rows` of the writer's layout, or (ids, scores, labels) for a binary model."""
+        if self._copy is None:
+            raise RuntimeError("this chunk was already staged; write nothing")
+        rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
+        if rows.layout != self.layout:
+            raise ValueError(f"a {rows.layout} batch for a {self.layout} chunk writer")
+        if len(rows):
+            self._copy.write(memoryview(_binary_copy_body(self.run_id, rows)))
+            self.rows += len(rows)
+
+
+@contextlib.contextmanager
+def chunk_writer(url: str, run_id: int, chunk: str, layout: str = "binary", *, slot: int = 0) -> Iterator[ChunkWriter]:
+    """Stage one chunk into a PostgreSQL run table, exactly once, streaming batch by batch.
+
+    One transaction holds the binary COPY of every batch written to the writer and, at the end,
+    the chunk's ledger row with its row count: the database parses the rows while the worker
+    scores the next batch, and a chunk is either wholly staged or not at all. If an earlier
+    attempt of the chunk (a task Dask recomputed) already staged it, `writer.done` holds its
+    row count and nothing is written. An exception inside the block rolls the chunk back.
+    `layout` is the model's task (see LAYOUTS): which columns its rows fill. Writers open at the same
+    time in one thread (one per model of a chunk) need distinct `slot`s: each has its own connection.
+    """
+    import psycopg
+    from psycopg import errors as pg_errors
+
+    url = normalize_url(url)
+    conn: psycopg.Connection[Any] = _staging_connection(url, slot)
+    table = staging_table(run_id)
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
+            row = cur.fetchone()
+            if row is not None:
+                yield ChunkWriter(run_id, done=int(row[0]), layout=layout)
+                return
+            columns = ", ".join(LAYOUTS[layout])
+            with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)") as cp:
+                cp.write(_COPY_HEADER)
+                writer = ChunkWriter(run_id, cp, layout=layout)
+                yield writer
+                cp.write(_COPY_TRAILER)
+            # The ledger records the rows PostgreSQL says it stored ("COPY n"), in the same
+            # transaction as the rows: the commit trusts the ledger without counting the table.
+            if cur.rowcount != writer.rows:
+                raise CommitError(f"{chunk}: sent {writer.rows} rows, PostgreSQL stored {cur.rowcount}")
+            try:
+                with conn.transaction():
+                    stored = cur.rowcount
+                    ledger = "INSERT INTO run_chunks (run_id, chunk, rows) VALUES (%s, %s, %s)"
+                    cur.execute(ledger, (run_id, chunk, stored))
+            except pg_errors.UniqueViolation:
+                # A concurrent attempt of the same chunk committed its ledger row first: its rows stand, ours go.
+                cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
+                found = cur.fetchone()
+                if found is None:
+                    raise
+                writer.done = writer.rows = int(found[0])
+                raise _ChunkSuperseded from None
+    except _ChunkSuperseded:
+        return
+    except pg_errors.UndefinedTable:
+        raise CommitError(f"{chunk}: run {run_id} is no longer staging (it failed or was replaced)") from None
+    except NightshiftError:
+        raise  # bad data, or this model's part of the chunk failed: the transaction rolled back, the connection is fine
+    except BaseException:
+        # A broken connection must not be reused by the next chunk.
+        _drop_staging_connection(url, slot)
+        raise
+
+
+class _ChunkSuperseded(Exception):
+    """Internal: roll this attempt's rows back, another attempt of the chunk committed first."""
+
+
+def _stage_postgres(url: str, run_id: int, chunk: str, rows: Rows) -> int:
+    with chunk_writer(url, run_id, chunk, rows.layout) as writer:
+        if writer.done is None:
+            writer.write(rows)
+    return writer.rows

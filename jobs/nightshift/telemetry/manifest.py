@@ -1,0 +1,140 @@
+"""Input manifests: every file a scoring run read, with its size, rows and fingerprint, and the model it ran.
+
+The fingerprint of a file is, by default (`[lineage] fingerprint = "footer"`), the SHA-256 of its Parquet
+footer: the last 8 + N bytes of the file (the Thrift FileMetaData of N bytes, its 4-byte length, `PAR1`), what
+`tail -c $((N + 8)) FILE | sha256sum` prints. The footer holds the schema, the row count of every row group
+and, for every column chunk, its offsets, compressed and uncompressed sizes and statistics (min, max, nulls),
+so a file rewritten with other rows or values changes it; reading it costs two small reads per file whatever
+the file's size (the contract check reads the same bytes), where hashing whole files would read every byte of
+the night again. What it cannot see: an edit inside a data page that keeps every size and every statistic
+(two values swapped within a page). `fingerprint = "content"` hashes every byte instead, for those who need that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nightshift.data.partitions import Partition
+
+#: The version of the manifest's layout, stored in it.
+MANIFEST_FORMAT = 1
+#: How each file was fingerprinted, by `[lineage] fingerprint`.
+METHODS = {"footer": "sha256-parquet-footer", "content": "sha256-content"}
+_MAGIC = b"PAR1"
+_BLOCK = 8 * 2**20
+
+
+def footer_sha256(uri: str) -> tuple[str, int]:
+    """(SHA-256 of the Parquet footer, file size in bytes) of one file; ValueError when it is no Parquet file."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    size = int(fs.size(path))
+    if size < 12:
+        raise ValueError(f"{uri}: {size} bytes is too short for a Parquet file")
+    with fs.open(path, "rb") as f:
+        f.seek(size - 8)
+        tail = f.read(8)
+        if tail[4:] != _MAGIC:
+            raise ValueError(f"{uri}: not a Parquet file (no PAR1 magic at its end)")
+        length = int.from_bytes(tail[:4], "little")
+        if length + 12 > size:
+            raise ValueError(f"{uri}: its footer length ({length} bytes) exceeds the file ({size} bytes)")
+        f.seek(size - 8 - length)
+        footer = f.read(length)
+    return hashlib.sha256(footer + tail).hexdigest(), size
+
+
+def content_sha256(uri: str) -> tuple[str, int]:
+    """(SHA-256 of every byte, file size in bytes) of one file, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with fsspec.open(uri, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def fingerprint(uri: str, method: str = "footer") -> tuple[str, int]:
+    """(fingerprint, size in bytes) of a file by `method` ("footer" or "content")."""
+    if method == "footer":
+        return footer_sha256(uri)
+    if method == "content":
+        return content_sha256(uri)
+    raise ValueError(f"unknown fingerprint method {method!r} (footer or content)")
+
+
+def _digest(files: list[dict[str, Any]]) -> str:
+    """One SHA-256 over every file's line `uri size rows fingerprint`: the partition's version as read."""
+    lines = sorted(f"{f['uri']} {f['size_bytes']} {f['rows']} {f['sha256']}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def input_manifest(partition: Partition, method: str = "footer") -> dict[str, Any]:
+    """Every file of `partition` (as the contract check found it) with its bytes, rows and fingerprint.
+
+    Raises what reading a file raises (a file gone since the check, a broken footer): the caller decides
+    whether that fails anything.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # A few reads in flight at once: on object storage each footer is two round trips.
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(partition.files)))) as pool:
+        found = list(pool.map(lambda f: fingerprint(f.uri, method), partition.files))
+    files = [
+        {"uri": f.uri, "size_bytes": size, "rows": int(f.rows), "sha256": sha}
+        for f, (sha, size) in zip(partition.files, found, strict=True)
+    ]
+    return {
+        "format": MANIFEST_FORMAT,
+        "fingerprint": METHODS[method],
+        "partition": partition.uri,
+        "ds": partition.ds.isoformat(),
+        "rows": int(partition.rows),
+        "size_bytes": sum(f["size_bytes"] for f in files),
+        "files": files,
+        "digest": _digest(files),
+    }
+
+
+def run_manifest(
+    inputs: dict[str, Any],
+    *,
+    model: str,
+    version: int,
+    artifact_uri: str,
+    artifact_sha256: str,
+    openlineage_run_id: str,
+) -> dict[str, Any]:
+    """The manifest stored with one run: its inputs, the model version's artifact, its OpenLineage run id."""
+    return {
+        **inputs,
+        "model": {"model": model, "version": version, "artifact_uri": artifact_uri, "sha256": artifact_sha256},
+        "openlineage_run_id": openlineage_run_id,
+    }
+
+
+def verify_manifest(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each recorded file as it is now: unchanged, changed (size or fingerprint), missing, or unreadable."""
+    method = next((m for m, name in METHODS.items() if name == manifest.get("fingerprint")), None)
+    out = []
+    for f in manifest.get("files") or []:
+        entry: dict[str, Any] = {"uri": f["uri"]}
+        if method is None:
+            entry.update(status="unknown", why=f"unknown fingerprint method {manifest.get('fingerprint')!r}")
+            out.append(entry)
+            continue
+        try:
+            sha, size = fingerprint(f["uri"], method)
+        except FileNotFoundError:
+            entry.update(status="missing", why="the file is gone")
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the answer names it
+            entry.update(status="unreadable", why=f"{type(exc).__name__}: {exc}")
+        else:
+            same = sha == f["sha256"] and size == f["size_bytes"]
+            entry.update(status="unchanged" if same else "changed", sha256=sha, size_bytes=size)
+        out.append(entry)
+    return out

@@ -1,0 +1,267 @@
+"""OpenLineage run events of scoring and training runs, sent to a real HTTP endpoint on 127.0.0.1 and validated
+against the OpenLineage JSON schema; an endpoint that is down or failing never fails a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nightshift.config import LineageSettings
+from nightshift.db import open_store
+from nightshift.errors import DuplicateEntityError
+from nightshift.rollout import Rollouts
+from nightshift.scoring import score_partition
+from nightshift.telemetry.openlineage import Emitter
+from nightshift.training import train_and_register
+from tests.conftest import DEMO_FILES, DEMO_ROWS, SCORE_DS
+from tests.lineage.conftest import Recorder, Schema
+
+TRAIN_DS = date(2026, 11, 17)
+
+
+@pytest.fixture
+def lineage_settings(make_settings: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Settings whose [lineage] endpoint is `url`, set the way operators set it: NIGHTSHIFT_LINEAGE__* variables."""
+
+    def _make(store_url: str, url: str, **env: str) -> Any:
+        monkeypatch.setenv("NIGHTSHIFT_LINEAGE__OPENLINEAGE_URL", url)
+        monkeypatch.setenv("NIGHTSHIFT_LINEAGE__NAMESPACE", "nightshift-test")
+        for key, value in env.items():
+            monkeypatch.setenv(f"NIGHTSHIFT_LINEAGE__{key.upper()}", value)
+        return make_settings(store_url)
+
+    return _make
+
+
+def _facets(event: dict[str, Any]) -> dict[str, Any]:
+    return dict(event["run"]["facets"])
+
+
+def test_a_committed_scoring_run_sends_start_and_complete_with_its_datasets(
+    sqlite_url: str,
+    lineage_settings: Any,
+    registered: Any,
+    dask_client: Any,
+    data_root: Path,
+    endpoint: Recorder,
+    ol_schema: Schema,
+) -> None:
+    settings = lineage_settings(sqlite_url, endpoint.url, openlineage_api_key="s3cret")
+    mv = registered(settings)
+    summary = score_partition(settings, "churn", SCORE_DS, client=dask_client, run_key="scheduled__2026-11-19")
+
+    assert [(m, p) for m, p, _h, _b in endpoint.requests] == [("POST", "/api/v1/lineage")] * 2
+    assert all(h.get("Content-Type") == "application/json" for _m, _p, h, _b in endpoint.requests)
+    assert all(h.get("Authorization") == "Bearer s3cret" for _m, _p, h, _b in endpoint.requests)
+    start, complete = endpoint.events
+    for event in (start, complete):
+        seen = ol_schema.validate_event(event)
+        assert {"nominalTime", "processing_engine", "jobType", "schema", "nightshift_run"} <= set(seen)
+    assert [start["eventType"], complete["eventType"]] == ["START", "COMPLETE"]
+    assert start["run"]["runId"] == complete["run"]["runId"]
+    assert start["job"] == complete["job"]
+    assert start["job"]["namespace"] == "nightshift-test"
+    assert start["job"]["name"] == "score.churn"
+    # The run id is the one stored with the run, and the run facet names the store's run and Airflow's.
+    store = open_store(settings)
+    run = next(r for r in store.runs("churn") if r["run_id"] == summary.run_id)
+    assert complete["run"]["runId"] == run["manifest"]["openlineage_run_id"]
+    nightshift_run = _facets(complete)["nightshift_run"]
+    assert nightshift_run["store_run_id"] == summary.run_id
+    assert nightshift_run["run_key"] == "scheduled__2026-11-19"
+    assert nightshift_run["model_sha256"] == mv.sha256
+    assert _facets(complete)["nominalTime"]["nominalStartTime"] == "2026-11-18T00:00:00.000Z"
+    # Input: the model's feature dataset, with this partition's files and their fingerprints.
+    [inp] = complete["inputs"]
+    assert (inp["namespace"], inp["name"]) == ("file", str(data_root / "features"))
+    assert inp["inputFacets"]["inputStatistics"]["rowCount"] == DEMO_ROWS
+    assert inp["inputFacets"]["inputStatistics"]["fileCount"] == DEMO_FILES
+    manifest = inp["facets"]["nightshift_manifest"]
+    assert manifest["files"] == run["manifest"]["files"]
+    assert inp["facets"]["version"]["datasetVersion"] == run["manifest"]["digest"]
+    assert {f["name"] for f in inp["facets"]["schema"]["fields"]} >= {"customer_id", "monthly_charges"}
+    # Output: the store's committed predictions, this (model, version, ds) partition overwritten with its rows.
+    [out] = complete["outputs"]
+    assert out["namespace"] == "sqlite"
+    assert out["name"].endswith("store.db.main.committed_predictions")
+    assert out["outputFacets"]["outputStatistics"]["rowCount"] == DEMO_ROWS
+    assert out["facets"]["lifecycleStateChange"]["lifecycleStateChange"] == "OVERWRITE"
+    assert out["facets"]["nightshift_partition"] == {
+        **out["facets"]["nightshift_partition"],
+        "model": "churn",
+        "version": mv.version,
+        "ds": SCORE_DS.isoformat(),
+        "store_run_id": summary.run_id,
+        "status": "committed",
+    }
+    assert start["outputs"][0]["facets"]["nightshift_partition"]["status"] == "running"
+
+
+def test_a_failing_scoring_run_sends_start_and_fail_with_the_error(
+    sqlite_url: str,
+    lineage_settings: Any,
+    registered: Any,
+    dask_client: Any,
+    data_root: Path,
+    endpoint: Recorder,
+    ol_schema: Schema,
+) -> None:
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    registered(settings)
+    files = sorted((data_root / "features" / f"ds={SCORE_DS.isoformat()}").glob("*.parquet"))
+    stolen = pq.read_table(files[0]).column("customer_id")[0].as_py()
+    t = pq.read_table(files[1])
+    ids = t.column("customer_id").to_pylist()
+    ids[0] = stolen
+    pq.write_table(
+        t.set_column(t.schema.get_field_index("customer_id"), "customer_id", pa.array(ids, pa.int64())), files[1]
+    )
+
+    with pytest.raises(DuplicateEntityError):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+    start, fail = endpoint.events
+    for event in (start, fail):
+        ol_schema.validate_event(event)
+    assert [start["eventType"], fail["eventType"]] == ["START", "FAIL"]
+    assert start["run"]["runId"] == fail["run"]["runId"]
+    error = _facets(fail)["errorMessage"]
+    assert error["message"].startswith("DuplicateEntityError:")
+    assert str(stolen) in error["message"]
+    assert error["programmingLanguage"] == "python"
+    assert fail["inputs"][0]["facets"]["nightshift_manifest"]["files"][1]["uri"] == str(files[1])
+    assert fail["outputs"][0]["facets"]["nightshift_partition"]["status"] == "failed"
+    assert "outputFacets" not in fail["outputs"][0]  # nothing was written
+
+
+def test_a_training_run_sends_its_partitions_in_and_its_artifact_out(
+    sqlite_url: str, lineage_settings: Any, data_root: Path, endpoint: Recorder, ol_schema: Schema
+) -> None:
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    result = train_and_register(settings, "churn", TRAIN_DS, created_by="carol")
+    mv = result.version
+
+    start, complete = endpoint.events
+    for event in (start, complete):
+        ol_schema.validate_event(event)
+    assert [start["eventType"], complete["eventType"]] == ["START", "COMPLETE"]
+    assert start["run"]["runId"] == complete["run"]["runId"]
+    assert complete["job"]["name"] == "train.churn"
+    assert complete["job"]["facets"]["jobType"]["jobType"] == "TRAINING"
+    features, labels = complete["inputs"]
+    assert (features["namespace"], features["name"]) == ("file", str(data_root / "features"))
+    assert (labels["namespace"], labels["name"]) == ("file", str(data_root / "labels"))
+    trained_on = features["facets"]["nightshift_training"]
+    assert trained_on["days"] == [p["ds"] for p in mv.training_data["partitions"]] == ["2026-11-16", "2026-11-17"]
+    assert trained_on["content_sha256"] == mv.training_data["content_sha256"]
+    assert trained_on["rows"] == mv.training_data["rows"] > 0
+    assert labels["facets"]["nightshift_training"]["role"] == "labels"
+    [artifact] = complete["outputs"]
+    assert (artifact["namespace"], artifact["name"]) == ("file", mv.artifact_uri)
+    assert artifact["facets"]["version"]["datasetVersion"] == mv.sha256
+    assert artifact["facets"]["nightshift_model"]["created_by"] == "carol"
+    assert _facets(complete)["nightshift_run"]["status"] == "promoted"
+
+
+def test_a_retrain_without_labelled_data_sends_fail_with_the_reason(
+    sqlite_url: str, lineage_settings: Any, endpoint: Recorder, ol_schema: Schema
+) -> None:
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    out = Rollouts(settings).retrain("churn", date(2027, 3, 1), trigger={"kind": "manual", "dag_run_id": "manual__x"})
+    assert out.status == "rejected"
+    start, fail = endpoint.events
+    for event in (start, fail):
+        ol_schema.validate_event(event)
+    assert [start["eventType"], fail["eventType"]] == ["START", "FAIL"]
+    assert "no usable labelled data" in _facets(fail)["errorMessage"]["message"]
+    assert _facets(fail)["nightshift_run"]["candidate_id"] == out.candidate_id
+    assert _facets(fail)["nightshift_run"]["run_key"] == "manual__x"
+    assert fail["outputs"] == []
+
+
+@pytest.mark.parametrize("how", ["down", "HTTP 500"])
+def test_an_endpoint_that_is_down_or_failing_never_fails_a_run(
+    how: str,
+    sqlite_url: str,
+    lineage_settings: Any,
+    registered: Any,
+    dask_client: Any,
+    endpoint: Recorder,
+    closed_port: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint.status = 500
+    settings = lineage_settings(sqlite_url, closed_port if how == "down" else endpoint.url, timeout_s="2")
+    registered(settings)
+    with caplog.at_level(logging.WARNING, logger="nightshift.telemetry"):
+        summary = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+        trained = train_and_register(settings, "churn", TRAIN_DS, promote="never")
+    assert summary.rows == DEMO_ROWS
+    assert open_store(settings).partition("churn", 1, SCORE_DS) is not None
+    assert trained.version.version == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    expected = "unreachable" if how == "down" else "refused the START of score.churn"
+    assert sum(expected in w for w in warnings) >= 1, warnings
+    assert len([w for w in warnings if "OpenLineage endpoint" in w]) == 4  # START+COMPLETE of each run
+    if how == "HTTP 500":
+        assert len(endpoint.events) == 4  # each one was tried
+
+
+def test_no_endpoint_sends_nothing_and_only_http_is_used(endpoint: Recorder) -> None:
+    assert not Emitter(LineageSettings()).enabled
+    assert not Emitter(LineageSettings(openlineage_url="file:///etc/passwd")).enabled
+    emitter = Emitter(LineageSettings(openlineage_url=endpoint.url + "/", openlineage_endpoint="/custom/path"))
+    assert emitter.emit({"eventType": "START"}) is True
+    assert endpoint.requests[0][1] == "/custom/path"
+    assert "NIGHTSHIFT_LINEAGE__OPENLINEAGE_URL" not in os.environ
+
+
+def test_the_schema_check_refuses_what_the_spec_refuses(ol_schema: Schema) -> None:
+    import copy
+
+    import jsonschema
+
+    from nightshift.telemetry import openlineage as ol
+
+    good = ol.run_event(
+        "COMPLETE",
+        run_id=ol.new_run_id(),
+        namespace="n",
+        job_name="score.churn",
+        job_type="SCORING",
+        run_facets={"nominalTime": ol.nominal_time(SCORE_DS), "errorMessage": ol.error_facet("boom")},
+        inputs=[ol.dataset("file", "/data", {"version": ol.facet("version", datasetVersion="abc")})],
+    )
+    ol_schema.validate_event(good)
+
+    def broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        event = copy.deepcopy(good)
+        change(event)
+        return event
+
+    bad = [
+        broken(lambda e: e.update(eventType="DONE")),
+        broken(lambda e: e["run"].update(runId="run-12")),
+        broken(lambda e: e.pop("producer")),
+        broken(lambda e: e.update(eventTime="yesterday")),
+        broken(lambda e: e["run"]["facets"]["nominalTime"].pop("_schemaURL")),
+        broken(lambda e: e["run"]["facets"]["nominalTime"].pop("nominalStartTime")),
+        broken(lambda e: e["run"]["facets"]["errorMessage"].pop("programmingLanguage")),
+        broken(lambda e: e["inputs"][0]["facets"]["version"].pop("datasetVersion")),
+        broken(lambda e: e["inputs"][0].pop("namespace")),
+    ]
+    for event in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            ol_schema.validate_event(event)
+    # A facet under a key its schema does not give it.
+    moved = broken(lambda e: e["run"]["facets"].update(nominal=e["run"]["facets"].pop("nominalTime")))
+    with pytest.raises(AssertionError, match="is not the key"):
+        ol_schema.validate_event(moved)
