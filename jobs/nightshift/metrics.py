@@ -106,3 +106,12 @@ def per_entity_loss(task: str, y: Any, prediction: np.ndarray) -> np.ndarray:
         probs = np.clip(np.asarray(prediction, dtype=np.float64), 1e-7, 1.0)
         return -np.log(probs[np.arange(len(probs)), np.asarray(y, dtype=np.int64)])
     return (np.asarray(prediction, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2
+
+
+def class_name(value: Any) -> str:
+    """A label value as a class name, one rule for models trained here and models brought: 1.0 and True are "1"."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -146,15 +146,16 @@ def fail_without_retry_on_bad_input(*also: type[BaseException]) -> Iterator[None
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
-#: Tasks of score_<model> that run after the commit: their failure leaves the night's predictions serving.
-AFTER_COMMIT_TASKS = frozenset({"monitor", "report", "advance_rollout", "retrain_decision", "trigger_retrain"})
+#: Tasks of score_<model> (and, in a group's score_<group>, of each `<model>_night` task group) that run after
+#: the commit: their failure leaves the night's predictions serving.
+AFTER_COMMIT_TASKS = frozenset({"monitor", "report", "decide", "retrain_decision", "trigger_retrain"})
 
 
 def _failure_event(dag_id: str, task_id: str) -> tuple[str, str]:
     """The notifier event and the sentence on what still serves, for a failed task."""
     if dag_id.startswith("retrain_"):
         return "retrain_failed", "No alias moved: the serving model is unchanged."
-    if task_id in AFTER_COMMIT_TASKS:
+    if task_id.rsplit(".", 1)[-1] in AFTER_COMMIT_TASKS:
         return "monitoring_task_failed", "The night's predictions are committed and serve; monitoring is incomplete."
     return "score_failed", "The previous predictions of this partition still serve."
 

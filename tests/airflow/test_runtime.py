@@ -119,3 +119,23 @@ def test_bad_input_fails_at_once_while_other_errors_retry() -> None:
     with pytest.raises(RunLockTimeout):  # noqa: SIM117 - transient: Airflow retries it with backoff
         with fail_without_retry_on_bad_input():
             raise RunLockTimeout("another run holds the lock")
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "task_id", "event"),
+    [
+        ("score_churn", "score", "score_failed"),
+        ("score_churn", "wait_for_partition", "score_failed"),
+        ("score_churn", "monitor", "monitoring_task_failed"),
+        ("score_churn", "decide", "monitoring_task_failed"),
+        ("score_customer_value", "score", "score_failed"),
+        ("score_customer_value", "spend_night.monitor", "monitoring_task_failed"),
+        ("score_customer_value", "plan_night.decide", "monitoring_task_failed"),
+        ("score_customer_value", "plan_night.trigger_retrain", "monitoring_task_failed"),
+        ("retrain_churn", "retrain", "retrain_failed"),
+    ],
+)
+def test_a_failure_alert_says_what_still_serves_by_the_task_that_failed(dag_id: str, task_id: str, event: str) -> None:
+    from nightshift_airflow.runtime import _failure_event
+
+    assert _failure_event(dag_id, task_id)[0] == event

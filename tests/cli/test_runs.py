@@ -6,8 +6,10 @@ import json
 import re
 import subprocess
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
+
+import pytest
 
 from nightshift.db.store import Store
 from tests.cli.conftest import commit_rows
@@ -74,7 +76,8 @@ def test_runs_show_tells_everything_about_one_run(cli: CLI, bare_project: Path, 
     assert body["pid"] > 0
     assert body["host"]
     assert ISO_UTC.match(body["started_at"])
-    assert body["seconds"] >= 0
+    started, finished = (datetime.fromisoformat(body[k]) for k in ("started_at", "finished_at"))
+    assert body["seconds"] == pytest.approx((finished - started).total_seconds(), abs=0.01)
     missing = cli("runs", "show", "999", "-c", str(bare_project), "--json")
     assert missing.returncode == 1
     assert json.loads(missing.stdout) == {

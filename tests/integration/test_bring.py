@@ -8,6 +8,7 @@ predicts them. The refusals name their cause and register nothing.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ def test_a_brought_model_is_registered_scored_and_read_back_as_its_library_predi
     assert mv.source["library"] == kind
     assert len(mv.source["sha256"]) == 64
     assert mv.source["sha256"] != mv.sha256  # the original's hash beside the ONNX graph's
+    # The original file is kept beside the ONNX graph, named by its kind (original.txt, original.json, ...).
+    kept = Path(mv.artifact_uri).parent / f"original{path.suffix}"
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == mv.source["sha256"]
     assert mv.metrics  # the scored day's labels have landed: the version carries its quality on them
     summary = score_partition(project, model, SCORE_DS, client=dask_client)
     features, _labels = _day(data_root, SCORE_DS)

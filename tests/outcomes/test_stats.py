@@ -58,6 +58,18 @@ def test_welchs_t_test_is_scipys_on_disjoint_groups() -> None:
     assert (two.n_a, two.n_b) == (300, 100)
 
 
+def test_welchs_t_test_on_groups_without_variance_is_exact_not_undecided() -> None:
+    # Every served entity of each arm has the same loss (exact binary fractions: zero variance): scipy's
+    # statistic is undefined, the difference is not.
+    two, ni = welch_tests("log_loss", -np.full(50, 0.25), -np.full(40, 0.5), margin_effect=0.1)
+    assert (two.p_value, two.statistic) == (0.0, -math.inf)  # the candidate is worse, for certain
+    assert ni.p_value == 1.0
+    two, ni = welch_tests("log_loss", -np.full(50, 0.5), -np.full(40, 0.25), margin_effect=0.1)
+    assert (two.p_value, ni.p_value) == (0.0, 0.0)  # better, and so not inferior
+    two, ni = welch_tests("log_loss", -np.full(50, 0.25), -np.full(40, 0.25), margin_effect=0.1)
+    assert (two.p_value, ni.p_value) == (1.0, 0.0)
+
+
 def test_the_two_proportion_z_test_is_the_chi_square_test_of_the_2x2_table() -> None:
     two, ni = proportion_tests("accuracy", 7_650, 10_000, 820, 1_000, margin_effect=0.05)
     chi2, p, _dof, _expected = stats.chi2_contingency([[7_650, 2_350], [820, 180]], correction=False)

@@ -113,3 +113,9 @@ def test_a_gate_metric_of_another_task_is_refused_at_retrain(store_url: str, mak
         "end_to_end",
         "not_worse_than_champion",
     ]
+
+
+def test_class_names_follow_one_rule_for_models_trained_here_and_brought() -> None:
+    from nightshift.metrics import class_name
+
+    assert [class_name(v) for v in (True, False, 1.0, 2, "gold", 2.5)] == ["1", "0", "1", "2", "gold", "2.5"]

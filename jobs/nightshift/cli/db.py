@@ -65,7 +65,8 @@ def db_downgrade(
     ],
     config: ConfigOpt = None,
 ) -> None:
-    """Undo migrations down to `revision`. Back up the store first: tables a migration drops lose their rows."""
+    """Undo migrations down to `revision`. Back up the store first (`db backup`): tables a migration drops lose
+    their rows, and going below 0007 deletes every regression prediction and drops multiclass probabilities."""
     if revision.startswith("--"):
         raise typer.BadParameter(f"no such option: {revision}", param_hint="REVISION")
     store = _store(config)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from nightshift.config import ModelSettings, Settings
 from nightshift.errors import ContractError, ModelSchemaError, ParityError, PartitionNotReady
+from nightshift.metrics import class_name
 from nightshift.models.registry import CHAMPION, ModelVersion, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,10 +112,10 @@ def _labelled_metrics(
             y_raw
         )
     index = {c: i for i, c in enumerate(model.outputs.classes)}
-    y = np.array([index.get(_class_name(v), -1) for v in y_raw])
+    y = np.array([index.get(class_name(v), -1) for v in y_raw])
     known = y >= 0
     if known.sum() < 2:
-        seen = sorted({_class_name(v) for v in y_raw})
+        seen = sorted({class_name(v) for v in y_raw})
         raise ModelSchemaError(
             f"the labels of ds={ds} ({cfg.label_column!r}) hold classes {seen[:6]} that the model does not name "
             f"(its classes: {list(model.outputs.classes)}); give its class names in output order "
@@ -122,12 +124,6 @@ def _labelled_metrics(
     if not known.all():
         log.warning("%d labelled row(s) of ds=%s hold a class the model does not know", int((~known).sum()), ds)
     return task_metrics("multiclass", y[known], outputs[known]), int(known.sum())
-
-
-def _class_name(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def register_brought(
@@ -165,7 +161,7 @@ def register_brought(
         raise ParityError(f"model {model!r} from {uri}: nothing registered: {report.describe()}")
     metrics, labelled = _labelled_metrics(settings, cfg, imported, table, ds)
     registry = registry or open_registry(settings)
-    suffix = imported.source_uri.rsplit("/", 1)[-1]
+    suffix = PurePosixPath(imported.source_uri.rsplit("/", 1)[-1]).suffix  # model.txt -> original.txt
     original = None if imported.flavour == "onnx" else _original_bytes(uri)
     mv = registry.register(
         model,

@@ -906,13 +906,8 @@ class Rollouts:
         return f"reallocated: v{cand} {share:.1%} from {next_night} (P(best) = {p_cand:.3f})"
 
     def _notify(self, event: str, message: str, **details: Any) -> None:
-        try:
-            from nightshift.notify import notify
-        except ImportError:  # pragma: no cover - the notifier ships with the Airflow issue
-            import logging
+        from nightshift.notify import notify
 
-            logging.getLogger(__name__).warning("%s: %s", event, message)
-            return
         notify(self.settings, event, message, **details)
 
 

@@ -197,14 +197,37 @@ def welch_tests(metric: str, a: np.ndarray, b: np.ndarray, *, margin_effect: flo
         "pooled_sd": pooled,
     }
     name = "Welch's t-test"
-    if na < 2 or nb < 2 or pooled == 0.0:
+    if na < 2 or nb < 2:
         nan = float("nan")
-        same = pooled == 0.0 and diff == 0.0
+        return (
+            TestResult(metric, "difference", name, nan, nan, diff, na, nb, detail=detail),
+            TestResult(metric, "non_inferiority", name, nan, nan, diff, na, nb, margin, detail=detail),
+        )
+    if pooled == 0.0:  # every entity of each group has the same value: the difference is exact, as in paired_tests
         return (
             TestResult(
-                metric, "difference", name, 0.0 if same else nan, 1.0 if same else nan, diff, na, nb, detail=detail
+                metric,
+                "difference",
+                name,
+                0.0 if diff == 0 else math.copysign(math.inf, diff),
+                1.0 if diff == 0 else 0.0,
+                diff,
+                na,
+                nb,
+                detail=detail,
             ),
-            TestResult(metric, "non_inferiority", name, nan, nan, diff, na, nb, margin, detail=detail),
+            TestResult(
+                metric,
+                "non_inferiority",
+                name,
+                math.inf if diff >= 0 else -math.inf,
+                0.0 if diff >= 0 else 1.0,
+                diff,
+                na,
+                nb,
+                0.0,
+                detail=detail,
+            ),
         )
     two = stats.ttest_ind(b, a, equal_var=False)
     one = stats.ttest_ind(b + margin, a, equal_var=False, alternative="greater")
@@ -360,10 +383,11 @@ def decide(
         verdict, message = "insufficient", f"not enough evidence yet: n={n:,} of {n_required:,}"
     elif shown:
         verdict = "supported"
+        worst_p = max(1.0 if r.p_adjusted is None else r.p_adjusted for r in non_inferiority)  # 0.0 is a p-value
         message = (
             f"v{candidate} not worse than v{baseline} on {', '.join(r.metric for r in non_inferiority)} "
             + (f"and better on {', '.join(better)} " if better else "")
-            + f"(n={n:,} >= {n_required:,}; non-inferiority p={max(r.p_adjusted or 1 for r in non_inferiority):.3g})"
+            + f"(n={n:,} >= {n_required:,}; non-inferiority p={worst_p:.3g})"
         )
     else:
         pending = [r.metric for r in non_inferiority if not r.significant]

@@ -15,7 +15,7 @@ from nightshift.contracts import PROBABILITIES, FeatureContract
 from nightshift.data.features import model_frame, model_inputs
 from nightshift.errors import ParityError
 from nightshift.jsonsafe import json_safe as _json_safe
-from nightshift.metrics import task_metrics
+from nightshift.metrics import class_name, task_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from sklearn.pipeline import Pipeline
@@ -714,7 +714,7 @@ def task_labels(labels: Any, n_rows: int, task: str) -> tuple[np.ndarray, list[s
         if len(out) < 4:
             raise ValueError(f"a regression needs at least 4 labelled rows, got {len(out)}")
         return out, []
-    names = [_class_name(v) for v in values]
+    names = [class_name(v) for v in values]
     classes = sorted(set(names))
     if len(classes) < 3:
         raise ValueError(f"a multiclass model needs at least 3 classes in its labels, found {classes}")
@@ -725,14 +725,6 @@ def task_labels(labels: Any, n_rows: int, task: str) -> tuple[np.ndarray, list[s
         rare = classes[int(counts.argmin())]
         raise ValueError(f"class {rare!r} has {int(counts.min())} labelled row(s): each class needs at least 2")
     return out, classes
-
-
-def _class_name(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, bool):
-        return str(int(value))
-    return str(value)
 
 
 def train(
