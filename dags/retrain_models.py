@@ -35,7 +35,7 @@ class CandidateApproval(ApprovalOperator):
         return super().execute_complete(context, event)
 
     def _record_rejection(self, context: Any, event: dict[str, Any]) -> None:
-        from nightshift.rollout import Rollouts
+        from nightshift.rollout import RolloutError, Rollouts
         from nightshift_airflow.runtime import run_settings
 
         outcome = context["ti"].xcom_pull(task_ids="retrain") or {}
@@ -50,6 +50,8 @@ class CandidateApproval(ApprovalOperator):
                 by=who,
                 reason=(reason or "rejected without a reason") + f" (Airflow run {context['run_id']})",
             )
+        except RolloutError as exc:  # a retried approval: the first answer already recorded it
+            self.log.warning("rejection not recorded again: %s", exc)
         finally:
             rollouts.store.dispose()
 

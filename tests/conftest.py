@@ -372,3 +372,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return rank.get(path, len(rank))
 
     items.sort(key=key)  # stable: every file keeps its own order, the rest keep theirs
+
+
+#: Test files that share one real Airflow (the `airflow_server` fixture, a whole `airflow standalone`):
+#: under pytest-xdist they are one unit of work, so one worker boots one Airflow for all of them and the
+#: other worker never starts one (an idle Airflow's scheduler and processor still take a share of 2 cores).
+AIRFLOW_SERVER_FILES = "tests/airflow/test_server_"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesSharingAirflowTogether(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return AIRFLOW_SERVER_FILES + "*" if path.startswith(AIRFLOW_SERVER_FILES) else path
+
+    return FilesSharingAirflowTogether(config, log)

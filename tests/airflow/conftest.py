@@ -184,8 +184,13 @@ def _server() -> AirflowServer:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Boot Airflow in the background as soon as a selected test needs it (it takes a minute on 2 cores)."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Boot Airflow in the background as soon as a selected test needs it (it takes a minute on 2 cores).
+
+    Not in a pytest-xdist worker: every worker collects every test, and only the one that is handed the
+    Airflow server files (one unit of work, see tests/conftest.py) should boot it, when it gets them."""
+    if hasattr(config, "workerinput"):
+        return
     needed = any("airflow_server" in getattr(item, "fixturenames", ()) for item in items)
     if needed and _pg_reachable() is None:
         _server()

@@ -29,6 +29,17 @@ def _awaiting_answer(server: AirflowServer, run_id: str) -> None:
         return states.get("approval") in ("awaiting_input", "deferred")
 
     wait_until(waiting, 300, f"{DAG_ID} {run_id} to wait for its approval", 2)
+    # Answer only once the scheduler has drained the executor's event for the worker that exited on defer():
+    # an answer given before it (a human takes minutes; this test, a second) resumes the task while that stale
+    # "success" is pending, and Airflow 3.3 then takes it for an external kill and retries the approval
+    # (apache/airflow#67287, #72716). The scheduler logs the drain; wait for that line, not for a time.
+    drained = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approval, run_id={run_id},"
+    wait_until(
+        lambda: drained in server.log_path.read_text(errors="replace"),
+        120,
+        f"the scheduler to drain {DAG_ID} {run_id}'s defer-exit event",
+        1,
+    )
 
 
 def _answer(server: AirflowServer, run_id: str, option: str, reason: str) -> dict[str, Any]:

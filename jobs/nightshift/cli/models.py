@@ -223,7 +223,7 @@ def models_register(
     out.print(
         f"registered [bold]{mv.model} v{mv.version}[/] ({mv.task}, {src.get('library')} "
         f"{src.get('library_version')} → ONNX by {src.get('converter')}): parity {parity.status}, "
-        f"max {parity.metric} {parity.max_diff:.2e} on {parity.rows:,} rows of ds={ds}"
+        f"{parity.metric} {parity.max_diff:.2e} on {parity.rows:,} rows of ds={ds}"
     )
     if mv.metrics:
         out.print("metrics on the day's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in mv.metrics.items()))
