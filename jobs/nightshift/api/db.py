@@ -91,8 +91,14 @@ class PostgresDatabase:
         # force_generic_plan: predictions is partitioned (one LIST partition per run), and PostgreSQL
         # kept re-planning each execution (custom plans, ~0.1 ms of planning for a 0.02 ms lookup);
         # generic plans prune partitions at run time from the catalog row instead.
+        # repeatable read: the statement's rows come from the snapshot it took BEFORE its plan saw the
+        # partitions. Under read committed, execution takes a newer snapshot than the one the plan was
+        # checked with, so a commit (ATTACH + catalog pointer, one transaction) landing in between showed
+        # the new pointer without its partition: a partition with none of its rows (a 404 for an entity
+        # that is there; seen under load by test_consistency). Read-only, it never fails to serialize.
         self._options = (
             "-c default_transaction_read_only=on -c plan_cache_mode=force_generic_plan "
+            "-c default_transaction_isolation=repeatable\\ read "
             f"-c statement_timeout={statement_timeout_ms}"
         )
         self._timeout_s = timeout_s
