@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import date
@@ -27,6 +28,15 @@ BROWSER_ARGS = [
     "--disable-sync",
 ]
 UI_DAYS = [date(2026, 11, 17), date(2026, 11, 18)]
+
+
+def _settled(page: Any, fields: Any, timeout_s: float = 60) -> None:
+    """Wait until the date fields are in a resting state: none (no popover open) or the dialog's two."""
+    deadline = time.monotonic() + timeout_s
+    while (n := fields.count()) not in (0, 2):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the backfill dialog's date fields never settled ({n} shown)")
+        page.wait_for_timeout(100)
 
 
 @pytest.mark.timeout(420)
@@ -63,11 +73,14 @@ def test_backfill_two_dates_from_the_ui(
             page.get_by_role("button", name="Trigger Dag").click()
             dialog = page.get_by_role("dialog").first
             dialog.get_by_text("Run this Dag for a range of dates").click()
+            dates, times = page.get_by_placeholder("YYYY/MM/DD"), page.get_by_placeholder("HH:mm")
             for i, day in enumerate(UI_DAYS):
+                # Depending on the UI's render, the placeholder belongs to a picker popover (one match
+                # while it is open) or to the From/To fields themselves (always two). A count read while
+                # the previous field's popover is still closing sees both popovers (two matches) and picks
+                # a field that then vanishes: first wait until no popover is half-open.
+                _settled(page, dates)
                 page.get_by_test_id("datetime-input").nth(i).click()
-                # Depending on the UI's render, the placeholder belongs to a picker popover (one match)
-                # or to the From/To fields themselves (two matches): take the i-th field then.
-                dates, times = page.get_by_placeholder("YYYY/MM/DD"), page.get_by_placeholder("HH:mm")
                 (dates.nth(i) if dates.count() > 1 else dates.first).fill(day.strftime("%Y/%m/%d"))
                 (times.nth(i) if times.count() > 1 else times.first).fill("00:00")
                 page.keyboard.press("Escape")  # closes the date picker, not the dialog
