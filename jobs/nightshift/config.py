@@ -53,6 +53,12 @@ class DaskSettings(BaseModel):
         description="how local worker processes start; 'fork' also works inside an Airflow task, 'spawn' does not",
     )
 
+    log_level: Literal["INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING",
+        description="level of Dask's own loggers (`distributed.*`) while a local cluster runs; its start/stop "
+        "chatter is INFO, so the default keeps a run's log to the night's facts",
+    )
+
     ort_intra_op_threads: int = Field(
         default=1,
         ge=1,

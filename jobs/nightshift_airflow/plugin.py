@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from nightshift_airflow import run_notes
 from nightshift_airflow.api import ASGIApp, LazyApp, build_app
 
 URL_PREFIX = "/nightshift"
@@ -22,6 +23,7 @@ class NightshiftPlugin(AirflowPlugin):
     """Lookups at /nightshift/models/<model>/predictions/<entity_id>; monitoring history at /nightshift/reports/.
 
     Both apps are built on their first request, so importing the plugin stays cheap and touches no database.
+    A listener writes each scoring run's facts (ds, versions, rows, decision) as the run's note.
     """
 
     name = "nightshift"
@@ -29,6 +31,7 @@ class NightshiftPlugin(AirflowPlugin):
         {"app": LazyApp(_build_reports_app), "url_prefix": REPORTS_PREFIX, "name": "nightshift monitoring reports"},
         {"app": LazyApp(build_app), "url_prefix": URL_PREFIX, "name": "nightshift predictions"},
     ]
+    listeners = [run_notes]  # noqa: RUF012
     external_views = [  # noqa: RUF012
         {
             "name": "Monitoring reports",

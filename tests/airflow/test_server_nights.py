@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.airflow.conftest import NIGHT_MODEL
+from tests.airflow.conftest import AF_ROWS, NIGHT_MODEL
 from tests.airflow.harness import AirflowServer, store_connection, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -24,6 +24,11 @@ def _night(server: AirflowServer, ds: date, timeout: float = 240) -> dict[str, A
     run = server.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"ds": ds.isoformat()}})
     states = server.wait_for_runs(DAG_ID, {run["dag_run_id"]}, timeout)
     assert states == {run["dag_run_id"]: "success"}, server.log_tail()
+    # The run's note (runs list, run page, REST) says what the night did (nightshift_airflow.run_notes).
+    note = server.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")["note"] or ""
+    assert note.startswith(f"nightshift · ds {ds.isoformat()} ("), note
+    assert f"{NIGHT_MODEL}: champion v" in note, note
+    assert f"{AF_ROWS:,} rows" in note, note
     return dict(run)
 
 
@@ -31,7 +36,7 @@ def _redeliver_drifted(project: Path, ds: date) -> None:
     """Upstream re-delivers day `ds` of NIGHT_MODEL's features with monthly_charges shifted by 3σ."""
     from nightshift.config import load_settings
     from nightshift.demo import generate, parse_drift
-    from tests.airflow.conftest import AF_ROWS, AF_START
+    from tests.airflow.conftest import AF_START
 
     features = Path(load_settings(project).model(NIGHT_MODEL).dataset_uri(load_settings(project)))
     with tempfile.TemporaryDirectory() as tmp:

@@ -93,6 +93,7 @@ def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterato
     # further (the CLI: the error reaches its user as one line) quiets the workers as much.
     quiet = max(logging.ERROR, logging.getLogger("distributed").getEffectiveLevel())
     with (
+        _dask_log_level(settings.log_level),
         dask.config.set({"distributed.worker.multiprocessing-method": settings.start_method}),
         LocalCluster(
             n_workers=settings.local_workers(),
@@ -105,6 +106,23 @@ def dask_client(settings: DaskSettings, client: Client | None = None) -> Iterato
         Client(cluster) as c,
     ):
         yield c
+
+
+@contextlib.contextmanager
+def _dask_log_level(level: str) -> Iterator[None]:
+    """Dask's loggers at `level` (dask.log_level) while this run's local cluster lives: its scheduler runs
+    in this process and logs every start, connection and close at INFO, ~65 lines a night in an Airflow
+    task's log. A caller that set them quieter stays quieter; the levels come back afterwards."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado")]
+    before = [lg.level for lg in loggers]
+    wanted = logging.getLevelName(level)
+    for lg in loggers:
+        lg.setLevel(max(wanted, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, before, strict=True):
+            lg.setLevel(lvl)
 
 
 def _locate_duplicates(exc: BaseException, partition: Any, contract: FeatureContract) -> DuplicateEntityError | None:
