@@ -129,3 +129,43 @@ def test_a_new_champion_whose_outcomes_are_worse_than_previous_is_rolled_back(pr
     assert log_loss["n_a"] == 600
     # The next night serves v1 again, and a good champion in its window is left alone.
     assert p.night(day(4)).decision.rollout == "unchanged"
+
+
+def test_a_backfill_with_evidence_that_would_roll_back_moves_nothing(project: Any) -> None:
+    """Labelled evidence that rolls a bad champion back on a nightly night moves nothing when it lands
+    for an old day: re-running that day is a backfill. (Without the backfill rule, this re-run of an
+    undecided night, scored by today's champion and its previous, would roll the champion back.)"""
+    from nightshift.nightly import BACKFILL, decided_night, monitor_night, plan_night, score_night
+
+    p = project("[models.rollout]\nrollback_window_days = 3\n")
+    labels = Path(p.settings.model("churn").labels_uri(p.settings))
+    late = labels.parent / "late"
+    late.mkdir()
+    for i in (3, 4):  # the labels of days 3 and 4 are late
+        (labels / f"ds={day(i).isoformat()}").rename(late / f"ds={day(i).isoformat()}")
+    train_and_register(p.settings, "churn", day(1))  # v1
+    p.night(day(2))
+    bad = p.register_bad(day(2))
+    p.rollouts.promote("churn", bad, by="test", reason="let through by hand", ds=day(2))
+    # Night 3 scored and monitored both versions, then its decide step failed (a store hiccup, say).
+    plan3 = plan_night(p.settings, "churn", day(3), store=p.store)
+    assert plan3.versions == {"champion": bad, "previous": 1}
+    score_night(p.settings, plan3, client=p.client, store=p.store)
+    monitor_night(p.settings, plan3, store=p.store)
+    assert decided_night(p.store, "churn", day(3)) is None
+    assert p.night(day(4)).decision.rollout == "unchanged"  # no labels yet: nothing to judge
+    before = (p.registry.aliases("churn"), p.registry.alias_history("churn"), p.rollouts.active("churn"))
+    assert before[0]["champion"] == bad
+
+    # Day 3's labels land and day 3 is re-run: older than the newest decided night (day 4).
+    (late / f"ds={day(3).isoformat()}").rename(labels / f"ds={day(3).isoformat()}")
+    rerun = p.night(day(3))
+    assert rerun.plan.mode == BACKFILL
+    assert rerun.plan.versions == {"champion": bad, "previous": 1}  # the versions that served day 3
+    assert rerun.decision.rollout == "backfill: nothing decided"
+    assert (p.registry.aliases("churn"), p.registry.alias_history("churn"), p.rollouts.active("churn")) == before
+    assert decided_night(p.store, "churn", day(3)) is None
+
+    # Control: the next nightly night, judging the same window with its labelled days, rolls it back.
+    assert p.night(day(5)).decision.rollout == "rolled_back"
+    assert p.registry.aliases("churn") == {"champion": 1, "previous": bad}

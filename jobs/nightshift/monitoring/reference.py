@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from nightshift.config import Settings
 from nightshift.contracts import FeatureContract
 from nightshift.db.engine import utcnow
-from nightshift.errors import NightshiftError
+from nightshift.errors import NightshiftError, PartitionNotReady
 from nightshift.jsonsafe import json_safe
 from nightshift.models.registry import ModelVersion, read_artifact
 from nightshift.monitoring.profile import PartitionProfile, profile_files
@@ -227,7 +227,14 @@ def build_reference(
     uris: list[str] = []
     parts: list[dict[str, Any]] = []
     for d in days:
-        part = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, d, cfg.contract, cfg.success_marker)
+        try:
+            part = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, d, cfg.contract, cfg.success_marker)
+        except PartitionNotReady as exc:
+            raise ReferenceUnavailable(
+                f"model {mv.model!r} v{mv.version}'s monitoring reference is built from its training days, and "
+                f"ds={d} is gone: {exc}; build it from days that exist: `nightshift monitor-reference -m {mv.model} "
+                f"--version {mv.version} --ds YYYY-MM-DD [--ds ...]`"
+            ) from None
         uris += [f.uri for f in part.files]
         parts.append({"ds": d.isoformat(), "rows": part.rows, "files": len(part.files), "uri": part.uri})
     ref = reference_from_files(
