@@ -119,3 +119,32 @@ def test_class_names_follow_one_rule_for_models_trained_here_and_brought() -> No
     from nightshift.metrics import class_name
 
     assert [class_name(v) for v in (True, False, 1.0, 2, "gold", 2.5)] == ["1", "0", "1", "2", "gold", "2.5"]
+
+
+@pytest.mark.parametrize("task", ["regression", "binary"])
+def test_a_lightgbm_split_between_float32_values_answers_alike_in_onnx(task: str) -> None:
+    """LightGBM splits between 52.3 and 52.5 (as float32) at their float64 midpoint 52.39999961853027, which the
+    ONNX graph's float32 would round ONTO 52.4: a row with 52.4 must still go where LightGBM sends it."""
+    import pyarrow as pa
+
+    from nightshift.contracts import Column, ColumnType, FeatureContract
+    from nightshift.data.features import model_frame
+
+    low, high = np.float32(52.3), np.float32(52.5)
+    assert np.float32((float(low) + float(high)) / 2) == np.float32(52.4)  # the premise: it rounds onto a value
+    contract = FeatureContract(entity_id="id", columns=(Column(name="x", type=ColumnType.float64),))
+    x = np.repeat([52.3, 52.5], 100)
+    table = pa.table({"id": np.arange(x.size), "x": x})
+    y = (x > 52.4).astype(np.int64) * (10 if task == "regression" else 1)
+    params = {"n_estimators": 3, "min_child_samples": 5}
+    trained = train(
+        table, y, contract, EstimatorSettings(kind="lightgbm", task=task, params=params), TrainingSettings()
+    )
+    assert trained.parity.passed, trained.parity.worst_row_description
+    probe = pa.table({"id": [0, 1, 2], "x": [52.3, 52.4, 52.5]})
+    sk = sklearn_predict(trained.pipeline, model_frame(probe, contract), task)
+    ort = onnx_predict(trained.onnx_bytes, model_inputs(probe, contract), task)
+    assert np.abs(sk - ort).max() < 1e-5, (sk, ort)
+    # Where LightGBM sends float32 52.4: above its float64 threshold, with 52.5.
+    assert sk[1] == pytest.approx(sk[2])
+    assert sk[1] != pytest.approx(sk[0])

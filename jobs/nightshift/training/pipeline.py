@@ -255,6 +255,45 @@ def build_pipeline(contract: FeatureContract, estimator: EstimatorSettings, seed
 VALUE_OUTPUT = "variable"
 
 
+def _float32_thresholds(pipeline: Pipeline) -> None:
+    """Round a fitted LightGBM model's numerical split thresholds down to float32, in place.
+
+    LightGBM splits on float64 thresholds (`x <= t`), the midpoints of float32 training values, which are
+    seldom float32 themselves; its ONNX graph holds them as float32, rounded to the nearest, which can land
+    ON a value: float32(52.3) and 52.5 have the midpoint 52.39999961853027, which rounds to float32(52.4),
+    so a row with 52.4 goes right in LightGBM and left in ONNX Runtime (observed on demo data: a regression
+    value off by 8 %, its retrain rejected by the onnx_parity gate). Every value the trees see is float32
+    (model_inputs; the imputer's medians of float32 columns are float32), and for a float32 x, `x <= t`
+    exactly when `x <= t32`, t32 the largest float32 not above t: rounded down, LightGBM predicts what it
+    predicted, and ONNX the same. The sklearn wrapper keeps its booster in `_Booster`.
+    """
+    estimator = pipeline.steps[-1][1]
+    if type(estimator).__module__.split(".")[0] != "lightgbm":
+        return
+    import lightgbm as lgb
+
+    lines = estimator.booster_.model_to_string().split("\n")
+    at: int | None = None  # the current tree's threshold line (written before its decision_type line)
+    for i, line in enumerate(lines):
+        if line.startswith("Tree="):
+            at = None
+        elif line.startswith("threshold="):
+            at = i
+        elif line.startswith("decision_type=") and at is not None:
+            kinds = np.array(line.split("=", 1)[1].split(), dtype=np.int64)
+            t = np.array(lines[at].split("=", 1)[1].split(), dtype=np.float64)
+            t32 = t.astype(np.float32)
+            t32 = np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
+            numerical = (kinds & 1) == 0  # a categorical split's threshold indexes its category sets
+            t = np.where(numerical, t32.astype(np.float64), t)
+            lines[at] = "threshold=" + " ".join(f"{v:.17g}" for v in t)
+            at = None
+    # Without tree_sizes (the byte size of each tree, which the new thresholds change), LightGBM reads the trees
+    # one after another.
+    text = "\n".join(line for line in lines if not line.startswith("tree_sizes="))
+    estimator._Booster = lgb.Booster(model_str=text)
+
+
 def export_onnx(pipeline: Pipeline, contract: FeatureContract, task: str = "binary") -> bytes:
     """The fitted pipeline as ONNX: one [N, 1] input per contract column; outputs `label`, `probabilities`
     (classifiers, probabilities [N, K] in `classes_` order) or `variable` (a regression's [N, 1] values)."""
@@ -767,6 +806,7 @@ def train(
             pipeline.set_params(preprocess__sparse_threshold=0.0)  # speed only: same trees either way
     x_train = model_frame(train_table, contract, source="training rows")
     pipeline.fit(x_train, y_train)
+    _float32_thresholds(pipeline)
     if task == "multiclass" and len(getattr(pipeline.steps[-1][1], "classes_", ())) != len(classes):
         raise ValueError(f"the training rows hold {len(pipeline.steps[-1][1].classes_)} of the {len(classes)} classes")
     onnx_bytes = export_onnx(pipeline, contract, task)
