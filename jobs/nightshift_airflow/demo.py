@@ -75,11 +75,13 @@ def _run_summary(config: Path, model: str, ds: date) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nightshift_airflow.demo", description=__doc__)
-    parser.add_argument("--days", type=int, default=4, help="days of data; the newest is scored by Airflow")
+    parser.add_argument("--days", type=int, default=4, help="days of data, at least 4; the newest is scored by Airflow")
     parser.add_argument("--rows-per-day", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="AIRFLOW_HOME (SQLite metadata)")
     args = parser.parse_args(argv)
+    if args.days < 4:
+        parser.error(f"--days must be at least 4 (two to train on, one to register on, one to score), got {args.days}")
 
     from nightshift.config import load_settings
 
@@ -108,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
         _step(3, steps, "bring models trained elsewhere: LightGBM (spend), XGBoost (plan) → ONNX → parity → register")
         folder = Path(settings.state_path) / "brought"
         data = Path(settings.model(model).dataset_uri(settings)).parents[1]
-        _run([sys.executable, str(EXAMPLES / "train_outside.py"), "--data", str(data), "--until", before,
-              "--out", str(folder)])  # fmt: skip
+        # Trained on the two days before `before`, registered on `before`: a day the models never saw, so
+        # its parity rows, recorded metrics and monitoring reference are honest (a training day's are not).
+        outside = (newest - timedelta(days=2)).isoformat()
+        _run([sys.executable, str(EXAMPLES / "train_outside.py"), "--data", str(data), "--until", outside,
+              "--days", "2", "--out", str(folder)])  # fmt: skip
         for name in brought:
             _run([*nightshift, "models", "register", "-c", str(config), "-m", name, "--from",
                   str(folder / BROUGHT[name]), "--ds", before])  # fmt: skip
