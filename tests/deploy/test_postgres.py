@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -45,7 +46,12 @@ from tests.deploy.conftest import (
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: The tables the lookup API reads (jobs/nightshift/api/queries.py), granted by api-readonly.sql.
-API_TABLES = ["alembic_version", "api_keys", "model_aliases", "model_versions", "partitions", "predictions"]
+API_TABLES = ["alembic_version", "api_keys", "model_aliases", "model_versions", "partitions", "predictions", "served"]
+#: What `?as_of=` reads of the histories: these columns only (api-readonly.sql).
+API_HISTORY_COLUMNS = {
+    "runs": "run_id, model, version, ds, status, rows, finished_at, replaced_at",
+    "alias_events": "event_id, model, alias, new_version, at",
+}
 
 
 def compose_env(compose: dict[str, Any], env_example: dict[str, str], service: str, stack: PgStack) -> dict[str, str]:
@@ -147,6 +153,8 @@ def test_the_api_role_reads_what_lookups_need_and_nothing_else(pg_stack: PgStack
     with psycopg.connect(pg_stack.api_url, autocommit=True) as conn:
         for table in API_TABLES:
             conn.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
+        for table, columns in API_HISTORY_COLUMNS.items():
+            conn.execute(f"SELECT {columns} FROM {table} LIMIT 1").fetchall()
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
         for statement in (
@@ -237,6 +245,14 @@ def test_the_api_serves_lookups_as_the_read_only_role(
     assert status == 200, body
     assert (body["entity_id"], body["version"], body["label"]) == ("2", mv.version, 1)
     assert abs(body["score"] - 0.5) < 1e-6
+    # A day by alias reads `served`; an as-of read, the granted columns of runs and alias_events.
+    status, body = get(f"/v1/models/churn/predictions/2?ds={body['ds']}")
+    assert status == 200, body
+    status, body = get(f"/v1/models/churn/predictions/2?as_of={urllib.parse.quote(body['committed_at'])}")
+    assert status == 200, body
+    assert body["as_of"] == body["committed_at"]
+    status, body = get("/v1/models/churn/predictions/2?as_of=2001-01-01T00:00:00Z")
+    assert status == 404, body
     status, body = get("/v1/models")
     assert status == 200, body
     status, body = get("/readyz")

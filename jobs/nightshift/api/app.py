@@ -155,7 +155,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
 
     async def not_found(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, NotFound)
-        return responses.json_response({"detail": exc.detail}, 404)
+        return responses.json_response({"detail": exc.detail}, exc.status)
 
     async def unavailable(_request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -32,6 +32,11 @@ _ENTITY = re.compile(ENTITY_ID_PATTERN)
 _ALIAS = re.compile(ALIAS_PATTERN)
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _INT = re.compile(r"^[+-]?[0-9]{1,12}$")
+#: ISO 8601 extended date and time (RFC 3339 and its naive form): seconds, a fraction and an offset optional.
+_TIMESTAMP = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:?[0-9]{2})?$"
+)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -117,6 +122,40 @@ def _ds(raw: str | None, issues: list[dict[str, Any]]) -> date | None:
     return None
 
 
+def _as_of(raw: str | None, issues: list[dict[str, Any]]) -> datetime | None:
+    """`as_of` as an aware UTC datetime (a naive one is UTC); None when absent or not in the past: a
+    moment that has not come yet is answered as now, by the live read itself."""
+    if raw is None:
+        return None
+    at = None
+    if _TIMESTAMP.fullmatch(raw):
+        text = raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            at = None
+    if at is None:
+        hint = " (a '+' in a query string reads as a space: send it as %2B)" if " " in raw else ""
+        issues.append(
+            _issue(
+                "query",
+                "as_of",
+                "datetime_parsing",
+                "Input should be an ISO 8601 date and time, e.g. 2026-11-18T06:00:00Z; without an offset it is "
+                f"UTC{hint}",
+                raw,
+            )
+        )
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError:  # within a day of datetime's range: before anything, or after everything
+        return _EARLIEST if at.year == 1 else None
+    return at if at < datetime.now(UTC) else None
+
+
 def _selection(request: Request, issues: list[dict[str, Any]]) -> Selection:
     model = request.path_params["model"]
     _pattern("path", "model", model, _MODEL, issues)
@@ -128,9 +167,10 @@ def _selection(request: Request, issues: list[dict[str, Any]]) -> Selection:
     if alias is not None:
         _pattern("query", "alias", alias, _ALIAS, issues)
     ds = _ds(query.get("ds"), issues)
+    as_of = _as_of(query.get("as_of"), issues)
     if version is not None and alias is not None:
         issues.append(_issue("query", "alias", "value_error", "give either version or alias, not both", alias))
-    return Selection(model=model, version=version, alias=alias, ds=ds)
+    return Selection(model=model, version=version, alias=alias, ds=ds, as_of=as_of)
 
 
 async def _checked(request: Request, entity_id: str) -> Lookup:

@@ -13,21 +13,48 @@ _PREVIOUS = (
 )
 
 
-def _partition(*, by_alias: bool, as_of: bool) -> str:
+#: What the API served at a moment (`?as_of=`): the same resolution, from the histories instead of the
+#: current state. An alias's version at :at is its last move at or before :at (`alias_events`); a run
+#: served its (model, version, ds) from its commit (`finished_at`, the catalog's `committed_at`) until
+#: a newer run of it, or retention, replaced it (`replaced_at`; NULL while it is the catalog's).
+_ALIAS_AT = (
+    "(SELECT e.new_version FROM alias_events e WHERE e.model = :model AND e.alias = :alias AND e.at <= :at "
+    "ORDER BY e.at DESC, e.event_id DESC LIMIT 1)"
+)
+_PREVIOUS_AT = (
+    "(SELECT e.new_version FROM alias_events e WHERE e.model = :model AND e.alias = 'previous' "
+    "AND :alias = 'champion' AND e.at <= :at ORDER BY e.at DESC, e.event_id DESC LIMIT 1)"
+)
+_SERVED_AT = (
+    "(SELECT s.version FROM served s WHERE s.model = :model AND s.ds = :ds AND s.role = :alias "
+    "AND s.recorded_at <= :at ORDER BY s.recorded_at DESC LIMIT 1)"
+)
+#: A run that was the catalog's truth of its partition at :at. A replaced run without `replaced_at`
+#: (before migration 0008, or expired before it was recorded) has no known end: it is left out.
+_SERVING_AT = (
+    "r0.model = :model AND r0.status IN ('committed', 'superseded', 'expired') AND r0.finished_at <= :at "
+    "AND (r0.replaced_at > :at OR (r0.replaced_at IS NULL AND r0.status = 'committed'))"
+)
+
+#: Which statement a selection reads: (by_alias, by_ds, as_of).
+Kind = tuple[bool, bool, bool]
+
+
+def _partition(*, by_alias: bool, by_ds: bool) -> str:
     """The one committed partition a request selects: (model, version|alias, newest|ds).
 
     By alias, newest: the alias's version's newest committed partition; for the champion, if the
     version just promoted has none yet, the newest of the version it replaced (`previous`), so a
-    promotion never leaves a reader without an answer. By alias, as of a ds: the version that held
+    promotion never leaves a reader without an answer. By alias, for a ds: the version that held
     that role on that night (`served`), else the alias's version today.
     """
     if not by_alias:
         version, order = "c0.version = :version", ""
-    elif as_of:
+    elif by_ds:
         version, order = f"c0.version = COALESCE({_SERVED}, {_ALIAS})", ""
     else:
         version, order = f"c0.version IN ({_ALIAS}, {_PREVIOUS})", f"(c0.version = {_ALIAS}) DESC, "
-    ds = " AND c0.ds = :ds" if as_of else ""
+    ds = " AND c0.ds = :ds" if by_ds else ""
     return (
         "SELECT c0.version, c0.ds, c0.run_id, c0.committed_at FROM partitions c0 "
         f"WHERE c0.model = :model AND c0.status = 'committed' AND {version}{ds} "
@@ -35,24 +62,53 @@ def _partition(*, by_alias: bool, as_of: bool) -> str:
     )
 
 
+def _partition_at(*, by_alias: bool, by_ds: bool) -> str:
+    """`_partition` as it resolved at :at (`?as_of=`): the same rules over the alias moves and the runs.
+
+    The run it names may have lost its rows since (a replaced run outside its model's `history_days`,
+    or an expired day): the reader tells that apart from an absent entity (PredictionReader._gone).
+    """
+    if not by_alias:
+        version, order = "r0.version = :version", ""
+    elif by_ds:
+        version, order = f"r0.version = COALESCE({_SERVED_AT}, {_ALIAS_AT})", ""
+    else:
+        version, order = f"r0.version IN ({_ALIAS_AT}, {_PREVIOUS_AT})", f"(r0.version = {_ALIAS_AT}) DESC, "
+    ds = " AND r0.ds = :ds" if by_ds else ""
+    return (
+        "SELECT r0.version, r0.ds, r0.run_id, r0.finished_at AS committed_at FROM runs r0 "
+        f"WHERE {_SERVING_AT} AND {version}{ds} "
+        f"ORDER BY {order}r0.ds DESC, r0.finished_at DESC LIMIT 1"
+    )
+
+
+def _resolution(kind: Kind) -> str:
+    by_alias, by_ds, as_of = kind
+    return (_partition_at if as_of else _partition)(by_alias=by_alias, by_ds=by_ds)
+
+
 @dataclass(frozen=True)
 class Queries:
-    """The statements for one dialect, indexed by (by_alias, as_of)."""
+    """The statements for one dialect, indexed by their Kind: (by_alias, by_ds, as_of)."""
 
-    one: dict[tuple[bool, bool], str]
-    many: dict[tuple[bool, bool], str]
+    one: dict[Kind, str]
+    many: dict[Kind, str]
     models: str
     model_exists: str
     api_key: str
     schema_revision: str
     canary: str
     version_task: str
-    #: The partition alone (no prediction rows), by (by_alias, as_of): what the answer cache confirms
-    #: its run with (api/cache.py).
-    resolve: dict[tuple[bool, bool], str] = field(default_factory=dict)
+    #: Whether an as-of read's run has lost its rows (garbage-collected): a row when it has.
+    gone: str = ""
+    #: The version an alias pointed at, at :at (None: it did not exist then).
+    alias_at: str = ""
+    #: The partition alone (no prediction rows), by Kind: what the answer cache confirms its run with
+    #: (api/cache.py).
+    resolve: dict[Kind, str] = field(default_factory=dict)
 
 
-_KINDS = [(by_alias, as_of) for by_alias in (False, True) for as_of in (False, True)]
+_KINDS: list[Kind] = [(a, d, t) for a in (False, True) for d in (False, True) for t in (False, True)]
 
 
 def build(dialect: str) -> Queries:
@@ -68,7 +124,7 @@ def build(dialect: str) -> Queries:
     one = {
         kind: (
             "SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label, p.value, p.probs "
-            f"FROM ({_partition(by_alias=kind[0], as_of=kind[1])}) c "
+            f"FROM ({_resolution(kind)}) c "
             "LEFT JOIN predictions p ON p.run_id = c.run_id AND p.entity_id = :entity_id"
         )
         for kind in _KINDS
@@ -77,7 +133,7 @@ def build(dialect: str) -> Queries:
     # parsing them per row was a third of the client's CPU for a full batch.
     many = {
         kind: (
-            f"WITH c AS ({_partition(by_alias=kind[0], as_of=kind[1])}) "
+            f"WITH c AS ({_resolution(kind)}) "
             "SELECT c.version, c.ds, c.run_id, c.committed_at, NULL, NULL, NULL, NULL, NULL FROM c "
             "UNION ALL "
             "SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs FROM c "
@@ -107,6 +163,13 @@ def build(dialect: str) -> Queries:
         "WHERE model = :model AND strategy IN ('canary', 'bandit') AND canary_share IS NOT NULL"
     )
     version_task = "SELECT task, signature FROM model_versions WHERE model = :model AND version = :version"
+    # A run that committed rows but holds none now: `nightshift gc` removed them (a replaced run past its
+    # model's history_days, or a day expired by retention). On PostgreSQL the run's partition is pruned
+    # at executor start (generic plan), so this reads at most one row of one table.
+    gone = (
+        "SELECT r.rows FROM runs r WHERE r.run_id = :run_id AND r.rows > 0 "
+        "AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.run_id = :run_id)"
+    )
     return Queries(
         one=one,
         many=many,
@@ -116,5 +179,7 @@ def build(dialect: str) -> Queries:
         schema_revision=schema_revision,
         canary=canary,
         version_task=version_task,
-        resolve={kind: _partition(by_alias=kind[0], as_of=kind[1]) for kind in _KINDS},
+        gone=gone,
+        alias_at=f"SELECT {_ALIAS_AT}",
+        resolve={kind: _resolution(kind) for kind in _KINDS},
     )

@@ -14,7 +14,7 @@ from typing import Any
 from nightshift.api.cache import AnswerCache, RunKey
 from nightshift.api.cache import Hit as Hit  # what a lookup found; routes and responses import it from here
 from nightshift.api.db import Database
-from nightshift.api.queries import Queries
+from nightshift.api.queries import Kind, Queries
 from nightshift.db.store import decode_probs
 from nightshift.models.registry import CHAMPION
 
@@ -30,10 +30,23 @@ CANARY_TTL_S = 1.0
 class NotFound(Exception):
     """Nothing to answer. `unknown_model` answers must look the same for every caller."""
 
+    #: The HTTP status it answers.
+    status = 404
+
     def __init__(self, detail: str, *, unknown_model: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
         self.unknown_model = unknown_model
+
+    def again(self) -> NotFound:
+        """The same answer as a new exception (each waiter of a shared read raises its own)."""
+        return type(self)(self.detail, unknown_model=self.unknown_model)
+
+
+class Gone(NotFound):
+    """An as-of read whose run served then, but whose rows have been removed since (`nightshift gc`)."""
+
+    status = 410
 
 
 def unknown_model_detail(model: str) -> str:
@@ -43,20 +56,30 @@ def unknown_model_detail(model: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which partition a request reads: a version or an alias (default: champion), newest or as-of ds."""
+    """Which partition a request reads: a version or an alias (default: champion), newest or a given ds,
+    as the API resolved it now or, with `as_of` (a past moment, UTC), as it resolved it then."""
 
     model: str
     version: int | None = None
     alias: str | None = None
     ds: date | None = None
+    as_of: datetime | None = None
 
     @property
     def by_alias(self) -> bool:
         return self.version is None
 
+    @property
+    def kind(self) -> Kind:
+        return self.version is None, self.ds is not None, self.as_of is not None
+
     def describe(self) -> str:
         what = f"v{self.version}" if self.version is not None else f"alias {self.alias or CHAMPION!r}"
-        return f"{self.model} {what}" + (f" ds={self.ds}" if self.ds else "")
+        return (
+            f"{self.model} {what}"
+            + (f" ds={self.ds}" if self.ds else "")
+            + (f" as of {self.as_of.isoformat()}" if self.as_of else "")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +271,15 @@ class PredictionReader:
             "version": sel.version,
             "alias": sel.alias or CHAMPION,
             "ds": self._ds_param(sel.ds),
+            "at": self._at_param(sel.as_of),
         }
+
+    def _at_param(self, at: datetime | None) -> Any:
+        """A moment as the store compares it: timestamptz on PostgreSQL; on SQLite, the text SQLAlchemy
+        writes (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`), which orders as the moments do."""
+        if at is None or self.db.dialect == "postgresql":
+            return at
+        return at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
     def _ds_param(self, ds: date | None) -> Any:
         if ds is None:
@@ -283,22 +314,33 @@ class PredictionReader:
         decoded = decode_probs(probs)
         return self._score(score), int(label), [self._score(p) for p in decoded] if decoded is not None else None
 
-    async def _fetch(
-        self, sel: Selection, statements: dict[tuple[bool, bool], str], extra: dict[str, Any]
-    ) -> list[tuple[Any, ...]]:
-        """Rows of the selected partition: through the cached (version, ds) when fresh, else resolved."""
-        pinned = self.cache.get(sel)
+    async def _fetch(self, sel: Selection, statements: dict[Kind, str], extra: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Rows of the selected partition: through the cached (version, ds) when fresh, else resolved.
+
+        As-of reads never use the resolution cache: it pins today's catalog row, not the run of then."""
+        live = sel.as_of is None
+        pinned = self.cache.get(sel) if live else None
         if pinned is not None:
             params = {"model": sel.model, "version": pinned.version, "ds": self._ds_param(pinned.ds), **extra}
-            rows = await self.db.fetch(statements[(False, True)], params)
+            rows = await self.db.fetch(statements[(False, True, False)], params)
             if rows:
                 return rows
             self.cache.drop(sel)  # that partition is gone: resolve again
-        rows = await self.db.fetch(statements[(sel.by_alias, sel.ds is not None)], {**self._params(sel), **extra})
+        rows = await self.db.fetch(statements[sel.kind], {**self._params(sel), **extra})
         head = next((r for r in rows if r[0] is not None), None)
-        if head is not None and self.cache.enabled:
+        if live and head is not None and self.cache.enabled:
             self.cache.put(sel, await self._partition(sel.model, head))
         return rows
+
+    async def _gone(self, sel: Selection, part: Partition) -> Gone | None:
+        """For an as-of read that found none of its entities: whether the run lost its rows since (gc)."""
+        if sel.as_of is None or not await self.db.fetch(self.q.gone, {"run_id": part.run_id}):
+            return None
+        return Gone(
+            f"{part.model} v{part.version} ds={part.ds} was served by run {part.run_id} as of "
+            f"{sel.as_of.isoformat()}, but its predictions have been removed since: the model's history_days "
+            "window (or retention) no longer holds them"
+        )
 
     async def one(self, sel: Selection, entity_id: str) -> tuple[Partition, Hit | None]:
         """The partition a selection resolves to, and the entity's hit (score, label, extra) in it if any."""
@@ -317,6 +359,8 @@ class PredictionReader:
             raise await self._why_not_found(sel)
         row = rows[0]
         part = await self._partition(sel.model, row)
+        if row[4] is None and sel.as_of is not None and (gone := await self._gone(sel, part)) is not None:
+            raise gone
         return part, (None if row[4] is None else self._hit(part.task, row[4], row[5], row[6], row[7]))
 
     async def many(self, sel: Selection, entity_ids: Sequence[str]) -> tuple[Partition, dict[str, Hit]]:
@@ -392,21 +436,28 @@ class PredictionReader:
         else:
             hit = self._hit
             found = {r[4]: hit(part.task, r[5], r[6], r[7], r[8]) for r in rows if r[0] is None}
+        if not found and sel.as_of is not None and (gone := await self._gone(sel, part)) is not None:
+            raise gone  # before anything is cached: "no row" would be false for a run that lost its rows
         return part, found
 
     async def _why_not_found(self, sel: Selection) -> NotFound:
         """Why a selection resolved to nothing (an extra statement, on this path only)."""
+        alias = sel.alias or CHAMPION
         versions, has_version, alias_version = (
-            await self.db.fetch(
-                self.q.model_exists, {"model": sel.model, "version": sel.version, "alias": sel.alias or CHAMPION}
-            )
+            await self.db.fetch(self.q.model_exists, {"model": sel.model, "version": sel.version, "alias": alias})
         )[0]
         if not versions:
             return NotFound(unknown_model_detail(sel.model), unknown_model=True)
         if sel.version is not None and not has_version:
             return NotFound(f"model {sel.model!r} has no version {sel.version}")
+        if sel.as_of is not None:
+            if sel.version is None and sel.ds is None:
+                params = {"model": sel.model, "alias": alias, "at": self._at_param(sel.as_of)}
+                if (await self.db.fetch(self.q.alias_at, params))[0][0] is None:
+                    return NotFound(f"model {sel.model!r} had no {alias!r} alias as of {sel.as_of.isoformat()}")
+            return NotFound(f"nothing was committed for {sel.describe()}")
         if sel.version is None and alias_version is None:
-            return NotFound(f"model {sel.model!r} has no {sel.alias or CHAMPION!r} alias")
+            return NotFound(f"model {sel.model!r} has no {alias!r} alias")
         return NotFound(f"no committed partition for {sel.describe()}")
 
     async def models(self) -> list[ModelStatus]:
@@ -488,7 +539,7 @@ class Coalescer:
         except NotFound as exc:
             for _, fut in group:
                 if not fut.done():
-                    fut.set_exception(NotFound(exc.detail, unknown_model=exc.unknown_model))
+                    fut.set_exception(exc.again())
         except asyncio.CancelledError:
             for _, fut in group:
                 fut.cancel()

@@ -26,6 +26,7 @@ def json_response(body: dict[str, Any], status_code: int = 200, headers: dict[st
 
 
 def _partition(part: Partition, now: datetime) -> dict[str, Any]:
+    """The partition's members; `age_seconds` at `now` (an as-of answer's: at its as_of)."""
     out: dict[str, Any] = {
         "model": part.model,
         "version": part.version,
@@ -73,9 +74,22 @@ def prediction(part: Partition, entity_id: str, score: float, label: int | None,
     )
 
 
-def entity_not_found(part: Partition, entity_id: str) -> JsonBytes:
+def prediction_as_of(
+    part: Partition, entity_id: str, as_of: datetime, score: float, label: int | None, extra: Any = None
+) -> JsonBytes:
+    """An as-of answer: what `prediction` answered at `as_of` (its age then), and the `as_of` it was asked for."""
+    if not math.isfinite(score):
+        raise ValueError(f"score of {entity_id!r} in run {part.run_id} is not finite: {score!r}")
+    body = _partition(part, as_of)
+    body.update(entity_id=entity_id, score=score, label=label, **_outputs(part, label, extra))
+    body["as_of"] = as_of.isoformat()
+    return json_response(body)
+
+
+def entity_not_found(part: Partition, entity_id: str, as_of: datetime | None = None) -> JsonBytes:
+    when = f" as of {as_of.isoformat()}" if as_of is not None else ""
     return json_response(
-        {"detail": f"no prediction for entity {entity_id!r} in {part.model} v{part.version} ds={part.ds}"}, 404
+        {"detail": f"no prediction for entity {entity_id!r} in {part.model} v{part.version} ds={part.ds}{when}"}, 404
     )
 
 
@@ -84,10 +98,13 @@ def batch(
     ids: Sequence[str],
     found: dict[str, Hit],
     canary: tuple[Partition, dict[str, Hit]] | None = None,
+    *,
+    as_of: datetime | None = None,
 ) -> JsonBytes:
     """The batch answer. Under a canary, the canary entities found in the challenger's partition
-    are answered from it: each item names its version, and `canary` describes that partition."""
-    now = datetime.now(UTC)
+    are answered from it: each item names its version, and `canary` describes that partition.
+    An as-of answer's age is at its `as_of`, which it names."""
+    now = as_of or datetime.now(UTC)
     body = _partition(part, now)
     predictions = []
     missing = []
@@ -112,6 +129,8 @@ def batch(
     body["predictions"] = predictions
     body["missing"] = missing
     body["canary"] = _partition(canary[0], now) if canary else None
+    if as_of is not None:
+        body["as_of"] = as_of.isoformat()
     return json_response(body)
 
 

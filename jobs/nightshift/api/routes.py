@@ -91,14 +91,16 @@ def build_router(settings: ApiSettings) -> APIRouter:
         response_model=Prediction,
         tags=["predictions"],
         summary="One entity's committed prediction (live version, newest partition unless asked otherwise)",
-        responses=error_responses(401, 404, 422, 429, 503),
+        responses=error_responses(401, 404, 410, 422, 429, 503),
         openapi_extra={"parameters": lookup_parameters(entity=True), **SECURED},
     )
     async def get_prediction(request: Request) -> Response:
         # The dependency is called, not declared: FastAPI's dependency machinery is ~10 µs a request.
         lookup = await single_lookup(request)
         sel, reader = lookup.selection, lookup.reader
-        if sel.version is None and sel.alias is None:
+        # A canary splits live reads only: its share's history is not kept, so an as-of read answers
+        # from the alias (champion) as it was then.
+        if sel.version is None and sel.alias is None and sel.as_of is None:
             share = await reader.canary_share(sel.model)
             if share and serves_challenger(sel.model, lookup.entity_id, share):
                 try:
@@ -110,7 +112,9 @@ def build_router(settings: ApiSettings) -> APIRouter:
                         return responses.prediction(part, lookup.entity_id, *hit)
         part, hit = await reader.one(sel, lookup.entity_id)
         if hit is None:
-            return responses.entity_not_found(part, lookup.entity_id)
+            return responses.entity_not_found(part, lookup.entity_id, sel.as_of)
+        if sel.as_of is not None:
+            return responses.prediction_as_of(part, lookup.entity_id, sel.as_of, *hit)
         return responses.prediction(part, lookup.entity_id, *hit)
 
     @router.post(
@@ -119,7 +123,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         tags=["predictions"],
         summary=f"Up to {settings.max_batch_ids} entities' predictions, from one partition, in one query",
         description="A read (POST only to carry the ids): nothing is written.",
-        responses=error_responses(400, 401, 404, 413, 422, 429, 503),
+        responses=error_responses(400, 401, 404, 410, 413, 422, 429, 503),
         openapi_extra={"parameters": lookup_parameters(entity=False), **SECURED},
     )
     async def batch_predictions(
@@ -131,7 +135,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         state_of(request).metrics.batch_ids.observe(len(ids))
         sel, reader = lookup.selection, lookup.reader
         canary: tuple[Partition, dict[str, Hit]] | None = None
-        if sel.version is None and sel.alias is None:
+        if sel.version is None and sel.alias is None and sel.as_of is None:
             share = await reader.canary_share(sel.model)
             if share:
                 chosen = [i for i in ids if serves_challenger(sel.model, i, share)]
@@ -141,6 +145,6 @@ def build_router(settings: ApiSettings) -> APIRouter:
                     except NotFound:
                         canary = None  # the canary ended a moment ago: the champion answers
         part, found = await reader.many(sel, ids)
-        return responses.batch(part, ids, found, canary)
+        return responses.batch(part, ids, found, canary, as_of=sel.as_of)
 
     return router

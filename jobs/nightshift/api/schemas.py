@@ -15,6 +15,20 @@ MODEL_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 ALIAS_PATTERN = r"^[a-z0-9_-]{1,64}$"
 MAX_VERSION = 2**31 - 1
 
+#: The `as_of` member of an answer.
+AS_OF_ECHO = (
+    "the moment asked for with `as_of`, in UTC (absent without it, and for a moment not yet past: that is "
+    "answered as now)"
+)
+#: The `as_of` query parameter.
+AS_OF_DESCRIPTION = (
+    "answer as this API answered at that moment: an ISO 8601 date and time, e.g. 2026-11-18T06:00:00Z or "
+    "2026-11-18T07:00:00%2B01:00; **without an offset it is UTC**. The alias (default: champion) as it was "
+    "then, and the run that served then: for a day re-scored since, the replaced run, while the model's "
+    "`history_days` keeps its rows (410 once they are removed). With `ds`: the run that served that day "
+    "then. A moment not yet past answers as now. A canary split is not replayed: the alias answers."
+)
+
 EntityId = Annotated[str, Field(min_length=1, max_length=128, pattern=ENTITY_ID_PATTERN, examples=["42"])]
 
 
@@ -46,7 +60,9 @@ class PartitionRef(BaseModel):
     ds: date = Field(description="the committed partition (day) the scores come from")
     run_id: int = Field(description="the scoring run the catalog points at for (model, version, ds)")
     committed_at: datetime = Field(description="when that partition was committed (UTC)")
-    age_seconds: float = Field(description="seconds since committed_at, at the time of the answer")
+    age_seconds: float = Field(
+        description="seconds since committed_at, at the time of the answer (with `as_of`: at that moment)"
+    )
 
 
 class TaskOutputs(BaseModel):
@@ -72,6 +88,7 @@ class Prediction(PartitionRef, TaskOutputs):
     entity_id: str
     score: float
     label: int | None
+    as_of: datetime | None = Field(default=None, description=AS_OF_ECHO)
 
 
 class ScoredEntity(TaskOutputs):
@@ -90,6 +107,7 @@ class PredictionBatch(PartitionRef):
     canary: PartitionRef | None = Field(
         default=None, description="the challenger's partition that answered the canary entities, if any"
     )
+    as_of: datetime | None = Field(default=None, description=AS_OF_ECHO)
 
 
 class ModelInfo(BaseModel):
@@ -151,9 +169,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "the body is not text (undecodable bytes)",
         401: "missing, unknown or revoked API key",
         404: "unknown model (or one outside the key's scope: the same answer), no such alias, version, "
-        "partition or entity",
+        "partition or entity (with `as_of`: none then, e.g. before the first commit)",
+        410: "`as_of`: the run that served then has had its predictions removed (past the model's "
+        "`history_days`, or expired by retention)",
         413: "request body too large",
-        422: "invalid model name, entity id, version, alias or ds (or both version and alias), or body",
+        422: "invalid model name, entity id, version, alias, ds or as_of (or both version and alias), or body",
         429: "rate limit of the key exceeded; see Retry-After",
         503: "database unavailable",
     }
@@ -167,7 +187,7 @@ def lookup_parameters(*, entity: bool) -> list[dict[str, Any]]:
     """The OpenAPI parameters of a lookup route. deps.py parses exactly these, by hand, for speed.
 
     FastAPI's declarative parameters cost ~10 µs each per request here (measured); a single
-    lookup has six inputs, which would double the route's CPU. The spec below and the parser
+    lookup has seven inputs, which would double the route's CPU. The spec below and the parser
     in deps.py are kept together by the schemathesis test, which sends what this spec allows.
     """
     params: list[dict[str, Any]] = [
@@ -210,8 +230,15 @@ def lookup_parameters(*, entity: bool) -> list[dict[str, Any]]:
             "name": "ds",
             "in": "query",
             "required": False,
-            "description": "read this committed partition, YYYY-MM-DD (as-of); default: the newest committed",
+            "description": "read this committed partition (day), YYYY-MM-DD; default: the newest committed",
             "schema": {"type": "string", "format": "date"},
+        },
+        {
+            "name": "as_of",
+            "in": "query",
+            "required": False,
+            "description": AS_OF_DESCRIPTION,
+            "schema": {"type": "string", "format": "date-time"},
         },
     ]
     return params

@@ -415,6 +415,7 @@ class Store:
         With `dry_run`, return what would go and change nothing.
         """
         p, r = schema.partitions, schema.runs
+        now = utcnow()
         with self.begin() as conn:
             rows = conn.execute(sa.select(p).where(p.c.model == model, p.c.ds < before)).mappings().all()
             expired = [_partition_info(row) for row in rows]
@@ -423,7 +424,8 @@ class Store:
                 return expired
             for info in expired:
                 conn.execute(p.delete().where(p.c.model == model, p.c.version == info.version, p.c.ds == info.ds))
-                conn.execute(r.update().where(r.c.run_id == info.run_id).values(status="expired"))
+                # replaced_at: it served until now (the API's ?as_of= then tells "removed" from "never served").
+                conn.execute(r.update().where(r.c.run_id == info.run_id).values(status="expired", replaced_at=now))
         self._delete_run_rows([i.run_id for i in expired])
         return expired
 
@@ -504,7 +506,10 @@ class Store:
         return GcReport(runs=runs, abandoned=abandoned, dry_run=dry_run)
 
     def served_run(self, model: str, version: int, ds: date, at: datetime) -> PartitionInfo | None:
-        """The run that served (model, version, ds) at time `at` (a replaced one while its history is kept)."""
+        """The run that served (model, version, ds) at time `at` (a replaced one while its history is kept).
+
+        The lookup API's `?as_of=` applies the same rule (nightshift.api.queries); a replaced or expired run
+        without `replaced_at` (recorded since migration 0008) has no known end and is left out."""
         r = schema.runs
         q = (
             sa.select(r)
@@ -512,9 +517,9 @@ class Store:
                 r.c.model == model,
                 r.c.version == version,
                 r.c.ds == ds,
-                r.c.status.in_(("committed", "superseded")),
+                r.c.status.in_(("committed", "superseded", "expired")),
                 r.c.finished_at <= at,
-                sa.or_(r.c.replaced_at.is_(None), r.c.replaced_at > at),
+                sa.or_(r.c.replaced_at > at, sa.and_(r.c.replaced_at.is_(None), r.c.status == "committed")),
             )
             .order_by(r.c.finished_at.desc())
             .limit(1)
