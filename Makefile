@@ -51,9 +51,13 @@ clean:  ## remove local state and demo data
 # dask-ml (its peer) and py-spy (the profile) are in the lock file's dev group.
 SIZE ?= default
 
-.PHONY: bench
+.PHONY: bench bench-peers
 bench: install  ## benchmarks vs baselines (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
 	$(RUN) python -m bench --size $(SIZE) $(BENCH_ARGS)
+
+bench-peers: install  ## Ray Data and Feast, the peers users pick instead, in their own env (bench/peers_env), SIZE=small|default
+	$(UV) sync --frozen --project bench/peers_env
+	$(RUN) python -m bench.ray_feast --size $(SIZE) $(BENCH_ARGS)
 
 # -- production: the images and the compose stack (docker/, docs/operations.md) ---------------
 COMPOSE ?= docker compose -f docker/compose.yaml
