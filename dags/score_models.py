@@ -11,7 +11,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, TaskGroup,
 
 from nightshift_airflow.retrain_trigger import retrain_trigger
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
-from nightshift_airflow.sensors import PartitionReadySensor
+from nightshift_airflow.sensors import wait_for_partition
 
 #: Runs of one model at once (waiting is deferred, so cheap); scoring tasks at once, each starts a Dask cluster.
 MAX_ACTIVE_RUNS = 8
@@ -48,27 +48,14 @@ def scoring_dag(model: str, cfg: Any, dataset: str) -> DAG:
         "changes what production serves. Re-run a day by clearing its run, or trigger with the `ds` param.",
     )
     def score_model() -> None:
-        wait = PartitionReadySensor(
-            task_id="wait_for_partition",
-            root=dataset,
-            key=cfg.partition_key,
-            marker=cfg.success_marker,
-            poke_interval=cfg.schedule.poke_interval_s,
-            timeout=cfg.schedule.wait_timeout_s,
-        )
+        wait = wait_for_partition(cfg, dataset)
 
         @task
         def plan(**context: Any) -> dict[str, Any]:
             """Check every file's footer against the contract, then plan the night (mode, versions)."""
-            from nightshift.data import inspect_partition
-            from nightshift.nightly import plan_night
-            from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, is_backfill, run_settings
+            from nightshift_airflow.runtime import plan_nights
 
-            settings, ds = run_settings(), ds_of(context)
-            with fail_without_retry_on_bad_input():
-                part = inspect_partition(dataset, cfg.partition_key, ds, cfg.contract, cfg.success_marker)
-                night = plan_night(settings, model, ds, backfill=is_backfill(context)).as_dict()
-            return {**night, "files": len(part.files), "input_rows": part.rows}
+            return plan_nights([cfg], dataset, context)[model]
 
         @task(outlets=[predictions], max_active_tis_per_dag=MAX_PARALLEL_SCORING)
         def score(night: Any, **context: Any) -> dict[str, Any]:
@@ -175,30 +162,14 @@ def group_scoring_dag(group: str, members: list[Any], dataset: str) -> DAG:
         "`score` task fails too, so a retry or a cleared run re-scores the night (committing is idempotent).",
     )
     def score_group() -> None:
-        wait = PartitionReadySensor(
-            task_id="wait_for_partition",
-            root=dataset,
-            key=first.partition_key,
-            marker=first.success_marker,
-            poke_interval=first.schedule.poke_interval_s,
-            timeout=first.schedule.wait_timeout_s,
-        )
+        wait = wait_for_partition(first, dataset)
 
         @task
         def plan(**context: Any) -> dict[str, Any]:
             """Check every file's footer against each model's contract, then plan each model's night."""
-            from nightshift.data import inspect_partition
-            from nightshift.nightly import plan_night
-            from nightshift_airflow.runtime import ds_of, fail_without_retry_on_bad_input, is_backfill, run_settings
+            from nightshift_airflow.runtime import plan_nights
 
-            settings, ds = run_settings(), ds_of(context)
-            nights: dict[str, Any] = {}
-            with fail_without_retry_on_bad_input():
-                for m in members:
-                    part = inspect_partition(dataset, m.partition_key, ds, m.contract, m.success_marker)
-                    night = plan_night(settings, m.name, ds, backfill=is_backfill(context)).as_dict()
-                    nights[m.name] = {**night, "files": len(part.files), "input_rows": part.rows}
-            return nights
+            return plan_nights(members, dataset, context)
 
         @task(outlets=list(assets.values()), max_active_tis_per_dag=MAX_PARALLEL_SCORING)
         def score(nights: Any, **context: Any) -> dict[str, Any]:

@@ -117,6 +117,23 @@ def is_backfill(context: Any) -> bool | None:
     return True if str(getattr(run_type, "value", run_type)) == "backfill" else None
 
 
+def plan_nights(models: list[Any], dataset: str, context: Any) -> dict[str, dict[str, Any]]:
+    """The `plan` task of a scoring DAG: each model's files checked against its contract (footers only),
+    then its night planned (`nightly.plan_night`: mode, versions), with the partition's files and rows.
+    Bad input fails without retry. model name → the plan as a dict (the task's XCom)."""
+    from nightshift.data import inspect_partition
+    from nightshift.nightly import plan_night
+
+    settings, ds, backfill = run_settings(), ds_of(context), is_backfill(context)
+    nights: dict[str, dict[str, Any]] = {}
+    with fail_without_retry_on_bad_input():
+        for m in models:
+            part = inspect_partition(dataset, m.partition_key, ds, m.contract, m.success_marker)
+            night = plan_night(settings, m.name, ds, backfill=backfill).as_dict()
+            nights[m.name] = {**night, "files": len(part.files), "input_rows": part.rows}
+    return nights
+
+
 @contextmanager
 def fail_without_retry_on_bad_input(*also: type[BaseException]) -> Iterator[None]:
     """Turn failures a retry cannot fix (bad data, missing model, and `also`) into AirflowFailException."""

@@ -88,3 +88,16 @@ class PartitionReadySensor(BaseSensorOperator):
             "Upstream has not delivered (or finished) this partition; nothing was scored and the previous "
             "predictions still serve. Re-run this date once the marker is written."
         )
+
+
+def wait_for_partition(cfg: Any, dataset: str) -> PartitionReadySensor:
+    """The `wait_for_partition` task of a scoring DAG, from the model's (or its group's first model's)
+    partition key, success marker and `[models.schedule]` poke interval and wait timeout."""
+    return PartitionReadySensor(
+        task_id="wait_for_partition",
+        root=dataset,
+        key=cfg.partition_key,
+        marker=cfg.success_marker,
+        poke_interval=cfg.schedule.poke_interval_s,
+        timeout=cfg.schedule.wait_timeout_s,
+    )
