@@ -15,8 +15,9 @@ with tags version, job_type and model for backends that keep tags (OpenTelemetry
 influxdb tags).
 
 OpenLineage: Airflow's OpenLineage provider (apache-airflow-providers-openlineage) is not a dependency of
-nightshift, so the DAGs do not use it; the library's own emission ([lineage] openlineage_url) runs inside the
-tasks and sends the scoring and training runs' events with their input and output datasets.
+nightshift, so the DAGs do not use it; the library's own emission (openlineage-python, to [lineage]
+openlineage_url or the client's OPENLINEAGE_URL / openlineage.yml) runs inside the tasks and sends the scoring
+and training runs' events with their input and output datasets.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ JSON schema (openlineage_spec/, copied from the OpenLineage repository) to valid
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -54,6 +55,14 @@ def _serve(recorder: Recorder) -> tuple[ThreadingHTTPServer, threading.Thread]:
     thread = threading.Thread(target=server.serve_forever, name="lineage-endpoint", daemon=True)
     thread.start()
     return server, thread
+
+
+@pytest.fixture(autouse=True)
+def _no_openlineage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """openlineage-python's own configuration (OPENLINEAGE_URL, OPENLINEAGE_CONFIG, ...) of whoever runs the
+    tests stays out of them: each test sets what it needs."""
+    for key in [k for k in os.environ if k.startswith("OPENLINEAGE")]:
+        monkeypatch.delenv(key)
 
 
 @pytest.fixture

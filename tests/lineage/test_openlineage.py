@@ -3,9 +3,10 @@ against the OpenLineage JSON schema; an endpoint that is down or failing never f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from openlineage.client.serde import Serde
 
 from nightshift.config import LineageSettings
 from nightshift.db import open_store
 from nightshift.errors import DuplicateEntityError
 from nightshift.rollout import Rollouts
 from nightshift.scoring import score_partition
+from nightshift.telemetry import openlineage as ol
 from nightshift.telemetry.openlineage import Emitter
 from nightshift.training import train_and_register
 from tests.conftest import DEMO_FILES, DEMO_ROWS, SCORE_DS
@@ -219,7 +222,8 @@ def test_no_endpoint_sends_nothing_and_only_http_is_used(endpoint: Recorder) -> 
     assert not Emitter(LineageSettings()).enabled
     assert not Emitter(LineageSettings(openlineage_url="file:///etc/passwd")).enabled
     emitter = Emitter(LineageSettings(openlineage_url=endpoint.url + "/", openlineage_endpoint="/custom/path"))
-    assert emitter.emit({"eventType": "START"}) is True
+    event = ol.run_event("START", run_id=ol.new_run_id(), namespace="n", job_name="score.churn", job_type="SCORING")
+    assert emitter.emit(event) is True
     assert endpoint.requests[0][1] == "/custom/path"
     assert "NIGHTSHIFT_LINEAGE__OPENLINEAGE_URL" not in os.environ
 
@@ -229,16 +233,16 @@ def test_the_schema_check_refuses_what_the_spec_refuses(ol_schema: Schema) -> No
 
     import jsonschema
 
-    from nightshift.telemetry import openlineage as ol
-
-    good = ol.run_event(
-        "COMPLETE",
-        run_id=ol.new_run_id(),
-        namespace="n",
-        job_name="score.churn",
-        job_type="SCORING",
-        run_facets={"nominalTime": ol.nominal_time(SCORE_DS), "errorMessage": ol.error_facet("boom")},
-        inputs=[ol.dataset("file", "/data", {"version": ol.facet("version", datasetVersion="abc")})],
+    good = Serde.to_dict(
+        ol.run_event(
+            "COMPLETE",
+            run_id=ol.new_run_id(),
+            namespace="n",
+            job_name="score.churn",
+            job_type="SCORING",
+            run_facets={"nominalTime": ol.nominal_time(SCORE_DS), "errorMessage": ol.error_facet("boom")},
+            inputs=[ol.dataset("file", "/data", {"version": ol.facet("version", datasetVersion="abc")})],
+        )
     )
     ol_schema.validate_event(good)
 
@@ -265,3 +269,213 @@ def test_the_schema_check_refuses_what_the_spec_refuses(ol_schema: Schema) -> No
     moved = broken(lambda e: e["run"]["facets"].update(nominal=e["run"]["facets"].pop("nominalTime")))
     with pytest.raises(AssertionError, match="is not the key"):
         ol_schema.validate_event(moved)
+
+
+# -- the official client: what it adds, its own configuration, its bounds --------------------------------
+
+
+@pytest.fixture
+def ol_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Set openlineage-python's own variables (OPENLINEAGE_*) for one test. The client copies OPENLINEAGE_URL
+    into OPENLINEAGE__TRANSPORT__TRANSPORTS__DEFAULT_HTTP__* variables of the process; those go too."""
+    before = {k for k in os.environ if k.startswith("OPENLINEAGE")}
+
+    def _set(**env: str) -> None:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+
+    yield _set
+    for key in [k for k in os.environ if k.startswith("OPENLINEAGE") and k not in before]:
+        del os.environ[key]
+
+
+@pytest.fixture
+def background_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Events a run left to be sent in the background are waited for when the test ends, once its endpoint is
+    gone: without the client's backoff between tries (the tries and their timeout stay), they end at once."""
+    import threading
+
+    from openlineage.client.transport.http_common import DEFAULT_RETRY_CONFIG
+
+    monkeypatch.setitem(DEFAULT_RETRY_CONFIG, "backoff_factor", 0)
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "openlineage-emit":
+            thread.join(timeout=10)
+
+
+@pytest.fixture
+def silent_port(background_sends: None) -> Iterator[str]:
+    """A loopback URL that accepts connections and never answers: an endpoint that hangs."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_the_events_are_sent_by_the_official_client(
+    sqlite_url: str, lineage_settings: Any, endpoint: Recorder, ol_schema: Schema
+) -> None:
+    from openlineage.client.constants import __version__ as client_version
+    from openlineage.client.generated import base
+
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    train_and_register(settings, "churn", TRAIN_DS)
+
+    start, complete = endpoint.events
+    for event in (start, complete):
+        assert "tags" in ol_schema.validate_event(event)
+        # The client tags every run event with its version, under its own producer; nightshift's facets and
+        # the event keep nightshift's.
+        [tag] = [t for t in _facets(event)["tags"]["tags"] if t["key"] == "openlineage_client_version"]
+        assert tag == {"key": "openlineage_client_version", "value": client_version, "source": "OPENLINEAGE_CLIENT"}
+        # The client's producer: its default, or what an integration loaded in the process set (Airflow's
+        # OpenLineage provider does, on import).
+        assert _facets(event)["tags"]["_producer"] == base.PRODUCER != ol.producer()
+        assert event["producer"] == _facets(event)["nightshift_run"]["_producer"] == ol.producer()
+        assert event["schemaURL"] == "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
+    # The client's serialisation: keys sorted, no nulls.
+    body = endpoint.requests[1][3].decode()
+    assert list(json.loads(body)) == sorted(complete)
+    assert ": null" not in body
+
+
+def test_the_clients_own_configuration_sends_the_events(
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    registered: Any,
+    dask_client: Any,
+    endpoint: Recorder,
+    ol_schema: Schema,
+    ol_env: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No [lineage] openlineage_url: OPENLINEAGE_URL (and its _ENDPOINT, _API_KEY), as the client reads them."""
+    monkeypatch.setenv("NIGHTSHIFT_LINEAGE__NAMESPACE", "nightshift-test")
+    ol_env(OPENLINEAGE_URL=endpoint.url, OPENLINEAGE_ENDPOINT="/ol/v1/lineage", OPENLINEAGE_API_KEY="k3y")
+    settings = make_settings(sqlite_url)
+    assert settings.lineage.openlineage_url is None
+    registered(settings)
+    summary = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+    assert [(m, p) for m, p, _h, _b in endpoint.requests] == [("POST", "/ol/v1/lineage")] * 2
+    assert all(h.get("Authorization") == "Bearer k3y" for _m, _p, h, _b in endpoint.requests)
+    start, complete = endpoint.events
+    for event in (start, complete):
+        ol_schema.validate_event(event)
+    assert [start["eventType"], complete["eventType"]] == ["START", "COMPLETE"]
+    assert complete["job"] == {**complete["job"], "namespace": "nightshift-test", "name": "score.churn"}
+    assert _facets(complete)["nightshift_run"]["store_run_id"] == summary.run_id
+
+
+def test_an_openlineage_yml_configures_the_client(
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    endpoint: Recorder,
+    ol_schema: Schema,
+    ol_env: Callable[..., None],
+    tmp_path: Path,
+) -> None:
+    """The client's config file: its transport, and what else it configures (here, a run tag)."""
+    config = tmp_path / "openlineage.yml"
+    config.write_text(
+        f"transport:\n  type: http\n  url: {endpoint.url}\n  endpoint: api/v1/lineage\n"
+        "tags:\n  run:\n    team: scoring\n"
+    )
+    ol_env(OPENLINEAGE_CONFIG=str(config))
+    settings = make_settings(sqlite_url)
+    train_and_register(settings, "churn", TRAIN_DS)
+
+    start, complete = endpoint.events
+    for event in (start, complete):
+        ol_schema.validate_event(event)
+        assert {"key": "team", "value": "scoring", "source": "USER"} in _facets(event)["tags"]["tags"]
+    assert complete["job"]["name"] == "train.churn"
+
+
+def test_the_clients_switches_and_a_config_without_transport_send_nothing(
+    endpoint: Recorder, ol_env: Callable[..., None], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ol_env(OPENLINEAGE_DISABLED="true")
+    assert not Emitter(LineageSettings(openlineage_url=endpoint.url)).enabled
+    assert not Emitter(LineageSettings()).enabled
+    del os.environ["OPENLINEAGE_DISABLED"]
+    # A config file without a transport: the client would print every event; nightshift sends none.
+    config = tmp_path / "openlineage.yml"
+    config.write_text("tags:\n  run:\n    team: scoring\n")
+    ol_env(OPENLINEAGE_CONFIG=str(config))
+    assert not Emitter(LineageSettings()).enabled
+    # [lineage] openlineage_url takes precedence over the client's own transport.
+    ol_env(OPENLINEAGE_URL="http://127.0.0.1:9")
+    emitter = Emitter(LineageSettings(openlineage_url=endpoint.url))
+    assert emitter.target == f"{endpoint.url}/api/v1/lineage"
+    event = ol.run_event("START", run_id=ol.new_run_id(), namespace="n", job_name="train.churn", job_type="TRAINING")
+    assert emitter.emit(event) is True
+    assert len(endpoint.events) == 1
+
+
+@pytest.mark.parametrize("configured_by", ["[lineage]", "OPENLINEAGE_URL"])
+@pytest.mark.parametrize("how", ["silent", "down"])
+def test_an_endpoint_that_hangs_or_is_down_holds_a_run_no_longer_than_the_timeout(
+    how: str,
+    configured_by: str,
+    sqlite_url: str,
+    lineage_settings: Any,
+    make_settings: Callable[..., Any],
+    silent_port: str,
+    closed_port: str,
+    ol_env: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever the transport (the client's own one retries 5 times, 5 s each, by default), a run waits at most
+    [lineage] timeout_s for each event, and the run itself succeeds."""
+    import time
+
+    url = silent_port if how == "silent" else closed_port
+    if configured_by == "[lineage]":
+        settings = lineage_settings(sqlite_url, url, timeout_s="1")
+    else:
+        ol_env(OPENLINEAGE_URL=url)
+        monkeypatch.setenv("NIGHTSHIFT_LINEAGE__TIMEOUT_S", "1")
+        settings = make_settings(sqlite_url)
+    emitter = Emitter(settings.lineage)
+    assert emitter.enabled
+    event = ol.run_event("START", run_id=ol.new_run_id(), namespace="n", job_name="train.churn", job_type="TRAINING")
+    for _ in range(2):
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="nightshift.telemetry"):
+            assert emitter.emit(event) is False
+        assert time.monotonic() - t0 < 1.0 + 1.0  # the client alone would take 9 s (down) to 39 s (silent)
+    with caplog.at_level(logging.WARNING, logger="nightshift.telemetry"):
+        t0 = time.monotonic()
+        trained = train_and_register(settings, "churn", TRAIN_DS, promote="never")
+        elapsed = time.monotonic() - t0
+    assert trained.version.version == 1
+    warnings = [r.getMessage() for r in caplog.records if "OpenLineage endpoint" in r.getMessage()]
+    assert len(warnings) == 4, warnings  # two sent by hand, START and COMPLETE of the training run
+    if how == "down" and configured_by == "[lineage]":  # one try, refused at once
+        assert all("unreachable" in w for w in warnings), warnings
+    else:  # the wait ends first (or, for a hang under [lineage], the transport's own timeout of the same 1 s)
+        assert all("did not take the" in w or "unreachable" in w for w in warnings), warnings
+    assert elapsed < 60  # a generous bound for the training itself; each event adds at most 1 s
+
+
+def test_nightshifts_facet_classes_match_their_json_schema() -> None:
+    """Each nightshift_* facet class has the fields its definition in nightshift_facets.json lists, and
+    requires those it requires."""
+    import attr
+
+    from nightshift.telemetry.openlineage_facets import CUSTOM_FACETS
+    from tests.lineage.conftest import CUSTOM_FACETS as SCHEMA_FILE
+
+    defs = json.loads(SCHEMA_FILE.read_text())["$defs"]
+    for key, cls in CUSTOM_FACETS.items():
+        name = cls.__name__
+        assert ol.facet_schemas()[key] == f"urn:nightshift:openlineage:facets:1#/$defs/{name}"
+        [own] = [part for part in defs[name]["allOf"] if "properties" in part]
+        fields = [f for f in attr.fields(cls) if not f.name.startswith("_")]
+        assert {f.name for f in fields} == set(own["properties"]), name
+        assert {f.name for f in fields if f.default is attr.NOTHING} == set(own["required"]), name

@@ -2,7 +2,8 @@
 
 * `manifest` — every input file of a scoring run (URI, bytes, rows, a SHA-256 fingerprint) and the model
   version's artifact SHA-256, stored with the run (`runs.manifest`) for `nightshift lineage`.
-* `openlineage` — START, COMPLETE and FAIL run events of scoring and training runs, as JSON over HTTP.
+* `openlineage` — START, COMPLETE and FAIL run events of scoring and training runs, built and sent with
+  openlineage-python (`openlineage_facets`: nightshift's own facets as the client's facet classes).
 * `jobmetrics` — rows, seconds, rows/s and peak memory of every scoring, monitoring and training run, as a
   node_exporter textfile, a Pushgateway push, and to sinks a caller registers (Airflow's metrics).
 * `runs` — the hooks the jobs call (scoring, training, monitoring); none of them ever fails a run.

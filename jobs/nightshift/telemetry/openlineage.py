@@ -1,64 +1,51 @@
-"""OpenLineage run events (START, COMPLETE, FAIL) of scoring and training runs, POSTed as JSON over HTTP.
+"""OpenLineage run events (START, COMPLETE, FAIL) of scoring and training runs, built and sent with the official
+client, openlineage-python (`openlineage.client`).
 
-openlineage-python is not a dependency of nightshift: the events are plain JSON following the OpenLineage spec
-(`OpenLineage.json` 2-0-2 and the standard facets named in FACET_SCHEMAS), sent the way that client's
-HttpTransport sends them: `POST <openlineage_url>/<openlineage_endpoint>`, `Content-Type: application/json`,
-`Authorization: Bearer <key>` when a key is set. nightshift's own facets (prefixed `nightshift_`) are described
-by the JSON schema beside this module (`nightshift_facets.json`).
+Events are the client's `event_v2.RunEvent`s, their standard facets its `facet_v2` classes (FACET_CLASSES names
+each by its key in an event), nightshift's own facets (prefixed `nightshift_`) attrs classes extending the
+client's RunFacet/DatasetFacet (`openlineage_facets`, described by `nightshift_facets.json` beside this module).
+An `OpenLineageClient` sends them, so the client's own configuration applies (its filters, tags, facets; its
+transports when nightshift does not choose one):
 
-Datasets are named by OpenLineage's naming conventions: a local path is namespace `file`, name the absolute
-path; `s3://bucket/key` is namespace `s3://bucket`, name `key` (likewise any `scheme://authority/path`); the
-predictions are the store's `committed_predictions` view (PostgreSQL: `postgres://host:port`,
-`<database>.public.committed_predictions`; SQLite: `sqlite`, `<file>.main.committed_predictions`).
+* `[lineage] openlineage_url` set: the client's HttpTransport, `POST <openlineage_url>/<openlineage_endpoint>`
+  (`Authorization: Bearer <openlineage_api_key>` when set), one try per event, `[lineage] timeout_s`;
+* otherwise, the transport the client configures itself from `OPENLINEAGE_URL` (with `OPENLINEAGE_ENDPOINT`,
+  `OPENLINEAGE_API_KEY`), `OPENLINEAGE__TRANSPORT__*` variables or an `openlineage.yml` (`OPENLINEAGE_CONFIG`,
+  the working directory, `~/.openlineage/`): HTTP, Kafka, a file, a composite of several...;
+* neither, or `OPENLINEAGE_DISABLED=true`: nothing is built or sent.
 
-An endpoint that is down, slow (`[lineage] timeout_s`) or answers an error is logged as a warning: lineage
-never fails a run.
+Datasets are named by OpenLineage's naming conventions (the client's `openlineage.client.naming` where it has
+one): a local path is namespace `file`, name the absolute path; `s3://bucket/key` is namespace `s3://bucket`,
+name `key` (likewise any `scheme://authority/path`); the predictions are the store's `committed_predictions`
+view (PostgreSQL: `postgres://host:port`, `<database>.public.committed_predictions`; SQLite: `sqlite`,
+`<file>.main.committed_predictions`).
+
+Whatever the transport, a run waits at most `[lineage] timeout_s` for each event: an endpoint that is down,
+slow or answers an error is a warning in the log (a send still under way goes on in the background, in order),
+and lineage never fails a run. Importing openlineage-python takes a noticeable fraction of a second, so it is
+imported only when a run builds or sends an event.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
-import uuid
+import threading
+from concurrent.futures import Future
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 if TYPE_CHECKING:  # pragma: no cover
+    from openlineage.client import OpenLineageClient
+    from openlineage.client.event_v2 import InputDataset, OutputDataset, RunEvent
+    from openlineage.client.facet_v2 import BaseFacet, error_message_run, nominal_time_run
+
     from nightshift.config import LineageSettings
 
 log = logging.getLogger(__name__)
 
-SPEC_URL = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
-_FACETS = "https://openlineage.io/spec/facets"
-#: The standard facets nightshift writes, by their key in an event, with the schema (version) each follows.
-FACET_SCHEMAS = {
-    "nominalTime": f"{_FACETS}/1-0-1/NominalTimeRunFacet.json#/$defs/NominalTimeRunFacet",
-    "processing_engine": f"{_FACETS}/1-1-1/ProcessingEngineRunFacet.json#/$defs/ProcessingEngineRunFacet",
-    "errorMessage": f"{_FACETS}/1-0-1/ErrorMessageRunFacet.json#/$defs/ErrorMessageRunFacet",
-    "jobType": f"{_FACETS}/2-0-4/JobTypeJobFacet.json#/$defs/JobTypeJobFacet",
-    "schema": f"{_FACETS}/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet",
-    "version": f"{_FACETS}/1-0-1/DatasetVersionDatasetFacet.json#/$defs/DatasetVersionDatasetFacet",
-    "lifecycleStateChange": f"{_FACETS}/1-0-1/LifecycleStateChangeDatasetFacet.json"
-    "#/$defs/LifecycleStateChangeDatasetFacet",
-    "inputStatistics": f"{_FACETS}/1-0-0/InputStatisticsInputDatasetFacet.json#/$defs/InputStatisticsInputDatasetFacet",
-    "outputStatistics": f"{_FACETS}/1-0-2/OutputStatisticsOutputDatasetFacet.json"
-    "#/$defs/OutputStatisticsOutputDatasetFacet",
-}
-#: The schema of nightshift's own facets (nightshift_facets.json beside this module) and each facet's definition.
-CUSTOM_SCHEMA = "urn:nightshift:openlineage:facets:1"
-CUSTOM_FACETS = {
-    "nightshift_run": "NightshiftRunFacet",
-    "nightshift_manifest": "NightshiftManifestDatasetFacet",
-    "nightshift_partition": "NightshiftPartitionDatasetFacet",
-    "nightshift_training": "NightshiftTrainingDatasetFacet",
-    "nightshift_model": "NightshiftModelDatasetFacet",
-}
 START, COMPLETE, FAIL = "START", "COMPLETE", "FAIL"
 
 
@@ -73,37 +60,86 @@ def nightshift_version() -> str:
 
 
 def producer() -> str:
-    """The URI naming what wrote an event (the spec asks for a URI; nightshift has no public home to point at)."""
+    """The URI naming what wrote an event and nightshift's facets (the spec asks for a URI; nightshift has no
+    public home to point at). Facets the client adds itself carry the client's producer."""
     return f"urn:nightshift:{nightshift_version()}"
 
 
 def new_run_id() -> str:
-    """A UUIDv7 (time-ordered, as the spec recommends for run ids): 48 bits of Unix milliseconds, then random."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
-    return str(uuid.UUID(int=value))
+    """A fresh run id: the client's (a UUIDv7, time-ordered, as the spec recommends)."""
+    from openlineage.client.uuid import generate_new_uuid
+
+    return str(generate_new_uuid())
 
 
-def facet(key: str, **fields: Any) -> dict[str, Any]:
-    """A standard facet (FACET_SCHEMAS) or one of nightshift's (CUSTOM_FACETS), with _producer and _schemaURL."""
-    if key in FACET_SCHEMAS:
-        schema = FACET_SCHEMAS[key]
-    elif key in CUSTOM_FACETS:
-        schema = f"{CUSTOM_SCHEMA}#/$defs/{CUSTOM_FACETS[key]}"
-    else:
-        raise KeyError(f"no schema known for facet {key!r}")
-    return {"_producer": producer(), "_schemaURL": schema, **{k: v for k, v in fields.items() if v is not None}}
+@cache
+def facet_classes() -> dict[str, type[BaseFacet]]:
+    """The facet class of each key nightshift writes: the client's standard facets and nightshift's own."""
+    from openlineage.client.facet_v2 import (
+        dataset_version_dataset,
+        error_message_run,
+        input_statistics_input_dataset,
+        job_type_job,
+        lifecycle_state_change_dataset,
+        nominal_time_run,
+        output_statistics_output_dataset,
+        processing_engine_run,
+        schema_dataset,
+    )
+
+    from nightshift.telemetry.openlineage_facets import CUSTOM_FACETS
+
+    return {
+        "nominalTime": nominal_time_run.NominalTimeRunFacet,
+        "processing_engine": processing_engine_run.ProcessingEngineRunFacet,
+        "errorMessage": error_message_run.ErrorMessageRunFacet,
+        "jobType": job_type_job.JobTypeJobFacet,
+        "schema": schema_dataset.SchemaDatasetFacet,
+        "version": dataset_version_dataset.DatasetVersionDatasetFacet,
+        "lifecycleStateChange": lifecycle_state_change_dataset.LifecycleStateChangeDatasetFacet,
+        "inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet,
+        "outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet,
+        **CUSTOM_FACETS,
+    }
+
+
+def facet_schemas() -> dict[str, str]:
+    """The `_schemaURL` of each facet nightshift writes, as the client's classes give it."""
+    return {key: cls._get_schema() for key, cls in facet_classes().items()}
+
+
+def facet(key: str, **fields: Any) -> BaseFacet:
+    """A standard facet or one of nightshift's, by its key (facet_classes), with nightshift as `_producer`.
+    Fields given as None are left out; `schema` takes its fields as dicts (name, type, description)."""
+    cls = facet_classes().get(key)
+    if cls is None:
+        raise KeyError(f"no facet class known for key {key!r}")
+    given = {k: v for k, v in fields.items() if v is not None}
+    if key == "schema":
+        from openlineage.client.facet_v2 import schema_dataset
+
+        given["fields"] = [schema_dataset.SchemaDatasetFacetFields(**f) for f in given.get("fields", [])]
+    elif key == "lifecycleStateChange":
+        from openlineage.client.facet_v2 import lifecycle_state_change_dataset
+
+        given["lifecycleStateChange"] = lifecycle_state_change_dataset.LifecycleStateChange(
+            given["lifecycleStateChange"]
+        )
+    return cls(**given, producer=producer())
 
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def nominal_time(ds: date) -> dict[str, Any]:
+def nominal_time(ds: date) -> nominal_time_run.NominalTimeRunFacet:
     """The day a run is about: [ds 00:00, ds+1 00:00) UTC."""
+    from openlineage.client.facet_v2 import nominal_time_run
+
     start = datetime(ds.year, ds.month, ds.day, tzinfo=UTC)
-    return facet("nominalTime", nominalStartTime=iso(start), nominalEndTime=iso(start + timedelta(days=1)))
+    return nominal_time_run.NominalTimeRunFacet(
+        nominalStartTime=iso(start), nominalEndTime=iso(start + timedelta(days=1)), producer=producer()
+    )
 
 
 def dataset_id(uri: str) -> tuple[str, str]:
@@ -111,9 +147,17 @@ def dataset_id(uri: str) -> tuple[str, str]:
     `scheme://authority` + the path for URIs (s3://bucket/key → s3://bucket, key)."""
     parts = urlsplit(uri)
     if parts.scheme in ("", "file", "local") or len(parts.scheme) == 1:  # a Windows drive letter is no scheme
-        path = parts.path if parts.scheme in ("file", "local") else uri
-        return "file", os.path.abspath(path)
-    return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
+        from openlineage.client.naming.dataset import LocalFileSystem
+
+        local = LocalFileSystem(path=os.path.abspath(parts.path if parts.scheme in ("file", "local") else uri))
+        return local.get_namespace(), local.get_name()
+    key = parts.path.lstrip("/")
+    if parts.scheme == "s3" and parts.netloc and key:
+        from openlineage.client.naming.dataset import S3
+
+        s3 = S3(bucket_name=parts.netloc, object_key=key)
+        return s3.get_namespace(), s3.get_name()
+    return f"{parts.scheme}://{parts.netloc}", key or "/"
 
 
 def store_dataset(store_url: str) -> tuple[str, str]:
@@ -122,23 +166,35 @@ def store_dataset(store_url: str) -> tuple[str, str]:
 
     url = make_url(store_url)
     if url.get_backend_name() == "postgresql":
-        return (
-            f"postgres://{url.host or 'localhost'}:{url.port or 5432}",
-            f"{url.database}.public.committed_predictions",
+        from openlineage.client.naming.dataset import Postgres
+
+        pg = Postgres(
+            host=url.host or "localhost",
+            port=str(url.port or 5432),
+            database=url.database or "postgres",
+            schema="public",
+            table="committed_predictions",
         )
+        return pg.get_namespace(), pg.get_name()
     return "sqlite", f"{os.path.abspath(url.database or '')}.main.committed_predictions"
 
 
 def dataset(
-    namespace: str, name: str, facets: dict[str, Any] | None = None, *, io: str = "", io_facets: Any = None
-) -> dict[str, Any]:
-    """An input (`io="input"`) or output (`io="output"`) dataset with its facets."""
-    out: dict[str, Any] = {"namespace": namespace, "name": name}
-    if facets:
-        out["facets"] = facets
-    if io_facets:
-        out[f"{io}Facets"] = io_facets
-    return out
+    namespace: str,
+    name: str,
+    facets: dict[str, Any] | None = None,
+    *,
+    io: str = "input",
+    io_facets: dict[str, Any] | None = None,
+) -> InputDataset | OutputDataset:
+    """An input (`io="input"`, with `inputFacets`) or output (`io="output"`, with `outputFacets`) dataset."""
+    from openlineage.client.event_v2 import InputDataset, OutputDataset
+
+    if io == "output":
+        return OutputDataset(namespace, name, facets=facets or None, outputFacets=io_facets or None)
+    if io == "input":
+        return InputDataset(namespace, name, facets=facets or None, inputFacets=io_facets or None)
+    raise ValueError(f"io is 'input' or 'output', not {io!r}")
 
 
 def run_event(
@@ -149,33 +205,40 @@ def run_event(
     job_name: str,
     job_type: str,
     run_facets: dict[str, Any] | None = None,
-    inputs: list[dict[str, Any]] | None = None,
-    outputs: list[dict[str, Any]] | None = None,
+    inputs: list[Any] | None = None,
+    outputs: list[Any] | None = None,
     at: datetime | None = None,
-) -> dict[str, Any]:
-    """One RunEvent of the spec: the run, its job (a BATCH job of nightshift), inputs and outputs."""
+) -> RunEvent:
+    """One RunEvent: the run, its job (a BATCH job of nightshift), inputs and outputs."""
+    from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
+    from openlineage.client.facet_v2 import JobFacet, job_type_job, processing_engine_run
+
     facets = {
-        "processing_engine": facet("processing_engine", name="nightshift", version=nightshift_version()),
+        "processing_engine": processing_engine_run.ProcessingEngineRunFacet(
+            name="nightshift", version=nightshift_version(), producer=producer()
+        ),
         **(run_facets or {}),
     }
-    return {
-        "eventType": event_type,
-        "eventTime": iso(at or datetime.now(UTC)),
-        "producer": producer(),
-        "schemaURL": f"{SPEC_URL}#/$defs/RunEvent",
-        "run": {"runId": run_id, "facets": facets},
-        "job": {
-            "namespace": namespace,
-            "name": job_name,
-            "facets": {"jobType": facet("jobType", processingType="BATCH", integration="NIGHTSHIFT", jobType=job_type)},
-        },
-        "inputs": inputs or [],
-        "outputs": outputs or [],
+    job_facets: dict[str, JobFacet] = {
+        "jobType": job_type_job.JobTypeJobFacet(
+            processingType="BATCH", integration="NIGHTSHIFT", jobType=job_type, producer=producer()
+        )
     }
+    return RunEvent(
+        eventType=RunState(event_type),
+        eventTime=iso(at or datetime.now(UTC)),
+        producer=producer(),
+        run=Run(runId=run_id, facets=facets),
+        job=Job(namespace=namespace, name=job_name, facets=job_facets),
+        inputs=list(inputs or []),
+        outputs=list(outputs or []),
+    )
 
 
-def error_facet(error: BaseException | str) -> dict[str, Any]:
+def error_facet(error: BaseException | str) -> error_message_run.ErrorMessageRunFacet:
     """errorMessage: the failure as the run recorded it (and its traceback when it is an exception)."""
+    from openlineage.client.facet_v2 import error_message_run
+
     if isinstance(error, BaseException):
         import traceback
 
@@ -183,47 +246,133 @@ def error_facet(error: BaseException | str) -> dict[str, Any]:
         stack = "".join(traceback.format_exception(error))[-8000:] if error.__traceback__ else None
     else:
         message, stack = error, None
-    return facet("errorMessage", message=message[:8000], programmingLanguage="python", stackTrace=stack)
+    return error_message_run.ErrorMessageRunFacet(
+        message=message[:8000], programmingLanguage="python", stackTrace=stack, producer=producer()
+    )
+
+
+# -- sending --------------------------------------------------------------------------------------------
+
+_CLIENT_ENV = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
+
+
+def client_configured() -> bool:
+    """Whether openlineage-python has a configuration of its own: `OPENLINEAGE_URL`, `OPENLINEAGE__TRANSPORT__*`
+    variables, or an `openlineage.yml` where the client looks for one."""
+    if any(os.environ.get(name) for name in _CLIENT_ENV):
+        return True
+    if any(key.startswith("OPENLINEAGE__TRANSPORT__") for key in os.environ):
+        return True
+    places = (os.path.join(os.getcwd(), "openlineage.yml"), os.path.expanduser("~/.openlineage/openlineage.yml"))
+    return any(os.path.isfile(p) for p in places)
+
+
+def _disabled() -> bool:
+    return os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"
+
+
+def _make_client(settings: LineageSettings) -> tuple[OpenLineageClient | None, str]:
+    """The client that sends the events and a description of where to (for the log); (None, "") for none."""
+    base = settings.openlineage_url
+    if _disabled() or not (base or client_configured()):
+        return None, ""
+    from openlineage.client import OpenLineageClient
+
+    if base:
+        if urlsplit(base).scheme not in ("http", "https"):
+            log.warning("[lineage] openlineage_url %r is not an http(s) URL: no OpenLineage events are sent", base)
+            return None, ""
+        from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport, TokenProvider
+
+        key = settings.openlineage_api_key
+        config = HttpConfig(
+            url=base.rstrip("/") + "/",  # so that the endpoint goes under the URL's own path
+            endpoint=settings.openlineage_endpoint.lstrip("/"),
+            timeout=settings.timeout_s,
+            auth=ApiKeyTokenProvider({"apiKey": key.get_secret_value()}) if key is not None else TokenProvider({}),
+            retry={"total": 0},  # one try: a run waits at most timeout_s for each event
+        )
+        return OpenLineageClient(transport=HttpTransport(config)), urljoin(config.url, config.endpoint)
+    client = OpenLineageClient()
+    transport = client.transport
+    if transport.kind == "console" and (client.config.transport or {}).get("type") != "console":
+        return None, ""  # a configuration without a transport: the client would print every event
+    if isinstance(getattr(transport, "url", None), str):
+        return client, urljoin(transport.url, getattr(transport, "endpoint", ""))  # type: ignore[attr-defined]
+    return client, f"({transport.kind} transport)"
 
 
 class Emitter:
-    """Sends events to the configured endpoint; does nothing without one. `emit` never raises."""
+    """Sends events through an openlineage-python client; does nothing without a destination.
+
+    `emit` never raises and waits at most `[lineage] timeout_s`: the client sends on a thread of its own, one
+    event after the other, so an event still under way when the wait ends is sent later, in order."""
 
     def __init__(self, settings: LineageSettings) -> None:
         self.settings = settings
-        base = settings.openlineage_url
-        self.url = f"{base.rstrip('/')}/{settings.openlineage_endpoint.lstrip('/')}" if base else None
-        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
-            log.warning("[lineage] openlineage_url %r is not an http(s) URL: no OpenLineage events are sent", base)
-            self.url = None
+        self.client: OpenLineageClient | None = None
+        self.target = ""
+        self._lock = threading.Lock()
+        self._last: threading.Thread | None = None
+        try:
+            self.client, self.target = _make_client(settings)
+        except Exception as exc:  # noqa: BLE001 - a lineage configuration never fails a run
+            log.warning("OpenLineage client could not be configured, no events are sent: %s", exc)
+        if self.client is not None and self.client.transport.kind == "noop":
+            self.client = None
 
     @property
     def enabled(self) -> bool:
-        return self.url is not None
+        return self.client is not None
 
     @property
     def namespace(self) -> str:
         return self.settings.namespace
 
-    def emit(self, event: dict[str, Any]) -> bool:
-        """POST one event; True when the endpoint accepted it, False (with a warning) when it did not."""
-        if self.url is None:
+    def _send(self, event: RunEvent) -> Future[None]:
+        """Emit on a daemon thread that first waits for the emitter's previous event."""
+        client = self.client
+        assert client is not None
+        done: Future[None] = Future()
+        with self._lock:
+            previous = self._last
+
+            def send() -> None:
+                if previous is not None:
+                    previous.join()
+                try:
+                    client.emit(event)
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting run
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+
+            self._last = threading.Thread(target=send, name="openlineage-emit", daemon=True)
+            self._last.start()
+        return done
+
+    def emit(self, event: RunEvent) -> bool:
+        """Send one event; True when the transport took it, False (with a warning) when it did not in time."""
+        if self.client is None:
             return False
-        headers = {"Content-Type": "application/json"}
-        if self.settings.openlineage_api_key is not None:
-            headers["Authorization"] = f"Bearer {self.settings.openlineage_api_key.get_secret_value()}"
-        body = json.dumps(event, allow_nan=False, default=str).encode()
-        what = (
-            f"{event.get('eventType')} of {event.get('job', {}).get('name')} (run {event.get('run', {}).get('runId')})"
-        )
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")  # noqa: S310 - http(s) only
+        state = getattr(event.eventType, "value", event.eventType)
+        what = f"{state} of {event.job.name} (run {event.run.runId})"
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:  # noqa: S310
-                response.read()
-        except urllib.error.HTTPError as exc:
-            log.warning("OpenLineage endpoint %s refused the %s: HTTP %s", self.url, what, exc.code)
+            self._send(event).result(timeout=self.settings.timeout_s)
+        except TimeoutError:
+            log.warning(
+                "OpenLineage endpoint %s did not take the %s within %ss: the run goes on, the event is sent "
+                "in the background",
+                self.target,
+                what,
+                self.settings.timeout_s,
+            )
             return False
         except Exception as exc:  # noqa: BLE001 - a lineage endpoint never fails a run
-            log.warning("OpenLineage endpoint %s unreachable, the %s was not sent: %s", self.url, what, exc)
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None:
+                log.warning("OpenLineage endpoint %s refused the %s: HTTP %s", self.target, what, status)
+            else:
+                log.warning("OpenLineage endpoint %s unreachable, the %s was not sent: %s", self.target, what, exc)
             return False
         return True

@@ -93,7 +93,7 @@ class ScoringTelemetry:
         self.dataset_uri = dataset_uri
         self.store_url = store_url
 
-    def _input(self, contract: FeatureContract) -> dict[str, Any]:
+    def _input(self, contract: FeatureContract) -> Any:
         namespace, name = ol.dataset_id(self.dataset_uri)
         manifest = self.inputs
         facets: dict[str, Any] = {
@@ -133,7 +133,7 @@ class ScoringTelemetry:
 
     # -- events -------------------------------------------------------------------------------------
 
-    def _event(self, kind: str, run_id: int, *, rows: int | None = None, error: Any = None) -> dict[str, Any]:
+    def _event(self, kind: str, run_id: int, *, rows: int | None = None, error: Any = None) -> Any:
         scored = self.runs[run_id]
         mv, manifest = scored.mv, scored.manifest
         run_facet = ol.facet(
@@ -258,7 +258,7 @@ class TrainingTelemetry:
             log.debug("no datasets for %s: %s", model, exc)
         self._emit(ol.START)
 
-    def _inputs(self, training: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def _inputs(self, training: dict[str, Any] | None) -> list[Any]:
         parts = list((training or {}).get("partitions") or [])
         out = []
         for role, uri in (("features", self.features_uri), ("labels", self.labels_uri)):
@@ -287,7 +287,7 @@ class TrainingTelemetry:
             out.append(ol.dataset(namespace, name, facets))
         return out
 
-    def _output(self, mv: ModelVersion, status: str | None) -> dict[str, Any]:
+    def _output(self, mv: ModelVersion, status: str | None) -> Any:
         namespace, name = ol.dataset_id(mv.artifact_uri)
         facets = {
             "version": ol.facet("version", datasetVersion=mv.sha256),
@@ -304,7 +304,7 @@ class TrainingTelemetry:
             ),
             "lifecycleStateChange": ol.facet("lifecycleStateChange", lifecycleStateChange="CREATE"),
         }
-        return ol.dataset(namespace, name, facets)
+        return ol.dataset(namespace, name, facets, io="output")
 
     def _emit(
         self,
