@@ -593,6 +593,42 @@ def case_multiclass(plan: Plan) -> None:
             r.close()
 
 
+#: The k of `explain-linear`: the reasons each prediction keeps.
+EXPLAIN_TOP_K = 3
+
+
+def case_explain(plan: Plan, label: str = "linear") -> None:
+    """Reasons for each score (issue 19 §2): the linear pipeline over the main dataset into PostgreSQL with
+    `[models.explain]` off (scores only: the COPY path as always) and on (k = EXPLAIN_TOP_K: every feature's
+    exact contribution on the workers, the top k packed in one more bytea per row), each on its own pre-started
+    2-worker cluster, round-robin. The report gives on ÷ off, paired by round (goal ≤ 1.5×), with the seconds
+    the reasons took on the workers and the bytes stored per row."""
+    assert plan.pg_url is not None
+    data, art = plan.main, plan.models[label]
+    modes = {"off": None, "on": EXPLAIN_TOP_K}
+    runners = {
+        mode: NightshiftRunner("postgresql", plan.workdir(f"explain_{mode}"), art, plan.pg_url, explain_top_k=k)
+        for mode, k in modes.items()
+    }
+    holders = {mode: ClusterHolder(2) for mode in modes}
+    names = {"off": "explain off (scores only)", "on": f"explain on (top {EXPLAIN_TOP_K} reasons)"}
+    try:
+        contenders = {names[m]: _warm(runners[m], holders[m], _sized(runners[m], data)) for m in modes}
+        results = interleave(contenders, plan.size.repeats)
+        what = {
+            names["off"]: "score_partition() of the linear pipeline: (run_id, entity_id, score, label) by binary COPY",
+            names["on"]: f"the same with [models.explain] top_k = {EXPLAIN_TOP_K}: every feature's contribution "
+            "(closed form, numpy on each 64k batch), the top k packed in the rows' `reasons` bytea (k int16 "
+            "feature indices + k float32 contributions) in the same COPY",
+        }
+        _record(plan, "explain", label, results, dict.fromkeys(results, data.rows), what)
+    finally:
+        for h in holders.values():
+            h.stop()
+        for r in runners.values():
+            r.close()
+
+
 def _interleave_tolerant(
     plan: Plan, case: str, contenders: dict[str, Contender], repeats: int
 ) -> dict[str, tuple[list[float], list[dict[str, Any]]]]:

@@ -120,6 +120,9 @@ def train_model(label: str, train_rows: int, *, root: Path = DATA_ROOT, log: Any
     task = spec.get("task", "binary")
     folder = root / f"model_{label}_{train_rows}"
     params = {"cache": _CACHE_VERSION, "train_rows": train_rows, "seed": SEED, **spec}
+    if spec["kind"] in ("logistic_regression", "lightgbm", "xgboost"):
+        # Its TrainedModel records an exact explainer (reasons, `explain-linear`): a cache from before has none.
+        params["explainer"] = 1
     art = ModelArtifacts(
         kind=spec["kind"],
         label=label,

@@ -27,13 +27,16 @@ def make_settings(
     art: ModelArtifacts | BroughtArtifact,
     *,
     names: Sequence[str] = (MODEL_NAME,),
+    explain_top_k: int | None = None,
     **dask: Any,
 ) -> Any:
     """nightshift Settings for `names` (each a model of `art`'s kind and task) over `data`, built in code
-    (as a project file would give them). Several names: several models reading the same dataset."""
-    from nightshift.config import DaskSettings, EstimatorSettings, ModelSettings, Settings
+    (as a project file would give them). Several names: several models reading the same dataset.
+    `explain_top_k`: score with reasons (`[models.explain] enabled = true`, that top_k)."""
+    from nightshift.config import DaskSettings, EstimatorSettings, ExplainSettings, ModelSettings, Settings
     from nightshift.demo import demo_contract
 
+    explain = ExplainSettings(enabled=explain_top_k is not None, top_k=explain_top_k or 3)
     models = [
         ModelSettings(
             name=name,
@@ -41,6 +44,7 @@ def make_settings(
             contract=demo_contract(),
             estimator=EstimatorSettings(kind=art.kind, task=art.task),
             decision_threshold=0.5,
+            explain=explain,
         )
         for name in names
     ]
@@ -116,10 +120,12 @@ class NightshiftRunner:
         *,
         names: Sequence[str] = (MODEL_NAME,),
         data: Dataset | None = None,
+        explain_top_k: int | None = None,
     ) -> None:
         """`names`: the models the template holds, each `art` registered under its own name (several models
         of one dataset). A BroughtArtifact is registered with `register_brought`, whose parity check reads
-        `data` (required then). `versions` keeps each name's registered ModelVersion."""
+        `data` (required then). `versions` keeps each name's registered ModelVersion. `explain_top_k`: every
+        run scores with reasons (`[models.explain]`, that top_k)."""
         from nightshift.db.store import Store
 
         self.dialect = dialect
@@ -127,6 +133,7 @@ class NightshiftRunner:
         self.art = art
         self.admin_url = admin_url
         self.names = tuple(names)
+        self.explain_top_k = explain_top_k
         workdir.mkdir(parents=True, exist_ok=True)
         self._current: str | None = None
         self._runs = 0
@@ -144,12 +151,12 @@ class NightshiftRunner:
         if isinstance(art, BroughtArtifact):
             if data is None:
                 raise ValueError("a brought model's parity check needs real rows: pass data=")
-            settings = make_settings(workdir, url, data, art, names=self.names)
+            settings = make_settings(workdir, url, data, art, names=self.names, explain_top_k=explain_top_k)
             for name in self.names:
                 self.versions[name] = register_brought_model(settings, art, data.ds, name)
         else:
             # The dataset does not matter for registering; any Dataset-shaped value will do.
-            settings = make_settings(workdir, url, data or _NO_DATA, art, names=self.names)
+            settings = make_settings(workdir, url, data or _NO_DATA, art, names=self.names, explain_top_k=explain_top_k)
             for name in self.names:
                 self.versions[name] = register(settings, art, name)
 
@@ -202,7 +209,9 @@ class NightshiftRunner:
         without that query."""
         from nightshift.scoring import score_partition
 
-        settings = make_settings(self.workdir, self.store_url, data, self.art, names=self.names, **dask)
+        settings = make_settings(
+            self.workdir, self.store_url, data, self.art, names=self.names, explain_top_k=self.explain_top_k, **dask
+        )
         with RssSampler(worker_pids(client) if client is not None else None) as rss:
             t = time.perf_counter()
             summary = score_partition(settings, self.names[0], data.ds, client=client, run_key="bench")
@@ -227,7 +236,9 @@ class NightshiftRunner:
         call after another. Raises unless every model committed `data.rows` rows."""
         from nightshift.scoring import score_partition, score_partitions
 
-        settings = make_settings(self.workdir, self.store_url, data, self.art, names=self.names, **dask)
+        settings = make_settings(
+            self.workdir, self.store_url, data, self.art, names=self.names, explain_top_k=self.explain_top_k, **dask
+        )
         with RssSampler(worker_pids(client) if client is not None else None) as rss:
             if one_pass:
                 targets = [(name, None, None) for name in self.names]

@@ -197,6 +197,8 @@ FILES_GOAL = 1.1
 MANY_MODELS_GOAL = 1.5
 BROUGHT_GOAL = 0.9
 MULTICLASS_GOAL = 1.3
+#: `explain-linear`: scoring with top-3 reasons vs without (issue 19 §2).
+EXPLAIN_GOAL = 1.5
 
 
 def _group(res: Results, group: str) -> list[dict[str, Any]]:
@@ -252,6 +254,31 @@ def multiclass_ratios(res: Results) -> dict[str, Ratio] | None:
         "write": paired(lambda e: e.get("timings", {}).get("tasks_write_s", 0.0)),
         "commit": paired(lambda e: e.get("timings", {}).get("commit_s", 0.0)),
         "end to end": time_ratio(multi, binary),
+        "bytes/row": paired(lambda e: e.get("store_bytes", 0)),
+    }
+
+
+def explain_pair(res: Results) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(explain off, explain on) of `explain-linear`."""
+    rows = _group(res, "explain")
+    return _one(rows, lambda n: n.startswith("explain off")), _one(rows, lambda n: n.startswith("explain on"))
+
+
+def explain_ratios(res: Results) -> dict[str, Ratio] | None:
+    """explain on over off, paired by round: wall s, write s (tasks), bytes stored per row."""
+    off, on = explain_pair(res)
+    if not (off and on):
+        return None
+
+    def paired(f: Any) -> Ratio:
+        pairs = [f(a) / f(b) if f(b) else float("nan") for a, b in zip(on["extras"], off["extras"], strict=False)]
+        pairs = [x for x in pairs if x == x] or [float("nan")]
+        return Ratio(statistics.median(pairs), min(pairs), max(pairs), True)
+
+    return {
+        "end to end": time_ratio(on, off),
+        "write": paired(lambda e: e.get("timings", {}).get("tasks_write_s", 0.0)),
+        "commit": paired(lambda e: e.get("timings", {}).get("commit_s", 0.0)),
         "bytes/row": paired(lambda e: e.get("store_bytes", 0)),
     }
 
@@ -352,6 +379,18 @@ def more_targets(res: Results) -> list[Target]:
         out.append(
             _at_most(
                 "  multiclass end to end vs binary", "linear", mc["end to end"], MULTICLASS_GOAL, "wall time", info=True
+            )
+        )
+    ex = explain_ratios(res)
+    if ex:
+        out.append(
+            _at_most(
+                f"explain on (top 3 reasons) ≤ {EXPLAIN_GOAL}× explain off, end to end",
+                "linear",
+                ex["end to end"],
+                EXPLAIN_GOAL,
+                f"write {ex['write'].median:.2f}×, commit {ex['commit'].median:.2f}×, "
+                f"{ex['bytes/row'].median:.2f}× the bytes stored",
             )
         )
     ref, dense, (few, many) = scale_pairs(res)
@@ -469,6 +508,45 @@ def more_sections(res: Results) -> list[str]:
         mc = multiclass_ratios(res)
         if mc:
             md += ["", "Multiclass ÷ binary, paired by round: " + "; ".join(f"{k} {v}" for k, v in mc.items())]
+        md += [""]
+    explained = _group(res, "explain")
+    if explained:
+        md += ["## Reasons for each score (explain-linear)", ""]
+        table = []
+        for r in explained:
+            med = {
+                k: statistics.median(e.get("timings", {}).get(k, 0.0) for e in r["extras"])
+                for k in ("tasks_infer_s", "tasks_explain_s", "tasks_write_s", "commit_s")
+            }
+            size = statistics.median(e.get("store_bytes", 0) for e in r["extras"])
+            table.append(
+                [
+                    r["name"],
+                    _secs(r),
+                    _rate(r),
+                    f"{med['tasks_infer_s']:.2f}",
+                    f"{med['tasks_explain_s']:.2f}",
+                    f"{med['tasks_write_s']:.2f}",
+                    f"{med['commit_s']:.2f}",
+                    f"{size / r['rows']:.0f}" if size else "—",
+                ]
+            )
+        md += _table(
+            [
+                "linear, PostgreSQL",
+                "wall s",
+                "rows/s",
+                "infer s (tasks)",
+                "reasons s (tasks)",
+                "write s (tasks)",
+                "commit s",
+                "bytes/row stored",
+            ],
+            table,
+        )
+        ex = explain_ratios(res)
+        if ex:
+            md += ["", "On ÷ off, paired by round: " + "; ".join(f"{k} {v}" for k, v in ex.items())]
         md += [""]
     scale = _scale_rows(res)
     if scale:

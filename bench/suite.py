@@ -47,6 +47,7 @@ CASES: dict[str, tuple[Callable[..., None], tuple[Any, ...], bool]] = {
     "many-models": (cases.case_many_models, (), True),
     "brought-lightgbm": (cases.case_brought, ("lightgbm",), True),
     "multiclass-commit": (cases.case_multiclass, (), True),
+    "explain-linear": (cases.case_explain, ("linear",), True),
     "scale": (cases.case_scale, (), True),
 }
 

@@ -391,3 +391,11 @@ CREATE TABLE performance_estimates (
 
 UPDATE alembic_version SET version_num='0010' WHERE alembic_version.version_num = '0009';
 
+-- Running upgrade 0010 -> 0011
+
+ALTER TABLE predictions ADD COLUMN reasons BLOB;
+
+ALTER TABLE model_versions ADD COLUMN explainer JSON;
+
+UPDATE alembic_version SET version_num='0011' WHERE alembic_version.version_num = '0010';
+

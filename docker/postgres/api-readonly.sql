@@ -10,13 +10,15 @@
 --   alembic_version   the schema revision, checked at startup
 --   api_keys          key_hash, models, revoked_at of the caller's key
 --   model_aliases     alias -> version (champion, challenger, ...)
---   model_versions    whether a model / version exists (404 vs empty)
+--   model_versions    whether a model / version exists (404 vs empty); its task, signature and
+--                     feature names (what the codes of stored reasons index)
 --   model_rollouts    the canary share of a model while a canary runs (who the challenger answers)
 --   partitions        the catalog: the committed run of a (model, version, ds)
 --   served            the version that held a role on a night (`?ds=` by alias)
 --   runs, alias_events  `?as_of=`: when each run served (commit to replacement) and where each
 --                     alias pointed when; only those columns (no hosts, errors, manifests, reasons)
---   predictions       the rows, through the partitioned parent: a SELECT on the parent
+--   predictions       the rows (and, for `?explain=true`, their reasons: two columns of the same
+--                     rows, so no grant of their own), through the partitioned parent: a SELECT on the parent
 --                     covers every per-run partition attached later (PostgreSQL checks the
 --                     privileges of the table named in the query, not of its partitions)
 -- Nothing else: no other column of runs or alias_events, no run_chunks or audit tables, no

@@ -345,6 +345,33 @@ class MonitoringSettings(BaseModel):
         return self
 
 
+#: Estimator kinds whose scores nightshift can explain exactly (`[models.explain]`): the linear pipeline in closed
+#: form, LightGBM and XGBoost by their own TreeSHAP. Random forests and scikit-learn gradient boosting have no exact
+#: explainer here.
+EXPLAINABLE_KINDS = ("logistic_regression", "lightgbm", "xgboost")
+
+
+class ExplainSettings(BaseModel):
+    """Reasons for each score (opt-in): the top-k feature contributions of every prediction, computed at scoring
+    time beside the ONNX session and committed with the predictions (`?explain=true` in the API,
+    `nightshift predictions --explain`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False,
+        description="store the top-k feature contributions of every prediction (exact: closed form for the linear "
+        "pipeline, TreeSHAP for LightGBM and XGBoost); off: nothing extra is computed or written",
+    )
+    top_k: int = Field(
+        default=3,
+        ge=1,
+        le=32,
+        description="how many contributions each prediction keeps, largest |contribution| first (at most the "
+        "number of features)",
+    )
+
+
 class ModelSettings(BaseModel):
     """One model: its data, contract, estimator and scoring knobs."""
 
@@ -379,7 +406,19 @@ class ModelSettings(BaseModel):
         description="a re-scored day's replaced predictions stay readable this many days (the API's ?as_of=); 0, "
         "the default, removes them at the commit that replaces them",
     )
+    explain: ExplainSettings = Field(
+        default_factory=ExplainSettings, description="reasons for each score (top-k feature contributions), opt-in"
+    )
     owner: str = "nightshift"
+
+    @model_validator(mode="after")
+    def _explainable(self) -> ModelSettings:
+        if self.explain.enabled and self.estimator.kind not in EXPLAINABLE_KINDS:
+            raise ValueError(
+                f"model {self.name!r}: explain.enabled needs an estimator nightshift can explain exactly "
+                f"({', '.join(EXPLAINABLE_KINDS)}); {self.estimator.kind!r} has no exact per-row explainer here"
+            )
+        return self
 
     def dataset_uri(self, settings: Settings) -> str:
         return settings.resolve(self.dataset)
@@ -469,7 +508,8 @@ class LineageSettings(BaseModel):
     openlineage_url: str | None = Field(
         default=None,
         description="base URL of an OpenLineage endpoint (e.g. Marquez, http://marquez:5000): each scoring and "
-        "training run POSTs START and COMPLETE/FAIL events there; unset: none are sent",
+        "training run POSTs START and COMPLETE/FAIL events there; unset: where openlineage-python's own "
+        "configuration sends them (OPENLINEAGE_URL, openlineage.yml), else none are sent",
     )
     openlineage_endpoint: str = Field(default="api/v1/lineage", description="path of the endpoint under the URL")
     openlineage_api_key: SecretStr | None = Field(
@@ -477,7 +517,11 @@ class LineageSettings(BaseModel):
     )
     namespace: str = Field(default="nightshift", min_length=1, description="the OpenLineage namespace of the jobs")
     timeout_s: float = Field(
-        default=5.0, gt=0, le=60, description="per event; an endpoint that is down or slow never fails a run"
+        default=5.0,
+        gt=0,
+        le=60,
+        description="the longest a run waits for each event, whatever the transport; an endpoint that is down "
+        "or slow never fails a run",
     )
 
 

@@ -85,7 +85,7 @@ def test_nightshift_keeps_within_a_ratio_of_the_pipelined_limit(
     )
 
 
-# -- the suite's newer cases (many-models, brought-lightgbm, multiclass-commit, scale), each at a tiny size ---------
+# -- the suite's newer cases (many-models, brought-lightgbm, multiclass-commit, explain-linear, scale), each tiny ----
 
 TINY_ROWS = 40_000
 
@@ -142,6 +142,7 @@ def tiny_plan(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> An
         ("many-models", "many-models", 3),
         ("brought-lightgbm", "brought", 4),
         ("multiclass-commit", "multiclass", 2),
+        ("explain-linear", "explain", 2),
         ("scale", "scale", 4),
     ],
 )
@@ -166,6 +167,7 @@ def test_each_new_case_runs_and_reports_its_target(tiny_plan: Any, case: str, gr
         "many-models": "5 models in one pass ≤ 1.5× one model's time",
         "brought-lightgbm": "brought lightgbm ≥ 0.9× the limit + primary key, same ONNX graph",
         "multiclass-commit": "multiclass (4 classes): write + commit per row ≤ 1.3× binary",
+        "explain-linear": "explain on (top 3 reasons) ≤ 1.5× explain off, end to end",
         "scale": "files ≤ 1.1× the time of",
     }[case]
     assert expected in summary
@@ -175,6 +177,12 @@ def test_each_new_case_runs_and_reports_its_target(tiny_plan: Any, case: str, gr
         assert all(len(e["rows_committed"]) == 5 for e in one_pass["extras"])
     if case == "multiclass-commit":
         assert all(e["store_bytes"] > 0 and e["timings"]["commit_s"] > 0 for r in measured for e in r["extras"])
+    if case == "explain-linear":
+        on = next(r for r in measured if r["name"].startswith("explain on"))
+        off = next(r for r in measured if r["name"].startswith("explain off"))
+        assert all(e["timings"]["tasks_explain_s"] > 0 for e in on["extras"])
+        assert all("tasks_explain_s" not in e["timings"] for e in off["extras"])
+        assert "## Reasons for each score (explain-linear)" in summary
     if case == "scale":
         assert "cost linear: t(0.08M)" in summary
         assert all(e["store_bytes"] > 0 and e["peak_worker_rss_bytes"] > 0 for r in measured for e in r["extras"])

@@ -28,14 +28,25 @@ def _rows(layout: str, n: int = 5) -> Rows:
     return Rows(ids, scores, (scores >= 0.5).astype(np.int16))
 
 
+def _with_reasons(rows: Rows, k: int = 3) -> Rows:
+    """The rows with top-k reasons: feature indices (int16, one above 255 and one negative contribution) and
+    float32 contributions."""
+    rng = np.random.default_rng(5)
+    n = len(rows)
+    rows.reason_features = np.stack([rng.permutation(300)[:k] for _ in range(n)]).astype(np.int16)
+    rows.reason_contributions = (rng.normal(0, 2, size=(n, k)) * np.array([1e-3, -1, 1e4])[:k]).astype(np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("reasons", [False, True], ids=["scores", "with-reasons"])
 @pytest.mark.parametrize("layout", ["binary", "multiclass", "regression"])
-def test_each_task_round_trips_through_staging_and_commit(store_url: str, layout: str) -> None:
+def test_each_task_round_trips_through_staging_and_commit(store_url: str, layout: str, reasons: bool) -> None:
     store = Store(store_url)
-    rows = _rows(layout)
+    rows = _with_reasons(_rows(layout)) if reasons else _rows(layout)
     with store.run_lock("m", DS, 5):
         run = store.start_run("m", 1, DS, input_rows=len(rows))
         if store.dialect == "postgresql":  # what Dask workers do: stream into the run's table
-            with chunk_writer(store.url, run, "chunk-a", layout) as writer:
+            with chunk_writer(store.url, run, "chunk-a", layout, reasons=reasons) as writer:
                 writer.write(rows.take(np.arange(0, 2)))
                 writer.write(rows.take(np.arange(2, len(rows))))
         else:  # what the driver does for SQLite
@@ -57,6 +68,15 @@ def test_each_task_round_trips_through_staging_and_commit(store_url: str, layout
         else:
             assert p.label == int(rows.labels[i])  # type: ignore[index]
             assert (p.value, p.probs) == (None, None)
+        if reasons:  # exactly the int16 indices and float32 contributions, in their order
+            assert rows.reason_features is not None
+            assert rows.reason_contributions is not None
+            assert p.reasons is not None
+            assert [c for c, _ in p.reasons] == rows.reason_features[i].tolist()
+            values = np.array([v for _, v in p.reasons], dtype=np.float32)  # PostgreSQL: a real as its shortest text
+            assert values.tolist() == rows.reason_contributions[i].tolist()
+        else:
+            assert p.reasons is None
     store.dispose()
 
 
@@ -67,5 +87,8 @@ def test_a_writer_refuses_a_batch_of_another_task(pg_url: str) -> None:
         with pytest.raises(ValueError, match="a regression batch for a binary chunk writer"):  # noqa: SIM117
             with chunk_writer(store.url, run, "chunk-a") as writer:
                 writer.write(_rows("regression"))
+        with pytest.raises(ValueError, match="a batch without reasons for this chunk writer"):  # noqa: SIM117
+            with chunk_writer(store.url, run, "chunk-b", reasons=True) as writer:
+                writer.write(_rows("binary"))
         store.fail_run(run, "test")
     store.dispose()

@@ -26,8 +26,9 @@ log = logging.getLogger("nightshift.api")
 #: run id being reused by a re-created store that shares the Redis (ids restart at 1; times do not).
 RunKey = tuple[int, int]
 
-#: What a lookup found for one entity: (score, label, value of a regression or probabilities of a multiclass).
-Hit = tuple[float, int | None, Any]
+#: What a lookup found for one entity: (score, label, value of a regression or probabilities of a multiclass), and
+#: with `?explain=true` its reasons, [(feature, contribution)] (such hits are never cached).
+Hit = tuple[float, int | None, Any] | tuple[float, int | None, Any, list[tuple[str, float]]]
 #: What the cache holds for one entity: its hit, or None for "the run has no row for this entity" (also a
 #: fact about the run, cached like a hit).
 Cached = Hit | None

@@ -156,6 +156,19 @@ def _as_of(raw: str | None, issues: list[dict[str, Any]]) -> datetime | None:
     return at if at < datetime.now(UTC) else None
 
 
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _explain(raw: str | None, issues: list[dict[str, Any]]) -> bool:
+    if raw is None:
+        return False
+    value = _BOOLEANS.get(raw.lower())
+    if value is None:
+        issues.append(_issue("query", "explain", "bool_parsing", "Input should be true or false", raw))
+        return False
+    return value
+
+
 def _selection(request: Request, issues: list[dict[str, Any]]) -> Selection:
     model = request.path_params["model"]
     _pattern("path", "model", model, _MODEL, issues)
@@ -168,9 +181,10 @@ def _selection(request: Request, issues: list[dict[str, Any]]) -> Selection:
         _pattern("query", "alias", alias, _ALIAS, issues)
     ds = _ds(query.get("ds"), issues)
     as_of = _as_of(query.get("as_of"), issues)
+    explain = _explain(query.get("explain"), issues)
     if version is not None and alias is not None:
         issues.append(_issue("query", "alias", "value_error", "give either version or alias, not both", alias))
-    return Selection(model=model, version=version, alias=alias, ds=ds, as_of=as_of)
+    return Selection(model=model, version=version, alias=alias, ds=ds, as_of=as_of, explain=explain)
 
 
 async def _checked(request: Request, entity_id: str) -> Lookup:

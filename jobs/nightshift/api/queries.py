@@ -99,6 +99,9 @@ class Queries:
     schema_revision: str
     canary: str
     version_task: str
+    #: `one` and `many` that also read each row's reasons (`?explain=true`), by Kind.
+    one_explain: dict[Kind, str] = field(default_factory=dict)
+    many_explain: dict[Kind, str] = field(default_factory=dict)
     #: Whether an as-of read's run has lost its rows (garbage-collected): a row when it has.
     gone: str = ""
     #: The version an alias pointed at, at :at (None: it did not exist then).
@@ -121,26 +124,30 @@ def build(dialect: str) -> Queries:
     """
     # A batch binds ONE parameter whatever its size: a text[] in PostgreSQL, a JSON array in SQLite.
     in_ids = "= ANY(:ids)" if dialect == "postgresql" else "IN (SELECT value FROM json_each(:ids))"
-    one = {
-        kind: (
-            "SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label, p.value, p.probs "
+    # Reasons (`?explain=true`) are one more column of the same row: the same statement, the same snapshot.
+    reasons = ", p.reasons"
+
+    def one_of(kind: Kind, more: str = "") -> str:
+        return (
+            f"SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label, p.value, p.probs{more} "
             f"FROM ({_resolution(kind)}) c "
             "LEFT JOIN predictions p ON p.run_id = c.run_id AND p.entity_id = :entity_id"
         )
-        for kind in _KINDS
-    }
+
     # The partition's columns come once (first branch), not repeated on each of up to 1000 rows:
     # parsing them per row was a third of the client's CPU for a full batch.
-    many = {
-        kind: (
+    def many_of(kind: Kind, more: str = "") -> str:
+        nulls = ", NULL" * (5 + more.count(","))
+        return (
             f"WITH c AS ({_resolution(kind)}) "
-            "SELECT c.version, c.ds, c.run_id, c.committed_at, NULL, NULL, NULL, NULL, NULL FROM c "
+            f"SELECT c.version, c.ds, c.run_id, c.committed_at{nulls} FROM c "
             "UNION ALL "
-            "SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs FROM c "
+            f"SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs{more} FROM c "
             f"JOIN predictions p ON p.run_id = c.run_id AND p.entity_id {in_ids}"
         )
-        for kind in _KINDS
-    }
+
+    one = {kind: one_of(kind) for kind in _KINDS}
+    many = {kind: many_of(kind) for kind in _KINDS}
     models = (
         "SELECT a.model, a.alias, a.version, c.ds, c.committed_at, c.row_count "
         "FROM model_aliases a "
@@ -162,7 +169,8 @@ def build(dialect: str) -> Queries:
         "SELECT canary_share FROM model_rollouts "
         "WHERE model = :model AND strategy IN ('canary', 'bandit') AND canary_share IS NOT NULL"
     )
-    version_task = "SELECT task, signature FROM model_versions WHERE model = :model AND version = :version"
+    # `features`: the names the feature indices of `predictions.reasons` point at.
+    version_task = "SELECT task, signature, features FROM model_versions WHERE model = :model AND version = :version"
     # A run that committed rows but holds none now: `nightshift gc` removed them (a replaced run past its
     # model's history_days, or a day expired by retention). On PostgreSQL the run's partition is pruned
     # at executor start (generic plan), so this reads at most one row of one table.
@@ -182,4 +190,6 @@ def build(dialect: str) -> Queries:
         gone=gone,
         alias_at=f"SELECT {_ALIAS_AT}",
         resolve={kind: _resolution(kind) for kind in _KINDS},
+        one_explain={kind: one_of(kind, reasons) for kind in _KINDS},
+        many_explain={kind: many_of(kind, reasons) for kind in _KINDS},
     )

@@ -15,7 +15,7 @@ from nightshift.api.cache import AnswerCache, RunKey
 from nightshift.api.cache import Hit as Hit  # what a lookup found; routes and responses import it from here
 from nightshift.api.db import Database
 from nightshift.api.queries import Kind, Queries
-from nightshift.db.store import decode_probs
+from nightshift.db.store import decode_probs, decode_reasons
 from nightshift.models.registry import CHAMPION
 
 #: The alias that keeps answering while a newly promoted champion has no committed partition.
@@ -49,6 +49,20 @@ class Gone(NotFound):
     status = 410
 
 
+class NoReasons(NotFound):
+    """`?explain=true` for a run scored without reasons: the model (or this day) has none to give."""
+
+    status = 409
+
+
+def no_reasons_detail(part: Partition) -> str:
+    return (
+        f"{part.model} v{part.version} ds={part.ds} (run {part.run_id}) was scored without reasons: set "
+        f"[models.explain] enabled = true for model {part.model!r} and score the day again "
+        f"(`nightshift score -m {part.model} --ds {part.ds}`), or ask without explain"
+    )
+
+
 def unknown_model_detail(model: str) -> str:
     """The one answer for a model that does not exist or that the key may not read."""
     return f"model {model!r} not found"
@@ -64,6 +78,8 @@ class Selection:
     alias: str | None = None
     ds: date | None = None
     as_of: datetime | None = None
+    #: `?explain=true`: each answer carries its reasons (read from the database, never the answer cache).
+    explain: bool = False
 
     @property
     def by_alias(self) -> bool:
@@ -95,6 +111,8 @@ class Partition:
     task: str = "binary"
     #: A multiclass version's class names, in its probabilities' order.
     classes: tuple[str, ...] = ()
+    #: The version's feature names: what the codes of its stored reasons index.
+    features: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(
@@ -106,6 +124,7 @@ class Partition:
         committed_at: datetime,
         task: str = "binary",
         classes: tuple[str, ...] = (),
+        features: tuple[str, ...] = (),
     ) -> Partition:
         head = (
             f'{{"model":"{model}","version":{version},"ds":"{ds.isoformat()}","run_id":{run_id},'
@@ -113,7 +132,7 @@ class Partition:
         )
         if task != "binary":  # binary answers keep the shape they always had
             head += f'"task":"{task}",'
-        return cls(model, version, ds, run_id, committed_at, head, task, classes)
+        return cls(model, version, ds, run_id, committed_at, head, task, classes, features)
 
     @property
     def run_key(self) -> RunKey:
@@ -244,8 +263,8 @@ class PredictionReader:
         self._score = float if db.dialect == "postgresql" else shortest_float32
         self.coalescer = Coalescer(self, max_ids) if coalesce else None
         self._canary: dict[str, tuple[float, float | None]] = {}
-        #: (model, version) → (task, classes): a registered version never changes, so it is read once.
-        self._versions: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}
+        #: (model, version) → (task, classes, feature names): a registered version never changes, so it is read once.
+        self._versions: dict[tuple[str, int], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
 
     async def canary_share(self, model: str) -> float | None:
         """The share of entities a running canary serves from the challenger (None: no canary).
@@ -286,16 +305,19 @@ class PredictionReader:
             return None
         return ds if self.db.dialect == "postgresql" else ds.isoformat()
 
-    async def _version(self, model: str, version: int) -> tuple[str, tuple[str, ...]]:
+    async def _version(self, model: str, version: int) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         key = (model, version)
         found = self._versions.get(key)
         if found is None:
             rows = await self.db.fetch(self.q.version_task, {"model": model, "version": version})
-            task, signature = (rows[0][0], rows[0][1]) if rows else ("binary", None)
+            task, signature, features = (rows[0][0], rows[0][1], rows[0][2]) if rows else ("binary", None, None)
             if isinstance(signature, str):
                 signature = json.loads(signature)
+            if isinstance(features, str):
+                features = json.loads(features)
             classes = tuple(str(c) for c in ((signature or {}).get("outputs") or {}).get("classes") or ())
-            found = (str(task or "binary"), classes)
+            names = tuple(str(f.get("name")) if isinstance(f, dict) else str(f) for f in features or ())
+            found = (str(task or "binary"), classes, names)
             if len(self._versions) >= CACHE_MAX_ENTRIES:
                 self._versions.clear()
             self._versions[key] = found
@@ -303,8 +325,8 @@ class PredictionReader:
 
     async def _partition(self, model: str, row: Sequence[Any]) -> Partition:
         version = int(row[0])
-        task, classes = await self._version(model, version)
-        return Partition.of(model, version, as_date(row[1]), int(row[2]), as_utc(row[3]), task, classes)
+        task, classes, features = await self._version(model, version)
+        return Partition.of(model, version, as_date(row[1]), int(row[2]), as_utc(row[3]), task, classes, features)
 
     def _hit(self, task: str, score: Any, label: Any, value: Any, probs: Any) -> Hit:
         if task == "binary":
@@ -313,6 +335,16 @@ class PredictionReader:
             return self._score(score), None, float(value) if value is not None else None
         decoded = decode_probs(probs)
         return self._score(score), int(label), [self._score(p) for p in decoded] if decoded is not None else None
+
+    def _explained(self, part: Partition, hit: Hit, raw: Any) -> Hit:
+        """A hit with its reasons as a 4th member: [(feature name, contribution)], largest |contribution| first.
+        A row without reasons means its run was scored without them: NoReasons (409)."""
+        reasons = decode_reasons(raw)
+        if reasons is None:
+            raise NoReasons(no_reasons_detail(part))
+        names = part.features
+        named = [(names[c] if 0 <= c < len(names) else str(c), self._score(v)) for c, v in reasons]
+        return (*hit, named)
 
     async def _fetch(self, sel: Selection, statements: dict[Kind, str], extra: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Rows of the selected partition: through the cached (version, ds) when fresh, else resolved.
@@ -351,23 +383,26 @@ class PredictionReader:
 
     async def one_alone(self, sel: Selection, entity_id: str) -> tuple[Partition, Hit | None]:
         """`one` with its own point statement, not shared with concurrent lookups."""
-        if self.answers is not None:
+        if self.answers is not None and not sel.explain:
             part, found = await self.many(sel, [entity_id])
             return part, found.get(entity_id)
-        rows = await self._fetch(sel, self.q.one, {"entity_id": entity_id})
+        rows = await self._fetch(sel, self.q.one_explain if sel.explain else self.q.one, {"entity_id": entity_id})
         if not rows:
             raise await self._why_not_found(sel)
         row = rows[0]
         part = await self._partition(sel.model, row)
         if row[4] is None and sel.as_of is not None and (gone := await self._gone(sel, part)) is not None:
             raise gone
-        return part, (None if row[4] is None else self._hit(part.task, row[4], row[5], row[6], row[7]))
+        if row[4] is None:
+            return part, None
+        hit = self._hit(part.task, row[4], row[5], row[6], row[7])
+        return part, (self._explained(part, hit, row[8]) if sel.explain else hit)
 
     async def many(self, sel: Selection, entity_ids: Sequence[str]) -> tuple[Partition, dict[str, Hit]]:
         """The partition, and the hit of each requested entity found in it: one statement (with the answer
         cache: one statement too, a cheaper one when every entity is cached; see `_many_cached`)."""
         unique = list(dict.fromkeys(entity_ids))
-        if self.answers is not None:
+        if self.answers is not None and not sel.explain:  # answers with reasons are read, never cached
             return await self._many_cached(sel, unique)
         return await self._many_db(sel, unique)
 
@@ -425,14 +460,18 @@ class PredictionReader:
     async def _many_db(self, sel: Selection, unique: list[str]) -> tuple[Partition, dict[str, Hit]]:
         """The partition, and the hit of each entity found in it: one statement."""
         ids: Any = unique if self.db.dialect == "postgresql" else json.dumps(unique)
-        rows = await self._fetch(sel, self.q.many, {"ids": ids})
+        rows = await self._fetch(sel, self.q.many_explain if sel.explain else self.q.many, {"ids": ids})
         head = next((r for r in rows if r[0] is not None), None)  # the partition's own row
         if head is None:
             raise await self._why_not_found(sel)
         part = await self._partition(sel.model, head)
-        if part.task == "binary":  # the hot path: no per-row branching
+        found: dict[str, Hit]
+        if sel.explain:
+            hit, explained = self._hit, self._explained
+            found = {r[4]: explained(part, hit(part.task, r[5], r[6], r[7], r[8]), r[9]) for r in rows if r[0] is None}
+        elif part.task == "binary":  # the hot path: no per-row branching
             score = self._score
-            found: dict[str, Hit] = {r[4]: (score(r[5]), int(r[6]), None) for r in rows if r[0] is None}
+            found = {r[4]: (score(r[5]), int(r[6]), None) for r in rows if r[0] is None}
         else:
             hit = self._hit
             found = {r[4]: hit(part.task, r[5], r[6], r[7], r[8]) for r in rows if r[0] is None}

@@ -13,7 +13,7 @@ from nightshift.api.auth import Caller
 from nightshift.api.db import DatabaseUnavailable
 from nightshift.api.deps import BatchLookup, get_caller, get_reader, single_lookup, state_of
 from nightshift.api.metrics import CONTENT_TYPE
-from nightshift.api.reader import Hit, NotFound, Partition, PredictionReader
+from nightshift.api.reader import Hit, NoReasons, NotFound, Partition, PredictionReader
 from nightshift.api.schemas import (
     BatchRequestBase,
     Health,
@@ -91,7 +91,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         response_model=Prediction,
         tags=["predictions"],
         summary="One entity's committed prediction (live version, newest partition unless asked otherwise)",
-        responses=error_responses(401, 404, 410, 422, 429, 503),
+        responses=error_responses(401, 404, 409, 410, 422, 429, 503),
         openapi_extra={"parameters": lookup_parameters(entity=True), **SECURED},
     )
     async def get_prediction(request: Request) -> Response:
@@ -105,6 +105,8 @@ def build_router(settings: ApiSettings) -> APIRouter:
             if share and serves_challenger(sel.model, lookup.entity_id, share):
                 try:
                     part, hit = await reader.one(replace(sel, alias=CHALLENGER), lookup.entity_id)
+                except NoReasons:
+                    raise  # the challenger that answers this entity has no reasons: say so, never ask another
                 except NotFound:
                     pass  # the canary ended a moment ago: the champion answers
                 else:
@@ -123,7 +125,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         tags=["predictions"],
         summary=f"Up to {settings.max_batch_ids} entities' predictions, from one partition, in one query",
         description="A read (POST only to carry the ids): nothing is written.",
-        responses=error_responses(400, 401, 404, 410, 413, 422, 429, 503),
+        responses=error_responses(400, 401, 404, 409, 410, 413, 422, 429, 503),
         openapi_extra={"parameters": lookup_parameters(entity=False), **SECURED},
     )
     async def batch_predictions(
@@ -142,6 +144,8 @@ def build_router(settings: ApiSettings) -> APIRouter:
                 if chosen:
                     try:
                         canary = await reader.many(replace(sel, alias=CHALLENGER), chosen)
+                    except NoReasons:
+                        raise
                     except NotFound:
                         canary = None  # the canary ended a moment ago: the champion answers
         part, found = await reader.many(sel, ids)

@@ -29,6 +29,17 @@ AS_OF_DESCRIPTION = (
     "then. A moment not yet past answers as now. A canary split is not replayed: the alias answers."
 )
 
+#: The `explain` query parameter.
+EXPLAIN_DESCRIPTION = (
+    "`true`: each answer adds `reasons`, the top-k feature contributions of its score (largest |contribution| "
+    "first), stored beside it when the day was scored with `[models.explain] enabled = true`. Contributions are in "
+    "the explained output's units: log-odds of the positive class (a binary linear model), the predicted class's "
+    "decision function (multiclass linear), the value (a regression), the raw margin (LightGBM and XGBoost, by "
+    "TreeSHAP); a version's baseline plus every feature's contribution is that output exactly. A day scored "
+    "without reasons answers 409, naming the model and how to enable them. Read from the database, never from the "
+    "answer cache."
+)
+
 EntityId = Annotated[str, Field(min_length=1, max_length=128, pattern=ENTITY_ID_PATTERN, examples=["42"])]
 
 
@@ -79,7 +90,26 @@ class TaskOutputs(BaseModel):
     )
 
 
-class Prediction(PartitionRef, TaskOutputs):
+class Reason(BaseModel):
+    """One feature's contribution to a score (`?explain=true`)."""
+
+    feature: str = Field(description="a feature (contract column) of the model", examples=["monthly_charges"])
+    contribution: float = Field(
+        description="its contribution to the explained output (log-odds, value or margin; see `explain`), float32"
+    )
+
+
+class Explained(BaseModel):
+    """What `?explain=true` adds to an answer."""
+
+    reasons: list[Reason] | None = Field(
+        default=None,
+        description="with `explain=true`: the top-k feature contributions, largest |contribution| first (absent "
+        "without it)",
+    )
+
+
+class Prediction(PartitionRef, TaskOutputs, Explained):
     """One entity's committed prediction. binary: score = P(positive class), label = 0/1 at the decision
     threshold. multiclass: score = the predicted class's probability, label = its index, plus predicted_class
     and probabilities. regression: value, and score = the value as float32, label = null."""
@@ -91,7 +121,7 @@ class Prediction(PartitionRef, TaskOutputs):
     as_of: datetime | None = Field(default=None, description=AS_OF_ECHO)
 
 
-class ScoredEntity(TaskOutputs):
+class ScoredEntity(TaskOutputs, Explained):
     entity_id: str
     score: float
     label: int | None
@@ -170,10 +200,12 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "missing, unknown or revoked API key",
         404: "unknown model (or one outside the key's scope: the same answer), no such alias, version, "
         "partition or entity (with `as_of`: none then, e.g. before the first commit)",
+        409: "`explain=true`: the partition that answers was scored without reasons; the detail names the model "
+        "and how to enable them ([models.explain] enabled = true, then score the day again)",
         410: "`as_of`: the run that served then has had its predictions removed (past the model's "
         "`history_days`, or expired by retention)",
         413: "request body too large",
-        422: "invalid model name, entity id, version, alias, ds or as_of (or both version and alias), or body",
+        422: "invalid model name, entity id, version, alias, ds, as_of or explain (or both version and alias), or body",
         429: "rate limit of the key exceeded; see Retry-After",
         503: "database unavailable",
     }
@@ -239,6 +271,13 @@ def lookup_parameters(*, entity: bool) -> list[dict[str, Any]]:
             "required": False,
             "description": AS_OF_DESCRIPTION,
             "schema": {"type": "string", "format": "date-time"},
+        },
+        {
+            "name": "explain",
+            "in": "query",
+            "required": False,
+            "description": EXPLAIN_DESCRIPTION,
+            "schema": {"type": "boolean", "default": False},
         },
     ]
     return params

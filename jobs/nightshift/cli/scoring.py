@@ -228,10 +228,18 @@ def predictions_cmd(
     ds: str | None = typer.Option(None, help="as of this partition (default: newest committed)"),
     version: int | None = typer.Option(None, help="model version (default: the champion)"),
     alias: str | None = typer.Option(None, help="read the version behind this alias"),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="also show each score's reasons: its top-k feature contributions, stored when the day was scored "
+        "with [models.explain] enabled = true (a day scored without them is an error)",
+    ),
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Read committed predictions back for some entities."""
+    from dataclasses import asdict
+
     from nightshift.db import open_store
     from nightshift.models import open_registry
 
@@ -249,7 +257,24 @@ def predictions_cmd(
     found = {r.entity_id for r in rows}
     missing = [e for e in entity if e not in found]
     classes = [str(c) for c in ((mv.signature or {}).get("outputs") or {}).get("classes") or []]
+    names = [str(f.get("name")) for f in mv.features]
+    reasons: dict[str, list[tuple[str, float]]] = {}
+    if explain:
+        for r in rows:
+            if r.reasons is None:
+                raise NightshiftError(
+                    f"{model} v{mv.version} ds={part.ds} (run {part.run_id}) was scored without reasons: set "
+                    f"[models.explain] enabled = true for model {model!r} and score the day again "
+                    f"(nightshift score -m {model} --ds {part.ds})"
+                )
+            reasons[r.entity_id] = [(names[c] if 0 <= c < len(names) else str(c), v) for c, v in r.reasons]
     if as_json:
+        predictions = []
+        for r in rows:
+            item = {k: v for k, v in asdict(r).items() if k != "reasons"}
+            if explain:
+                item["reasons"] = [{"feature": f, "contribution": v} for f, v in reasons[r.entity_id]]
+            predictions.append(item)
         print_json(
             {
                 "model": model,
@@ -257,27 +282,32 @@ def predictions_cmd(
                 "task": mv.task,
                 "ds": part.ds,
                 "classes": classes or None,
-                "predictions": rows,
+                "predictions": predictions,
                 "not_found": missing,
             }
         )
         return
     title = f"{model} v{mv.version} ({mv.task}) ds={part.ds} (committed {part.committed_at:%Y-%m-%d %H:%M:%S}Z)"
     table = Table(title=title)
-    columns = {
+    columns: tuple[str, ...] = {
         "regression": ("entity_id", "value"),
         "multiclass": ("entity_id", "class", "probability", *classes),
     }.get(mv.task, ("entity_id", "score", "label"))
     for col in columns:
         table.add_column(col)
+    if explain:
+        table.add_column("reasons (top features, contribution)")
     for r in rows:
         if mv.task == "regression":
-            table.add_row(r.entity_id, f"{r.value:,.4f}" if r.value is not None else "")
+            cells = [r.entity_id, f"{r.value:,.4f}" if r.value is not None else ""]
         elif mv.task == "multiclass":
             name = classes[r.label] if r.label is not None and r.label < len(classes) else str(r.label)
-            table.add_row(r.entity_id, name, f"{r.score:.4f}", *(f"{p:.4f}" for p in r.probs or []))
+            cells = [r.entity_id, name, f"{r.score:.4f}", *(f"{p:.4f}" for p in r.probs or [])]
         else:
-            table.add_row(r.entity_id, f"{r.score:.6f}", "" if r.label is None else str(r.label))
+            cells = [r.entity_id, f"{r.score:.6f}", "" if r.label is None else str(r.label)]
+        if explain:
+            cells.append(escape(", ".join(f"{f} {v:+.4f}" for f, v in reasons[r.entity_id])))
+        table.add_row(*cells)
     out.print(table)
     if missing:
         err.print(f"not found: {', '.join(missing)}")

@@ -45,6 +45,9 @@ model_versions = sa.Table(
     sa.Column("signature", JSON, nullable=True),
     #: Where a model brought by its user came from (flavour, library, converter, original URI and SHA-256).
     sa.Column("source", JSON, nullable=True),
+    #: How to explain this version's scores exactly (migration 0011; nightshift.models.explainers): linear parameters
+    #: or a TreeSHAP booster file; NULL: no exact explainer (a kind without one, or registered before 0011).
+    sa.Column("explainer", JSON, nullable=True),
 )
 
 model_aliases = sa.Table(
@@ -172,6 +175,11 @@ predictions = sa.Table(
     sa.Column("value", sa.Float, nullable=True),
     # A multiclass model's probability of every class, in its recorded class order (SQLite: float32 bytes).
     sa.Column("probs", sa.LargeBinary().with_variant(ARRAY(sa.REAL()), "postgresql"), nullable=True),
+    # Reasons (migration 0011, `[models.explain]`): the top-k features of this score, largest |contribution|
+    # first, packed: k little-endian int16 indices into the version's `model_versions.features`, then their k
+    # little-endian float32 contributions (the explained output's units: log-odds, value or margin); 6k bytes.
+    # NULL when the run was scored without reasons.
+    sa.Column("reasons", sa.LargeBinary, nullable=True),
     sqlite_with_rowid=False,
     # The key's column order differs by store (see primary_key_columns): PostgreSQL leads with
     # entity_id (migration 0005: the index build sorts on abbreviated keys); SQLite keeps run_id

@@ -36,6 +36,14 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "multiclass": ("run_id", "entity_id", "score", "label", "probs"),
     "regression": ("run_id", "entity_id", "score", "value"),
 }
+#: The columns a run scored with reasons (`[models.explain]`) writes after its task's: one packed value per row
+#: (`pack_reasons`).
+REASON_COLUMNS = ("reasons",)
+
+
+def columns_of(layout: str, reasons: bool = False) -> tuple[str, ...]:
+    """The predictions columns a run writes: its task's (LAYOUTS), then the reasons' when it has them."""
+    return LAYOUTS[layout] + (REASON_COLUMNS if reasons else ())
 
 
 @dataclass
@@ -44,7 +52,9 @@ class Rows:
 
     scores: float32, the score every task has (P(1); the predicted class's probability; the value
     as float32). labels: int16 predicted class (None for a regression). values: float64 regression
-    values. probs: float32 [N, K] class probabilities (multiclass).
+    values. probs: float32 [N, K] class probabilities (multiclass). reason_features: int16 [N, k] the top-k
+    features' indices into the version's features, largest |contribution| first; reason_contributions: float32
+    [N, k] their contributions (both None without reasons).
     """
 
     ids: pa.Array
@@ -52,6 +62,8 @@ class Rows:
     labels: np.ndarray | None = None
     values: np.ndarray | None = None
     probs: np.ndarray | None = None
+    reason_features: np.ndarray | None = None
+    reason_contributions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,6 +75,15 @@ class Rows:
         if self.values is not None:
             return "regression"
         return "binary"
+
+    @property
+    def has_reasons(self) -> bool:
+        return self.reason_features is not None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The predictions columns these rows fill, in COPY and INSERT order."""
+        return columns_of(self.layout, self.has_reasons)
 
     def take(self, order: np.ndarray) -> Rows:
         """The rows in `order` (numpy integer indices)."""
@@ -78,6 +99,8 @@ class Rows:
             None if self.labels is None else self.labels[index],
             None if self.values is None else self.values[index],
             None if self.probs is None else self.probs[index],
+            None if self.reason_features is None else self.reason_features[index],
+            None if self.reason_contributions is None else self.reason_contributions[index],
         )
 
     @staticmethod
@@ -94,6 +117,8 @@ class Rows:
             None if first.labels is None else np.concatenate([p.labels for p in parts]),
             None if first.values is None else np.concatenate([p.values for p in parts]),
             None if first.probs is None else np.concatenate([p.probs for p in parts]),
+            None if first.reason_features is None else np.concatenate([p.reason_features for p in parts]),
+            None if first.reason_contributions is None else np.concatenate([p.reason_contributions for p in parts]),
         )
 
 
@@ -173,14 +198,36 @@ def _sqlite_tuples(run_id: int, rows: Rows) -> Iterator[tuple[Any, ...]]:
     if rows.layout == "multiclass":
         probs = rows.probs.astype("<f4", copy=False)  # type: ignore[union-attr]
         columns.append([probs[i].tobytes() for i in range(n)])
+    if rows.reason_features is not None and rows.reason_contributions is not None:
+        packed = pack_reasons(rows.reason_features, rows.reason_contributions)
+        width = packed.dtype.itemsize
+        flat = packed.tobytes()
+        columns.append([flat[i : i + width] for i in range(0, len(flat), width)])
     return zip(*columns, strict=True)
+
+
+def reasons_dtype(k: int, prefix: list[Any] | None = None) -> np.dtype:
+    """One row's packed reasons (`predictions.reasons`): k little-endian int16 feature indices, then k
+    little-endian float32 contributions; 6k bytes. `prefix`: fields before them (a COPY row's tail)."""
+    import numpy as np
+
+    return np.dtype([*(prefix or []), ("reason_features", "<i2", (k,)), ("reason_contributions", "<f4", (k,))])
+
+
+def pack_reasons(features: np.ndarray, contributions: np.ndarray) -> np.ndarray:
+    """[N, k] feature indices and contributions as N packed values (a structured array of `reasons_dtype(k)`)."""
+    import numpy as np
+
+    packed = np.empty(len(features), reasons_dtype(features.shape[1]))
+    packed["reason_features"], packed["reason_contributions"] = features, contributions
+    return packed
 
 
 def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
     conn: sqlite3.Connection = _staging_connection(url)
     ids = rows.ids
     n = len(ids)
-    columns = LAYOUTS[rows.layout]
+    columns = rows.columns
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
@@ -236,30 +283,55 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _COPY_TRAILER = b"\xff\xff"
 
 
+#: PostgreSQL's type oid of float4, the elements of `probs`.
+_FLOAT4_OID = 700
+
+
+def _array_fields(name: str, element: str, k: int) -> list[Any]:
+    """The binary COPY fields of a one-dimensional array of `k` elements: its length, header, then (length, value)
+    per element (big-endian)."""
+    import numpy as np
+
+    header = [f"{name}_len", f"{name}_ndim", f"{name}_hasnull", f"{name}_oid", f"{name}_dim", f"{name}_lbound"]
+    return [*((h, ">i4") for h in header), (name, np.dtype([("elen", ">i4"), ("v", element)]), (k,))]
+
+
+def _fill_array(tail: np.ndarray, name: str, values: np.ndarray, oid: int) -> None:
+    k, size = values.shape[1], values.dtype.itemsize
+    tail[f"{name}_len"], tail[f"{name}_ndim"], tail[f"{name}_hasnull"] = 20 + (4 + size) * k, 1, 0
+    tail[f"{name}_oid"], tail[f"{name}_dim"], tail[f"{name}_lbound"] = oid, k, 1
+    tail[name]["elen"], tail[name]["v"] = size, values
+
+
 def _copy_tail(rows: Rows) -> np.ndarray:
-    """The fixed-width part of each row after the id, big-endian, for the rows' layout."""
+    """The fixed-width part of each row after the id, big-endian, for the rows' layout (and reasons)."""
     import numpy as np
 
     n = len(rows)
     if rows.layout == "regression":
-        tail = np.empty(n, np.dtype([("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("value", ">f8")]))
-        tail["l3"], tail["score"], tail["l4"], tail["value"] = 4, rows.scores, 8, rows.values
-        return tail
-    fields = [("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("label", ">i2")]
-    if rows.layout == "binary":
+        fields: list[Any] = [("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("value", ">f8")]
+    else:
+        fields = [("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("label", ">i2")]
+    probs = rows.probs if rows.layout == "multiclass" else None
+    if probs is not None:
+        # A one-dimensional float4[] of K elements.
+        fields += _array_fields("probs", ">f4", probs.shape[1])
+    features, contributions = rows.reason_features, rows.reason_contributions
+    if features is not None and contributions is not None:
+        # A bytea of the packed reasons (see `reasons_dtype`): its length, then its bytes as they are stored.
+        tail = np.empty(n, reasons_dtype(features.shape[1], [*fields, ("reasons_len", ">i4")]))
+    else:
         tail = np.empty(n, np.dtype(fields))
-        tail["l3"], tail["score"], tail["l4"], tail["label"] = 4, rows.scores, 2, rows.labels
-        return tail
-    # A one-dimensional float4[] of K elements: its header, then (length, value) per element.
-    probs = rows.probs
-    assert probs is not None
-    k = probs.shape[1]
-    array = [("alen", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lbound", ">i4")]
-    elements = np.dtype([("elen", ">i4"), ("p", ">f4")])
-    tail = np.empty(n, np.dtype([*fields, *array, ("probs", elements, (k,))]))
-    tail["l3"], tail["score"], tail["l4"], tail["label"] = 4, rows.scores, 2, rows.labels
-    tail["alen"], tail["ndim"], tail["hasnull"], tail["oid"], tail["dim"], tail["lbound"] = 20 + 8 * k, 1, 0, 700, k, 1
-    tail["probs"]["elen"], tail["probs"]["p"] = 4, probs
+    tail["l3"], tail["score"] = 4, rows.scores
+    if rows.layout == "regression":
+        tail["l4"], tail["value"] = 8, rows.values
+    else:
+        tail["l4"], tail["label"] = 2, rows.labels
+    if probs is not None:
+        _fill_array(tail, "probs", probs.astype(np.float32, copy=False), _FLOAT4_OID)
+    if features is not None and contributions is not None:
+        tail["reasons_len"] = 6 * features.shape[1]
+        tail["reason_features"], tail["reason_contributions"] = features, contributions
     return tail
 
 
@@ -281,7 +353,7 @@ def _binary_copy_body(run_id: int, ids: pa.Array | Rows, scores: np.ndarray | No
     id_bytes = rows.ids.cast(pa.binary())
     lengths = numpy_values(pc.binary_length(id_bytes), "<i4")
     head = np.empty(n, np.dtype([("fields", ">i2"), ("len1", ">i4"), ("run_id", ">i8"), ("len2", ">i4")]))
-    head["fields"], head["len1"], head["run_id"], head["len2"] = len(LAYOUTS[rows.layout]), 8, run_id, lengths
+    head["fields"], head["len1"], head["run_id"], head["len2"] = len(rows.columns), 8, run_id, lengths
     tail = _copy_tail(rows)
     width = tail.dtype.itemsize
     heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(18), n, [None, pa.py_buffer(head)]).cast(pa.binary())
@@ -299,12 +371,16 @@ def _binary_copy_body(run_id: int, ids: pa.Array | Rows, scores: np.ndarray | No
 class ChunkWriter:
     """Streams one chunk's rows into a PostgreSQL run table inside one transaction (see `chunk_writer`)."""
 
-    def __init__(self, run_id: int, copy: Any = None, done: int | None = None, layout: str = "binary") -> None:
+    def __init__(
+        self, run_id: int, copy: Any = None, done: int | None = None, layout: str = "binary", reasons: bool = False
+    ) -> None:
         self.run_id = run_id
         self.rows = done or 0
         #: Rows an earlier attempt of this chunk already staged (then write nothing), or None.
         self.done = done
         self.layout = layout
+        #: Whether its rows carry reasons (the run was scored with `[models.explain]`).
+        self.reasons = reasons
         self._copy = copy
 
     def write(self, ids: pa.Array | Rows, scores: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
@@ -314,13 +390,17 @@ class ChunkWriter:
         rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
         if rows.layout != self.layout:
             raise ValueError(f"a {rows.layout} batch for a {self.layout} chunk writer")
+        if rows.has_reasons != self.reasons:
+            raise ValueError(f"a batch {'with' if rows.has_reasons else 'without'} reasons for this chunk writer")
         if len(rows):
             self._copy.write(memoryview(_binary_copy_body(self.run_id, rows)))
             self.rows += len(rows)
 
 
 @contextlib.contextmanager
-def chunk_writer(url: str, run_id: int, chunk: str, layout: str = "binary", *, slot: int = 0) -> Iterator[ChunkWriter]:
+def chunk_writer(
+    url: str, run_id: int, chunk: str, layout: str = "binary", *, slot: int = 0, reasons: bool = False
+) -> Iterator[ChunkWriter]:
     """Stage one chunk into a PostgreSQL run table, exactly once, streaming batch by batch.
 
     One transaction holds the binary COPY of every batch written to the writer and, at the end,
@@ -328,7 +408,8 @@ def chunk_writer(url: str, run_id: int, chunk: str, layout: str = "binary", *, s
     scores the next batch, and a chunk is either wholly staged or not at all. If an earlier
     attempt of the chunk (a task Dask recomputed) already staged it, `writer.done` holds its
     row count and nothing is written. An exception inside the block rolls the chunk back.
-    `layout` is the model's task (see LAYOUTS): which columns its rows fill. Writers open at the same
+    `layout` is the model's task (see LAYOUTS): which columns its rows fill; `reasons`, whether they carry
+    reasons too (REASON_COLUMNS, in the same COPY: a reason is staged with its prediction). Writers open at the same
     time in one thread (one per model of a chunk) need distinct `slot`s: each has its own connection.
     """
     import psycopg
@@ -342,12 +423,12 @@ def chunk_writer(url: str, run_id: int, chunk: str, layout: str = "binary", *, s
             cur.execute("SELECT rows FROM run_chunks WHERE run_id = %s AND chunk = %s", (run_id, chunk))
             row = cur.fetchone()
             if row is not None:
-                yield ChunkWriter(run_id, done=int(row[0]), layout=layout)
+                yield ChunkWriter(run_id, done=int(row[0]), layout=layout, reasons=reasons)
                 return
-            columns = ", ".join(LAYOUTS[layout])
+            columns = ", ".join(columns_of(layout, reasons))
             with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)") as cp:
                 cp.write(_COPY_HEADER)
-                writer = ChunkWriter(run_id, cp, layout=layout)
+                writer = ChunkWriter(run_id, cp, layout=layout, reasons=reasons)
                 yield writer
                 cp.write(_COPY_TRAILER)
             # The ledger records the rows PostgreSQL says it stored ("COPY n"), in the same
@@ -384,7 +465,7 @@ class _ChunkSuperseded(Exception):
 
 
 def _stage_postgres(url: str, run_id: int, chunk: str, rows: Rows) -> int:
-    with chunk_writer(url, run_id, chunk, rows.layout) as writer:
+    with chunk_writer(url, run_id, chunk, rows.layout, reasons=rows.has_reasons) as writer:
         if writer.done is None:
             writer.write(rows)
     return writer.rows

@@ -88,6 +88,9 @@ class Prediction:
     value: float | None = None
     #: A multiclass model's probability of each class, in its recorded class order (None otherwise).
     probs: list[float] | None = None
+    #: Reasons (`[models.explain]`): the top-k (feature index into the version's features, contribution),
+    #: largest |contribution| first; None when the run was scored without reasons.
+    reasons: list[tuple[int, float]] | None = None
 
 
 def decode_probs(raw: Any) -> list[float] | None:
@@ -100,6 +103,22 @@ def decode_probs(raw: Any) -> list[float] | None:
         data = bytes(raw)
         return list(struct.unpack(f"<{len(data) // 4}f", data))
     return [float(x) for x in raw]
+
+
+def decode_reasons(raw: Any) -> list[tuple[int, float]] | None:
+    """A stored `reasons` value as (feature index, contribution) pairs, largest |contribution| first: the packed
+    bytes are k little-endian int16 indices, then k little-endian float32 contributions. None: the row has none."""
+    if raw is None:
+        return None
+    import struct
+
+    data = bytes(raw)
+    k = len(data) // 6
+    if len(data) != 6 * k:
+        raise ValueError(f"a reasons value of {len(data)} bytes: expected 6 per reason")
+    codes = struct.unpack_from(f"<{k}h", data)
+    values = struct.unpack_from(f"<{k}f", data, 2 * k)
+    return list(zip(codes, values, strict=True))
 
 
 @dataclass
@@ -602,6 +621,7 @@ class Store:
                 p.c.label,
                 p.c.value,
                 p.c.probs,
+                p.c.reasons,
                 c.c.ds,
                 c.c.version,
                 c.c.run_id,
@@ -628,6 +648,7 @@ class Store:
                     committed_at=as_utc(row.committed_at),
                     value=float(row.value) if row.value is not None else None,
                     probs=decode_probs(row.probs),
+                    reasons=decode_reasons(row.reasons),
                 )
                 for row in conn.execute(q)
             ]

@@ -7,7 +7,9 @@ ONNX graph reproduces the original library on real rows of partition D (with NaN
 and unseen categories) within the task's tolerance. The version then records its task, how its
 graph is fed and read (signature), where it came from (flavour, library and version, converter,
 the original artifact's URI and SHA-256 — the original itself is kept beside the ONNX file), the
-parity report, and — when D's labels have landed — its metrics on them.
+parity report, and — when D's labels have landed — its metrics on them. A LightGBM or XGBoost model also
+records its exact explainer (its booster in the library's own format, for TreeSHAP reasons); with
+`[models.explain] enabled = true`, a model without one is refused.
 """
 
 from __future__ import annotations
@@ -160,6 +162,14 @@ def register_brought(
     if (report.applicable and not report.passed) or (not report.applicable and report.problems):
         raise ParityError(f"model {model!r} from {uri}: nothing registered: {report.describe()}")
     metrics, labelled = _labelled_metrics(settings, cfg, imported, table, ds)
+    from nightshift.models.explainers import brought_explainer
+
+    explainer, explainer_files, unexplained = brought_explainer(imported, cfg.contract)
+    if cfg.explain.enabled and explainer is None:
+        raise ModelSchemaError(
+            f"model {model!r} from {uri}: nothing registered: explain.enabled is set but {unexplained}; set "
+            f"[models.explain] enabled = false for {model!r} to register it without reasons"
+        )
     registry = registry or open_registry(settings)
     suffix = PurePosixPath(imported.source_uri.rsplit("/", 1)[-1]).suffix  # model.txt -> original.txt
     original = None if imported.flavour == "onnx" else _original_bytes(uri)
@@ -189,6 +199,8 @@ def register_brought(
         task=imported.task,
         signature=imported.signature(),
         source=imported.source(),
+        explainer=explainer,
+        explainer_files=explainer_files or None,
     )
     previous = registry.aliases(model).get(CHAMPION)
     promoted = promote == "always" or (promote == "if-first" and previous is None)

@@ -30,8 +30,11 @@ CHAMPION = "champion"
 #: The model's file name inside its content-addressed folder; per-version cards go under CARDS_FOLDER.
 ARTIFACT_FILE = "model.onnx"
 CARDS_FOLDER = "cards"
-#: Names an extra file may not take: the model, the cards, the monitoring reference (monitoring/reference.py).
-_RESERVED_NAMES = (ARTIFACT_FILE, CARDS_FOLDER, "monitoring")
+#: Files an exact explainer needs (a booster for TreeSHAP), content-addressed: `explainer/<sha256>-<name>`.
+EXPLAINER_FOLDER = "explainer"
+#: Names an extra file may not take: the model, the cards, the monitoring reference (monitoring/reference.py),
+#: the explainer's files.
+_RESERVED_NAMES = (ARTIFACT_FILE, CARDS_FOLDER, "monitoring", EXPLAINER_FOLDER)
 #: Version numbers tried before a registration gives up (each racing registration takes one).
 _VERSION_ATTEMPTS = 20
 _ALIAS_PATTERN = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -66,6 +69,8 @@ class ModelVersion:
     signature: dict[str, Any] | None = None
     #: Where a model brought by its user came from (flavour, library, original URI and SHA-256); None: trained here.
     source: dict[str, Any] | None = None
+    #: How its scores are explained exactly (nightshift.models.explainers); None: no exact explainer.
+    explainer: dict[str, Any] | None = None
 
     def card(self) -> dict[str, Any]:
         """Everything known about this version, JSON-safe."""
@@ -180,6 +185,7 @@ def _row_to_version(row: Any) -> ModelVersion:
         task=str(row.get("task") or "binary"),
         signature=row.get("signature"),
         source=row.get("source"),
+        explainer=row.get("explainer"),
     )
 
 
@@ -229,6 +235,8 @@ class Registry:
             extra_files=extra_files,
             task=getattr(trained, "task", "binary"),
             signature=trained.signature() if hasattr(trained, "signature") else None,
+            explainer=getattr(trained, "explainer", None),
+            explainer_files=getattr(trained, "explainer_files", None),
         )
 
     def register(
@@ -253,11 +261,15 @@ class Registry:
         task: str = "binary",
         signature: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
+        explainer: dict[str, Any] | None = None,
+        explainer_files: dict[str, bytes] | None = None,
     ) -> ModelVersion:
         """Store the artifact, then record the version.
 
         `task`, `signature` (how the graph is fed and read) and `source` (where a model brought by its
-        user came from) default to what nightshift's own training produces.
+        user came from) default to what nightshift's own training produces. `explainer` (how its scores
+        are explained exactly, nightshift.models.explainers) names the `explainer_files` it needs in its
+        "files"; each is written once under `explainer/<sha256>-<name>` and recorded with its URI and SHA-256.
 
         Files are addressed by content (`artifact_folder`) and written once, so the artifact exists
         before its row and no registration, racing or from another store sharing the folder, can
@@ -271,6 +283,16 @@ class Registry:
         write_once(uri, onnx_bytes)
         for name, data in sorted(extras.items()):
             write_once(f"{folder}/{name}", data)
+        if explainer is not None:
+            explainer = dict(explainer)
+            files: dict[str, Any] = {}
+            for name, data in sorted((explainer_files or {}).items()):
+                digest = sha256_bytes(data)
+                file_uri = f"{folder}/{EXPLAINER_FOLDER}/{digest}-{name}"
+                write_once(file_uri, data)
+                files[name] = {"uri": file_uri, "sha256": digest}
+            if files:
+                explainer["files"] = files
         for _attempt in range(_VERSION_ATTEMPTS):
             with self.store.connect() as conn:
                 latest = conn.execute(sa.select(sa.func.max(mv.c.version)).where(mv.c.model == model)).scalar()
@@ -299,6 +321,7 @@ class Registry:
                 "task": task,
                 "signature": json_safe(signature) if signature is not None else None,
                 "source": json_safe(source) if source is not None else None,
+                "explainer": json_safe(explainer) if explainer is not None else None,
             }
             try:
                 with self.store.begin() as conn:

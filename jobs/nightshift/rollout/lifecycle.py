@@ -267,6 +267,10 @@ class Rollouts:
             return reject(f"onnx_parity failed: {exc}", [failed.as_dict()])
         except ValueError as exc:
             return reject(f"training failed: {exc}", [])
+        if cfg.explain.enabled and trained.explainer is None:
+            return reject(
+                f"explain.enabled is set but the trained model has no exact explainer: {trained.explainer_problem}", []
+            )
 
         e2e = make_e2e_set(test.table, cfg.contract, gates.e2e_rows, cfg.training.seed)
         expected = expected_scores(trained.pipeline, model_frame(e2e, cfg.contract), trained.task)

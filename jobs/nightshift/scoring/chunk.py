@@ -23,6 +23,7 @@ from nightshift.data import TaskSlice, iter_batches
 from nightshift.db.staging import Rows
 from nightshift.errors import ContractError, DuplicateEntityError, NightshiftError
 from nightshift.scoring.outputs import OutputReader
+from nightshift.scoring.reasons import ExplainSpec
 from nightshift.scoring.sessions import ModelHandle, get_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +43,8 @@ class ModelRun:
     outputs: OutputReader = field(default_factory=OutputReader)
     #: The version's signature inputs (how to feed the graph); None: nightshift's own one-input-per-column layout.
     inputs: dict[str, Any] | None = None
+    #: Reasons (`[models.explain]`): the version's explainer and k; None: scores only, nothing extra computed.
+    explain: ExplainSpec | None = None
 
     @property
     def name(self) -> str:
@@ -88,11 +91,15 @@ class ModelChunk:
     run_id: int
     rows: int = 0
     infer_s: float = 0.0
+    #: Seconds spent on reasons (`[models.explain]`): every feature's contribution and the top k.
+    explain_s: float = 0.0
     write_s: float = 0.0
     #: Why this model's part failed (the original exception: it pickles back to the driver), or None.
     error: NightshiftError | None = None
     #: The rows for the driver to stage (SQLite), sorted by entity id.
     data: Rows | None = None
+    #: The worker's explainer of this model (built on first use; never sent back: see `score_chunk`).
+    explainer: Any = None
 
 
 @dataclass
@@ -129,8 +136,9 @@ def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[pa.RecordBatc
         yield batch
 
 
-def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str) -> tuple[Rows, float]:
-    """One model's rows for one batch, and the seconds ONNX Runtime took."""
+def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str, part: ModelChunk) -> Rows:
+    """One model's rows for one batch (with their reasons when the run explains); adds the seconds ONNX Runtime
+    (and the reasons) took to `part`."""
     from nightshift.data.features import entity_ids, model_inputs
 
     if run.inputs is None:
@@ -142,8 +150,19 @@ def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, 
     ids = entity_ids(batch, run.contract, source)
     t = time.perf_counter()
     raw = session.run([run.outputs.output], feeds)[0]
-    infer = time.perf_counter() - t
-    return run.outputs.rows(ids, raw, source), infer
+    part.infer_s += time.perf_counter() - t
+    rows = run.outputs.rows(ids, raw, source)
+    if run.explain is not None:
+        from nightshift.scoring.reasons import explain_batch, make_explainer
+
+        t = time.perf_counter()
+        if part.explainer is None:
+            part.explainer = make_explainer(run.explain)
+        rows.reason_features, rows.reason_contributions = explain_batch(
+            part.explainer, run.explain.k, batch, feeds, rows.labels, source
+        )
+        part.explain_s += time.perf_counter() - t
+    return rows
 
 
 def score_chunk(task: ChunkTask) -> ChunkResult:
@@ -168,7 +187,14 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
     contexts: dict[int, Any] = {}
     try:
         for slot, run in enumerate(task.runs):
-            ctx = chunk_writer(task.store_url, run.run_id, task.slice.chunk_id, run.outputs.task, slot=slot)
+            ctx = chunk_writer(
+                task.store_url,
+                run.run_id,
+                task.slice.chunk_id,
+                run.outputs.task,
+                slot=slot,
+                reasons=run.explain is not None,
+            )
             writer = ctx.__enter__()
             if writer.done is None:
                 contexts[run.run_id], writers[run.run_id] = ctx, writer
@@ -181,8 +207,7 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
                     continue
                 part = parts[run.run_id]
                 try:
-                    rows, infer = _score(run, sessions[run.run_id], batch, source)
-                    part.infer_s += infer
+                    rows = _score(run, sessions[run.run_id], batch, source, part)
                     t = time.perf_counter()
                     writers[run.run_id].write(rows)
                     part.write_s += time.perf_counter() - t
@@ -205,7 +230,7 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
         for ctx in contexts.values():  # anything still open: a read error or a crash rolls back every model
             with contextlib.suppress(BaseException):
                 _close(ctx, abort)
-    return ChunkResult(task.slice.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
+    return _result(task, clock, parts)
 
 
 def _close(ctx: Any, exc: BaseException | None) -> None:
@@ -235,12 +260,11 @@ def _score_for_driver(
             if part.error is not None:
                 continue
             try:
-                rows, infer = _score(run, sessions[run.run_id], batch, source)
+                rows = _score(run, sessions[run.run_id], batch, source, part)
             except NightshiftError as exc:
                 part.error = exc
                 collected[run.run_id] = []
                 continue
-            part.infer_s += infer
             collected[run.run_id].append(rows)
     for run in task.runs:
         part = parts[run.run_id]
@@ -264,6 +288,12 @@ def _score_for_driver(
                     tuple(str(d) for d in dupes),
                 )
         part.rows, part.data = len(rows), rows
+    return _result(task, clock, parts)
+
+
+def _result(task: ChunkTask, clock: dict[str, float], parts: dict[int, ModelChunk]) -> ChunkResult:
+    for part in parts.values():
+        part.explainer = None  # the worker's own (a booster): it stays here, cached, and never travels back
     return ChunkResult(task.slice.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaEr
 from nightshift.models.registry import ModelVersion, Registry, read_artifact
 from nightshift.scoring.chunk import ChunkResult, ChunkTask, ModelRun, score_chunk
 from nightshift.scoring.outputs import OutputReader
+from nightshift.scoring.reasons import ExplainSpec
 from nightshift.scoring.sessions import ModelHandle, check_model_inputs, make_session
 from nightshift.telemetry import ScoringTelemetry
 
@@ -162,6 +163,8 @@ class _Target:
     staged: int = 0
     error: BaseException | None = None
     totals: dict[str, float] = field(default_factory=lambda: {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0})
+    #: `[models.explain]` on: the version's explainer and k (the workers add the threads).
+    explain: ExplainSpec | None = None
 
 
 def _prepare(settings: Settings, store: Store, model: str, ds: date, version: int | None, alias: str | None) -> _Target:
@@ -183,13 +186,22 @@ def _prepare(settings: Settings, store: Store, model: str, ds: date, version: in
             raise ModelSchemaError(f"{source}: the model does not match the feature contract: " + "; ".join(problems))
     outputs.check(session, source)
     del session
+    explain = None
+    if cfg.explain.enabled:
+        from nightshift.models.explainers import require_explainer
+        from nightshift.scoring.reasons import check_features
+
+        require_explainer(model, mv.version, mv.explainer)
+        assert mv.explainer is not None
+        explain = ExplainSpec(mv.explainer, cfg.explain.top_k)
+        check_features(explain, cfg.contract, source)
     partition = inspect_partition(cfg.dataset_uri(settings), cfg.partition_key, ds, cfg.contract, cfg.success_marker)
     if partition.rows == 0 and cfg.empty_partition == "error":
         raise ContractError(
             f"partition {partition.uri} has no rows ({len(partition.files)} file(s)); nothing committed, "
             'the previous predictions still serve (set empty_partition = "commit" to commit it empty)'
         )
-    return _Target(mv, cfg, partition, outputs)
+    return _Target(mv, cfg, partition, outputs, explain=explain)
 
 
 def score_partition(
@@ -310,6 +322,7 @@ def _run(
             t.run_id,
             t.outputs,
             (t.mv.signature or {}).get("inputs"),
+            None if t.explain is None else replace(t.explain, threads=threads),
         )
         for t in group
     )
@@ -395,6 +408,8 @@ def _run(
                     target.staged += part.rows
                     target.totals["read_s"] += res.read_s / len(res.models)
                     target.totals["infer_s"] += part.infer_s
+                    if target.explain is not None:
+                        target.totals["explain_s"] = target.totals.get("explain_s", 0.0) + part.explain_s
                     target.totals["write_s"] += part.write_s
                 peak = max(peak, res.peak_rss_bytes)
                 done_rows += max((p.rows for p in res.models.values()), default=0)

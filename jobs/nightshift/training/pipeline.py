@@ -136,6 +136,12 @@ class TrainedModel:
     task: str = "binary"
     #: Class names in the probabilities' order (classifiers); [] for a regression.
     classes: list[str] = field(default_factory=list)
+    #: How its scores are explained exactly (nightshift.models.explainers), extracted at training; None: no
+    #: exact explainer (`explainer_problem` says why).
+    explainer: dict[str, Any] | None = None
+    #: The files the explainer needs (a booster for TreeSHAP), registered with the version.
+    explainer_files: dict[str, bytes] | None = None
+    explainer_problem: str | None = None
 
     def signature(self) -> dict[str, Any] | None:
         """How scoring reads this model's outputs; None for the binary layout every version had before."""
@@ -841,6 +847,9 @@ def train(
     inputs, outputs = onnx_schema(onnx_bytes)
     estimator_obj = pipeline.steps[-1][1]
     importance = measure_feature_importance(pipeline, contract, x_val, y_val, training.seed, task=task)
+    from nightshift.training.explain import pipeline_explainer
+
+    explainer, explainer_files, explainer_problem = pipeline_explainer(pipeline, contract, x_train, task)
     return TrainedModel(
         pipeline=pipeline,
         onnx_bytes=onnx_bytes,
@@ -857,4 +866,7 @@ def train(
         output_schema=outputs,
         task=task,
         classes=classes if task != "regression" else [],
+        explainer=explainer,
+        explainer_files=explainer_files or None,
+        explainer_problem=explainer_problem,
     )

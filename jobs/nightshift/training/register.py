@@ -64,6 +64,13 @@ def _train_and_register(
     cfg = settings.model(model)
     tset = build_training_set(settings, cfg, until)
     trained = train(tset.table, tset.labels, cfg.contract, cfg.estimator, cfg.training, cfg.decision_threshold)
+    if cfg.explain.enabled and trained.explainer is None:
+        from nightshift.errors import ModelSchemaError
+
+        raise ModelSchemaError(
+            f"model {model!r}: nothing registered: explain.enabled is set but the trained model has no exact "
+            f"explainer ({trained.explainer_problem}); set [models.explain] enabled = false for {model!r}"
+        )
     registry = open_registry(settings)
     record = tset.record()
     record.update(
