@@ -228,6 +228,35 @@ def test_migrations_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
     assert store.current_revision() == head
 
 
+def test_migrations_downgrade_to_base_with_a_model_and_its_alias_in_the_store(store_url: str) -> None:
+    """A real store has versions and aliases: a downgrade must not trip their foreign keys (a batch rebuild of
+    model_versions on SQLite drops the table model_aliases points at)."""
+    from nightshift.db import schema
+
+    store = Store(store_url)
+    head = store.head_revision()
+    now = datetime.now(UTC)
+    with store.begin() as conn:
+        conn.execute(
+            schema.model_versions.insert().values(
+                model="m", version=1, created_at=now, created_by="t", algorithm="a", hyperparameters={},
+                libraries={}, features=["x"], input_schema={}, output_schema={}, training_data={}, metrics={},
+                parity={}, feature_importance={}, decision_threshold=0.5, artifact_uri="file:///m", sha256="0" * 64,
+                size_bytes=1,
+            )
+        )  # fmt: skip
+        conn.execute(
+            schema.model_aliases.insert().values(model="m", alias="champion", version=1, updated_at=now, updated_by="t")
+        )
+    store.downgrade("base")
+    assert store.current_revision() is None
+    store.upgrade()
+    assert store.current_revision() == head
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.model_versions)).scalar() == 0
+    store.dispose()
+
+
 @pytest.mark.postgres
 def test_a_streamed_chunk_that_fails_midway_leaves_nothing_and_can_be_redone(pg_url: str) -> None:
     from nightshift.db.staging import chunk_writer

@@ -72,11 +72,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("model_versions") as batch:
-        batch.drop_column("source")
-        batch.drop_column("signature")
-        batch.drop_column("task")
     op.execute("DROP VIEW IF EXISTS committed_predictions")
+    # Native DROP COLUMN (SQLite >= 3.35): a batch rebuild of model_versions would drop the table that
+    # model_aliases' foreign key points at, which SQLite refuses in a store with an alias.
+    for column in ("source", "signature", "task"):
+        op.execute(f"ALTER TABLE model_versions DROP COLUMN {column}")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DELETE FROM predictions WHERE label IS NULL")
         op.execute("ALTER TABLE predictions DROP COLUMN probs")

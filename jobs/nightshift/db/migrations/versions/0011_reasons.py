@@ -43,6 +43,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("model_versions") as batch:
-        batch.drop_column("explainer")
+    # A native DROP COLUMN on both dialects (SQLite >= 3.35): a batch rebuild of model_versions would drop
+    # the table that model_aliases' foreign key points at, which SQLite refuses in a store with an alias.
+    op.execute("ALTER TABLE model_versions DROP COLUMN explainer")
     op.execute("ALTER TABLE predictions DROP COLUMN reasons")
