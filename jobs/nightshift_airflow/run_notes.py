@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "nightshift · "
 TASKS = ("plan", "score", "decide")
+#: Airflow's dag_run_note.content is a String(1000): longer fails the scheduler's flush (PostgreSQL enforces it).
+NOTE_MAX = 1000
 
 
 def _rows(n: Any) -> str:
@@ -66,24 +68,36 @@ def night_note(plans: dict[str, Any], scored: dict[str, Any], decisions: dict[st
 
 
 def _returns(session: Any, dag_run: Any) -> dict[str, Any]:
-    """task_id → return value of the run's plan/score/decide tasks (a group's `<model>_night.decide` too)."""
+    """task_id → return value of the run's plan/score/decide tasks (a group's `<model>_night.decide` too), from
+    the tasks that ran to an end in this attempt: a cleared task keeps its old XComs until it runs again, and a
+    run cleared and failed upstream must not be described by the previous attempt's facts."""
+    from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
+    from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
     rows = session.scalars(
-        select(XComModel).where(
+        select(XComModel)
+        .join(
+            TaskInstance,
+            (TaskInstance.dag_id == XComModel.dag_id)
+            & (TaskInstance.run_id == XComModel.run_id)
+            & (TaskInstance.task_id == XComModel.task_id)
+            & (TaskInstance.map_index == XComModel.map_index),
+        )
+        .where(
             XComModel.dag_id == dag_run.dag_id,
             XComModel.run_id == dag_run.run_id,
             XComModel.key.in_(["return_value", "scored"]),
             XComModel.map_index == -1,
+            TaskInstance.state.in_([TaskInstanceState.SUCCESS, TaskInstanceState.FAILED]),
         )
     ).all()
     out: dict[str, Any] = {}
     for row in rows:
         if row.task_id.split(".")[-1] in TASKS:
-            out[row.task_id if row.key == "return_value" else f"{row.task_id}:{row.key}"] = XComModel.deserialize_value(
-                row
-            )
+            key = row.task_id if row.key == "return_value" else f"{row.task_id}:{row.key}"
+            out[key] = XComModel.deserialize_value(row)
     return out
 
 
@@ -101,6 +115,11 @@ def note_of(dag_id: str, returns: dict[str, Any]) -> str | None:
     return night_note(plan, scored if isinstance(scored, dict) else {}, decisions)
 
 
+def fit(note: str | None) -> str | None:
+    """The note cut to what Airflow's column holds (NOTE_MAX characters), an ellipsis saying it was cut."""
+    return note if note is None or len(note) <= NOTE_MAX else note[: NOTE_MAX - 1] + "…"
+
+
 def write_note(dag_run: Any) -> None:
     from sqlalchemy.orm import object_session
 
@@ -113,8 +132,10 @@ def write_note(dag_run: Any) -> None:
     if current and not str(current).startswith(PREFIX):
         return  # someone's own note
     note = note_of(dag_run.dag_id, _returns(session, dag_run))
-    if note is not None and note != current:
-        dag_run.note = note
+    if note is not None:
+        note = note[: NOTE_MAX - 1] + "…" if len(note) > NOTE_MAX else note
+    if note != current and (note is not None or current is not None):
+        dag_run.note = note  # None: this attempt never planned; the previous attempt's note goes
 
 
 @hookimpl

@@ -47,3 +47,19 @@ def test_a_group_run_says_each_model_and_names_the_one_that_failed() -> None:
         f"{PREFIX}ds 2026-11-17 (nightly) · churn: champion v1 50 rows · input 50 rows in 2 files · rollout unchanged"
         " · spend: NOT SCORED (ModelError: boom) · input 50 rows in 2 files"
     )
+
+
+def test_a_long_note_is_cut_to_what_airflows_column_holds() -> None:
+    from nightshift_airflow.run_notes import NOTE_MAX, fit
+
+    plans = {f"model_{i}": {**PLAN, "model": f"model_{i}", "files": 2, "input_rows": 50} for i in range(12)}
+    scored = {f"model_{i}": {"error": "ModelError: " + "x" * 300} for i in range(12)}
+    note = note_of("score_big", {"plan": plans, "score:scored": scored})
+    assert note is not None
+    assert len(note) > NOTE_MAX
+    cut = fit(note)
+    assert cut is not None
+    assert len(cut) == NOTE_MAX
+    assert cut.endswith("…")
+    assert fit("short") == "short"
+    assert fit(None) is None
