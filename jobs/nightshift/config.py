@@ -361,7 +361,9 @@ class ExplainSettings(BaseModel):
     enabled: bool = Field(
         default=False,
         description="store the top-k feature contributions of every prediction (exact: closed form for the linear "
-        "pipeline, TreeSHAP for LightGBM and XGBoost); off: nothing extra is computed or written",
+        "pipeline, TreeSHAP for LightGBM and XGBoost); off: scoring computes and stores nothing extra; training "
+        "and registration record the explainer either way (for LightGBM/XGBoost, a copy of the booster beside the "
+        "artifact), so reasons can be turned on without retraining",
     )
     top_k: int = Field(
         default=3,
@@ -520,8 +522,8 @@ class LineageSettings(BaseModel):
         default=5.0,
         gt=0,
         le=60,
-        description="the longest a run waits for each event, whatever the transport; an endpoint that is down "
-        "or slow never fails a run",
+        description="the longest a run waits for each event, whatever the transport, and for the client to close "
+        "(send what it still queues) after the run's last event; an endpoint that is down or slow never fails a run",
     )
 
 

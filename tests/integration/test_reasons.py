@@ -313,6 +313,35 @@ def test_scoring_with_explain_refuses_a_version_without_an_explainer(
     registry.store.dispose()
 
 
+def test_a_failed_explainer_extraction_is_registered_without_one_and_refused_by_scoring_with_explain(
+    sqlite_url: str, make_settings: Any, dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reasons off: the explainer's extraction failing never fails training; the version is registered with no
+    explainer. Reasons turned on later: scoring it refuses in one line, and writes nothing."""
+    from datetime import date
+
+    from nightshift.models import open_registry
+    from nightshift.training import explain, train_and_register
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("the pipeline emits 9 columns for 8 coefficients")
+
+    monkeypatch.setattr(explain, "_linear", broken)
+    result = train_and_register(make_settings(sqlite_url), "churn", date(2026, 11, 17))
+    assert result.version.version == 1
+    assert result.promoted
+    assert result.version.explainer is None
+    registry = open_registry(make_settings(sqlite_url))
+    assert registry.get("churn", 1).explainer is None
+
+    settings = make_settings(sqlite_url, extra_model=EXPLAIN)
+    with pytest.raises(NightshiftError, match=r"model 'churn' v1: explain.enabled is set but it records no exact") as e:
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert "\n" not in str(e.value)
+    assert registry.store.list_partitions("churn") == []
+    registry.store.dispose()
+
+
 # -- the CLI ----------------------------------------------------------------------------------------
 
 
@@ -355,4 +384,6 @@ def test_cli_predictions_explain(
     refused = run_cli("predictions", "-m", "churn", "-e", "1", "--explain", "--config", config)
     assert refused.returncode == 1
     assert "was scored without reasons: set [models.explain] enabled = true for model 'churn'" in refused.stderr
+    # ... and the command that scores that version's day again (the version the read resolved to).
+    assert f"`nightshift score -m churn --version 1 --ds {SCORE_DS}`" in " ".join(refused.stderr.split())
     store.dispose()

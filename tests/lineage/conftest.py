@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,11 +22,13 @@ RUN_EVENT = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 
 
 class Recorder:
-    """What an HTTP endpoint received: (method, path, headers, body) per request, answered with `status`."""
+    """What an HTTP endpoint received: (method, path, headers, body) per request, answered with `status` after
+    `delay` seconds (recorded once answered)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.status = 200
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.url = ""
 
@@ -40,6 +43,8 @@ def _serve(recorder: Recorder) -> tuple[ThreadingHTTPServer, threading.Thread]:
         def _record(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            if recorder.delay:
+                time.sleep(recorder.delay)
             with recorder.lock:
                 recorder.requests.append((self.command, self.path, dict(self.headers.items()), body))
             self.send_response(recorder.status)

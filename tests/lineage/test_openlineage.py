@@ -479,3 +479,148 @@ def test_nightshifts_facet_classes_match_their_json_schema() -> None:
         fields = [f for f in attr.fields(cls) if not f.name.startswith("_")]
         assert {f.name for f in fields} == set(own["properties"]), name
         assert {f.name for f in fields if f.default is attr.NOTHING} == set(own["required"]), name
+
+
+# -- the client's lifetime: closed after each run's last event, every wait bounded -----------------------------
+
+
+@pytest.fixture
+def clients(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every OpenLineage client an Emitter builds, with `closed` set on it once its `close` was called."""
+    from openlineage.client import OpenLineageClient
+
+    made: list[Any] = []
+    make = ol._make_client
+    close = OpenLineageClient.close
+
+    def _make(settings: LineageSettings) -> Any:
+        client, target = make(settings)
+        if client is not None:
+            made.append(client)
+        return client, target
+
+    def _close(self: Any, timeout: float = -1.0) -> bool:
+        self.closed = True
+        return close(self, timeout)
+
+    monkeypatch.setattr(ol, "_make_client", _make)
+    monkeypatch.setattr(OpenLineageClient, "close", _close)
+    return made
+
+
+def test_every_run_closes_its_client_after_its_last_event(
+    sqlite_url: str, lineage_settings: Any, registered: Any, dask_client: Any, endpoint: Recorder, clients: list[Any]
+) -> None:
+    """Scoring (COMPLETE), training (COMPLETE), a retrain that fails (FAIL), a training that raises (FAIL): each
+    run's client is closed once its last event is sent, so no HTTP session outlives its run."""
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    registered(settings)
+    score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    train_and_register(settings, "churn", TRAIN_DS, promote="never")
+    Rollouts(settings).retrain("churn", date(2027, 3, 1), trigger={"kind": "manual"})
+    with pytest.raises(Exception):  # noqa: B017 - whatever an unknown model raises; its FAIL is sent
+        train_and_register(settings, "no-such-model", TRAIN_DS)
+
+    assert [e["eventType"] for e in endpoint.events] == ["START", "COMPLETE"] * 2 + ["START", "FAIL"] * 2
+    assert len(clients) == 4  # one per run
+    assert all(getattr(c, "closed", False) for c in clients)
+    assert all(c.transport._session is None for c in clients)  # the HttpTransport's requests.Session is gone
+
+
+def test_a_queueing_transport_delivers_every_event_before_the_run_returns(
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    endpoint: Recorder,
+    ol_env: Callable[..., None],
+    tmp_path: Path,
+    clients: list[Any],
+) -> None:
+    """`type: async_http` queues each event and returns before it is sent: closing the client at the end of
+    the run sends what it still holds (here, a slow endpoint), so nothing is lost when the process exits."""
+    endpoint.delay = 0.3
+    config = tmp_path / "openlineage.yml"
+    config.write_text(f"transport:\n  type: async_http\n  url: {endpoint.url}\n  endpoint: api/v1/lineage\n")
+    ol_env(OPENLINEAGE_CONFIG=str(config))
+    settings = make_settings(sqlite_url)
+    train_and_register(settings, "churn", TRAIN_DS)
+
+    assert [e["eventType"] for e in endpoint.events] == ["START", "COMPLETE"]
+    [client] = clients
+    assert client.transport.kind == "async_http"
+    assert not client.transport.worker_thread.is_alive()
+
+    # By hand: many events, all delivered when close returns, within timeout_s.
+    emitter = Emitter(LineageSettings(timeout_s=5))
+    run_id = ol.new_run_id()
+    for kind in ("START", "RUNNING", "RUNNING", "COMPLETE"):
+        event = ol.run_event(kind, run_id=run_id, namespace="n", job_name="score.churn", job_type="SCORING")
+        assert emitter.emit(event) is True
+    endpoint.requests.clear()
+    assert emitter.close() is True
+    assert [e["eventType"] for e in endpoint.events] == ["START", "RUNNING", "RUNNING", "COMPLETE"]
+    assert not emitter.enabled
+    assert emitter.close() is True  # a second close does nothing
+    assert emitter.emit(event) is False  # nor does an event after it
+
+
+def test_a_send_that_hangs_forever_holds_each_later_event_no_longer_than_the_timeout(
+    endpoint: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    import time
+
+    emitter = Emitter(LineageSettings(openlineage_url=endpoint.url, timeout_s=0.5))
+    client = emitter.client
+    assert client is not None
+    release = threading.Event()
+    send = client.emit
+
+    def emit(event: Any) -> None:
+        if event.eventType.value == "START":
+            release.wait()  # a transport that never returns
+        send(event)
+
+    client.emit = emit  # type: ignore[method-assign]
+    run_id = ol.new_run_id()
+    events = [
+        ol.run_event(kind, run_id=run_id, namespace="n", job_name="train.churn", job_type="TRAINING")
+        for kind in ("START", "RUNNING", "RUNNING", "COMPLETE")
+    ]
+    try:
+        with caplog.at_level(logging.WARNING, logger="nightshift.telemetry"):
+            t0 = time.monotonic()
+            assert emitter.emit(events[0]) is False
+            assert 0.4 < time.monotonic() - t0 < 1.0
+            for event in events[1:]:  # sent at once: the hung START is waited for only until its timeout
+                t0 = time.monotonic()
+                assert emitter.emit(event) is True
+                assert time.monotonic() - t0 < 0.5
+            t0 = time.monotonic()
+            assert emitter.close() is True
+            assert time.monotonic() - t0 < 0.5
+        assert [e["eventType"] for e in endpoint.events] == ["RUNNING", "RUNNING", "COMPLETE"]
+        assert client.transport._session is None  # type: ignore[attr-defined]
+        assert sum("did not take the START" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        release.set()
+
+
+def test_a_close_that_hangs_holds_the_run_no_longer_than_the_timeout(
+    endpoint: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    import time
+
+    emitter = Emitter(LineageSettings(openlineage_url=endpoint.url, timeout_s=0.5))
+    client = emitter.client
+    assert client is not None
+    release = threading.Event()
+    client.close = lambda timeout=-1.0: release.wait()  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="nightshift.telemetry"):
+            t0 = time.monotonic()
+            assert emitter.close() is False
+            assert time.monotonic() - t0 < 1.0
+        assert any("did not close within 0.5s" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()

@@ -363,3 +363,42 @@ def test_split_is_stratified_and_deterministic(data: tuple[pa.Table, np.ndarray]
     assert len(np.intersect1d(tr, va)) == 0
     assert len(tr) + len(va) == len(labels)
     assert labels[va].mean() == pytest.approx(labels.mean(), abs=0.01)
+
+
+def test_a_failing_explainer_extraction_never_fails_training(
+    data: tuple[pa.Table, np.ndarray], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The explainer is extracted whether or not reasons are on; when that fails the model trains all the same,
+    with no explainer and the reason recorded (as for a kind without one), logged at INFO."""
+    import logging
+
+    from nightshift.training import explain
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("the pipeline emits 9 columns for 8 coefficients")
+
+    monkeypatch.setattr(explain, "_linear", broken)
+    table, labels = data
+    with caplog.at_level(logging.INFO, logger="nightshift.training"):
+        model = training.train(
+            table, labels, CONTRACT, EstimatorSettings(kind="logistic_regression"), settings(parity_tolerance=1e-4)
+        )
+    assert model.parity.passed
+    assert model.explainer is None
+    assert not model.explainer_files
+    assert model.explainer_problem == (
+        "its explainer could not be extracted: ValueError: the pipeline emits 9 columns for 8 coefficients"
+    )
+    [record] = [r for r in caplog.records if "no exact explainer recorded" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert model.explainer_problem in record.getMessage()
+
+
+def test_a_trained_linear_model_records_its_explainer(trained: training.TrainedModel) -> None:
+    """Extracted at training whatever [models.explain] says: reasons can be turned on without retraining."""
+    if _kind(trained) == "logistic_regression":
+        assert trained.explainer is not None
+        assert trained.explainer_problem is None
+    else:
+        assert trained.explainer is None
+        assert "has no exact explainer here" in str(trained.explainer_problem)

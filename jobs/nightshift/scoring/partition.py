@@ -292,12 +292,33 @@ def _run(
 ) -> dict[tuple[str, int], RunSummary | BaseException]:
     t_locked = time.perf_counter()
     partition = group[0].partition
-    slices = partition.slices(MAX_ROWS_PER_TASK)
     # What each run read (files, fingerprints, model) is stored with it; START/COMPLETE/FAIL events and
-    # job metrics go wherever [lineage] and [metrics] say. None of it can fail the run.
+    # job metrics go wherever [lineage] and [metrics] say. None of it can fail the run. Once every run has
+    # ended, the OpenLineage client is closed (its connections freed, what it still queues sent).
     telemetry = ScoringTelemetry(
         settings, store.url, partition, ds, dataset_uri=group[0].cfg.dataset_uri(settings), run_key=run_key, t0=t0
     )
+    try:
+        return _score(settings, group, ds, run_key, client, store, progress, t0, t_plan, t_locked, telemetry)
+    finally:
+        telemetry.close()
+
+
+def _score(
+    settings: Settings,
+    group: list[_Target],
+    ds: date,
+    run_key: str | None,
+    client: Client | None,
+    store: Store,
+    progress: Callable[[int, int], None] | None,
+    t0: float,
+    t_plan: float,
+    t_locked: float,
+    telemetry: ScoringTelemetry,
+) -> dict[tuple[str, int], RunSummary | BaseException]:
+    partition = group[0].partition
+    slices = partition.slices(MAX_ROWS_PER_TASK)
     for target in group:
         manifest = telemetry.manifest(target.mv)
         target.run_id = store.start_run(

@@ -21,9 +21,11 @@ view (PostgreSQL: `postgres://host:port`, `<database>.public.committed_predictio
 `<file>.main.committed_predictions`).
 
 Whatever the transport, a run waits at most `[lineage] timeout_s` for each event: an endpoint that is down,
-slow or answers an error is a warning in the log (a send still under way goes on in the background, in order),
-and lineage never fails a run. Importing openlineage-python takes a noticeable fraction of a second, so it is
-imported only when a run builds or sends an event.
+slow or answers an error is a warning in the log (a send still under way goes on in the background, in order;
+one that hangs holds the next no longer than `timeout_s`), and lineage never fails a run. After a run's last event
+its client is closed (Emitter.close, again within `timeout_s`): that frees its HTTP session and makes a queueing
+transport (`async_http`) send what it still holds before the process can exit. Importing openlineage-python
+takes a noticeable fraction of a second, so it is imported only when a run builds or sends an event.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -306,14 +310,18 @@ class Emitter:
     """Sends events through an openlineage-python client; does nothing without a destination.
 
     `emit` never raises and waits at most `[lineage] timeout_s`: the client sends on a thread of its own, one
-    event after the other, so an event still under way when the wait ends is sent later, in order."""
+    event after the other, so an event still under way when the wait ends is sent later, in order. A send is
+    waited for only until its own `timeout_s` is up: one that hangs for good holds the events after it no
+    longer than that (they are then sent beside it). `close` (after a run's last event) closes the client, which
+    frees its connections and flushes what a queueing transport (`async_http`) still holds, within
+    `timeout_s`; the emitter then sends nothing more."""
 
     def __init__(self, settings: LineageSettings) -> None:
         self.settings = settings
         self.client: OpenLineageClient | None = None
         self.target = ""
         self._lock = threading.Lock()
-        self._last: threading.Thread | None = None
+        self._last: tuple[threading.Thread, float] | None = None  # the latest send and when its wait ends
         try:
             self.client, self.target = _make_client(settings)
         except Exception as exc:  # noqa: BLE001 - a lineage configuration never fails a run
@@ -329,27 +337,36 @@ class Emitter:
     def namespace(self) -> str:
         return self.settings.namespace
 
-    def _send(self, event: RunEvent) -> Future[None]:
-        """Emit on a daemon thread that first waits for the emitter's previous event."""
-        client = self.client
-        assert client is not None
+    def _chain(self, work: Callable[[float], object]) -> Future[None]:
+        """Run `work(deadline)` on a daemon thread once the emitter's previous send ended or its wait ran out
+        (so a send that never returns holds no later one past its own timeout_s); `deadline` (monotonic) is
+        when this one's own wait ends."""
         done: Future[None] = Future()
+        deadline = time.monotonic() + self.settings.timeout_s
         with self._lock:
             previous = self._last
 
-            def send() -> None:
+            def run() -> None:
                 if previous is not None:
-                    previous.join()
+                    thread, until = previous
+                    thread.join(timeout=max(0.0, until - time.monotonic()))
                 try:
-                    client.emit(event)
+                    work(deadline)
                 except BaseException as exc:  # noqa: BLE001 - handed to the waiting run
                     done.set_exception(exc)
                 else:
                     done.set_result(None)
 
-            self._last = threading.Thread(target=send, name="openlineage-emit", daemon=True)
-            self._last.start()
+            thread = threading.Thread(target=run, name="openlineage-emit", daemon=True)
+            self._last = (thread, deadline)
+            thread.start()
         return done
+
+    def _send(self, event: RunEvent) -> Future[None]:
+        """Emit on a daemon thread that first waits (boundedly) for the emitter's previous event."""
+        client = self.client
+        assert client is not None
+        return self._chain(lambda _deadline: client.emit(event))
 
     def emit(self, event: RunEvent) -> bool:
         """Send one event; True when the transport took it, False (with a warning) when it did not in time."""
@@ -376,3 +393,36 @@ class Emitter:
                 log.warning("OpenLineage endpoint %s unreachable, the %s was not sent: %s", self.target, what, exc)
             return False
         return True
+
+    def close(self) -> bool:
+        """Close the client once the events before have been sent (or their waits ran out), waiting at most
+        `[lineage] timeout_s`: its HTTP session goes, a queueing transport sends what it holds first. Never
+        raises; True when the client closed with every event delivered. Later events are not sent; a second
+        close does nothing."""
+        client, self.client = self.client, None
+        if client is None:
+            return True
+        closed: list[bool] = []
+
+        def shut(deadline: float) -> None:
+            closed.append(bool(client.close(max(0.0, deadline - time.monotonic()))))
+
+        try:
+            self._chain(shut).result(timeout=self.settings.timeout_s)
+        except TimeoutError:
+            log.warning(
+                "OpenLineage client of %s did not close within %ss: events it still held may be lost",
+                self.target,
+                self.settings.timeout_s,
+            )
+            return False
+        except Exception as exc:  # noqa: BLE001 - closing never fails a run
+            log.warning("OpenLineage client of %s did not close cleanly: %s", self.target, exc)
+            return False
+        if closed and not closed[0]:
+            log.warning(
+                "OpenLineage client of %s closed before it had sent every event (within %ss)",
+                self.target,
+                self.settings.timeout_s,
+            )
+        return bool(closed and closed[0])

@@ -56,7 +56,8 @@ class _Scored:
 
 
 class ScoringTelemetry:
-    """One scoring pass over a partition (scoring.partition._run): every target's manifest, run events, metrics."""
+    """One scoring pass over a partition (scoring.partition._run): every target's manifest, run events, metrics.
+    The pass calls `close` once every run has ended (its OpenLineage client is closed)."""
 
     def __init__(
         self,
@@ -210,6 +211,14 @@ class ScoringTelemetry:
         self._emit(ol.FAIL, run_id, error=error)
         self._metrics(run_id, False, 0, worker_peak_bytes)
 
+    def close(self) -> None:
+        """The pass is over (every run committed or failed): close the OpenLineage client, waiting at most
+        `[lineage] timeout_s` for the events still under way. Never raises; a second call does nothing."""
+        try:
+            self.emitter.close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not close the OpenLineage client: %s", exc)
+
     def _metrics(self, run_id: int, ok: bool, rows: int, worker_peak_bytes: int) -> None:
         scored = self.runs.get(run_id)
         if scored is None:
@@ -233,7 +242,8 @@ class ScoringTelemetry:
 
 
 class TrainingTelemetry:
-    """One training run (`nightshift train`, a retrain): START now, then COMPLETE or FAIL, and its metrics.
+    """One training run (`nightshift train`, a retrain): START now, then COMPLETE or FAIL, and its metrics;
+    its OpenLineage client is closed after the COMPLETE or FAIL.
 
     Inputs: the model's feature and label datasets (with the days, files and rows trained on once known);
     output: the registered ONNX artifact (its SHA-256 as the dataset version).
@@ -364,12 +374,21 @@ class TrainingTelemetry:
             self._emit(ol.COMPLETE, mv=mv, training=training, detail=detail)
         else:
             self._emit(ol.FAIL, training=training, error=reason or status, detail=detail)
+        self._close()
         self._metrics(mv is not None, mv.version if mv else None, int((training or {}).get("rows") or 0), detail)
 
     def failed(self, error: BaseException) -> None:
         """The run raised: FAIL with the error, and its metrics."""
         self._emit(ol.FAIL, error=error, detail={"status": "failed"})
+        self._close()
         self._metrics(False, None, 0, {"status": "failed", "reason": f"{type(error).__name__}: {error}"})
+
+    def _close(self) -> None:
+        """After the last event (COMPLETE or FAIL): close the OpenLineage client, within `[lineage] timeout_s`."""
+        try:
+            self.emitter.close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not close the OpenLineage client of training %s: %s", self.model, exc)
 
     def _metrics(self, ok: bool, version: int | None, rows: int, detail: dict[str, Any]) -> None:
         try:

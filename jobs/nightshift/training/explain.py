@@ -28,7 +28,18 @@ def pipeline_explainer(
     """(spec, files, None) for a fitted pipeline of nightshift's own layout, or (None, {}, why it has none).
 
     `x_train`: the rows it was fitted on (model_frame), whose transformed means are a linear model's baseline.
+    Never raises: an extraction that fails is (None, {}, what failed), like a kind without an explainer, so it
+    never fails a training (whose model may never turn reasons on).
     """
+    try:
+        return _pipeline_explainer(pipeline, contract, x_train, task)
+    except Exception as exc:  # noqa: BLE001 - recorded as the reason there is no explainer
+        return None, {}, f"its explainer could not be extracted: {type(exc).__name__}: {exc}"
+
+
+def _pipeline_explainer(
+    pipeline: Pipeline, contract: FeatureContract, x_train: Any, task: str
+) -> tuple[dict[str, Any] | None, dict[str, bytes], str | None]:
     estimator = pipeline.steps[-1][1]
     library = type(estimator).__module__.split(".")[0]
     parts = _parts(pipeline, contract)

@@ -849,7 +849,13 @@ def train(
     importance = measure_feature_importance(pipeline, contract, x_val, y_val, training.seed, task=task)
     from nightshift.training.explain import pipeline_explainer
 
+    # Extracted whether or not [models.explain] is on (so reasons can be turned on later without retraining);
+    # a model without one, or whose extraction failed, trains all the same, with the reason recorded.
     explainer, explainer_files, explainer_problem = pipeline_explainer(pipeline, contract, x_train, task)
+    if explainer is None:
+        log.info(
+            "no exact explainer recorded (reasons for each score cannot be turned on for it): %s", explainer_problem
+        )
     return TrainedModel(
         pipeline=pipeline,
         onnx_bytes=onnx_bytes,
