@@ -377,5 +377,21 @@ ALTER TABLE model_versions ADD COLUMN explainer JSON;
 
 UPDATE alembic_version SET version_num='0011' WHERE alembic_version.version_num = '0010';
 
+-- Running upgrade 0011 -> 0012
+
+CREATE TABLE served_history (
+    model VARCHAR(64) NOT NULL, 
+    ds DATE NOT NULL, 
+    role VARCHAR(16) NOT NULL, 
+    recorded_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    version INTEGER NOT NULL, 
+    share FLOAT NOT NULL, 
+    run_id BIGINT, 
+    replaced_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    PRIMARY KEY (model, ds, role, recorded_at)
+);
+
+UPDATE alembic_version SET version_num='0012' WHERE alembic_version.version_num = '0011';
+
 COMMIT;
 

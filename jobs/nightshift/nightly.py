@@ -165,23 +165,37 @@ def served_on(store: Store, model: str, ds: date) -> dict[str, tuple[int, float]
 
 
 def record_served(store: Store, plan: NightPlan, run_ids: dict[str, int]) -> None:
-    """Record (replacing) which version served which share of entities on the plan's night."""
-    t = schema.served
+    """Record which version served which share of entities on the plan's night (a re-run replaces it).
+
+    A role whose version a re-run keeps keeps its row and the moment it was first recorded (its share and
+    run are updated); a row whose role changed version, or is gone, moves to `served_history` with
+    `replaced_at` = this moment, the new rows' `recorded_at`. So the version that held a role on the night
+    is known at every moment since (the lookup API's `?ds=&as_of=`, nightshift.api.queries._SERVED_AT).
+    """
+    t, h = schema.served, schema.served_history
     now = utcnow()
     with store.begin() as conn:
-        conn.execute(t.delete().where(t.c.model == plan.model, t.c.ds == plan.ds))
+        rows = conn.execute(sa.select(t).where(t.c.model == plan.model, t.c.ds == plan.ds)).mappings().all()
+        kept = {(r["role"], int(r["version"])) for r in rows if plan.versions.get(r["role"]) == int(r["version"])}
+        for old in rows:
+            if (old["role"], int(old["version"])) in kept:
+                continue
+            conn.execute(h.insert().values(**{c.name: old[c.name] for c in t.columns}, replaced_at=now))
+            conn.execute(t.delete().where(t.c.model == plan.model, t.c.ds == plan.ds, t.c.version == old["version"]))
         for role, version in plan.versions.items():
-            conn.execute(
-                t.insert().values(
-                    model=plan.model,
-                    ds=plan.ds,
-                    version=version,
-                    role=role,
-                    share=plan.shares.get(role, 0.0),
-                    run_id=run_ids.get(role),
-                    recorded_at=now,
+            values = {"share": plan.shares.get(role, 0.0), "run_id": run_ids.get(role)}
+            if (role, version) in kept:
+                conn.execute(
+                    t.update()
+                    .where(t.c.model == plan.model, t.c.ds == plan.ds, t.c.version == version)
+                    .values(**values)
                 )
-            )
+            else:
+                conn.execute(
+                    t.insert().values(
+                        model=plan.model, ds=plan.ds, version=version, role=role, recorded_at=now, **values
+                    )
+                )
         if CHALLENGER in plan.versions:
             # A bandit's candidate share of this night is the one the lookup API routes by (like a canary's).
             r = schema.model_rollouts

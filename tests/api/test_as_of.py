@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 
 from nightshift.db.engine import utcnow
 from nightshift.db.staging import stage_chunk
@@ -424,3 +425,89 @@ def test_the_store_and_the_api_agree_on_what_served_when(history: History, serve
             served = history.store.served_run("churn", 1, DS2, step.at)
             assert (r.json()["run_id"] if r.status_code == 200 else None) == (served.run_id if served else None)
     assert history.store.served_run("churn", 1, DS2, datetime(2001, 1, 1, tzinfo=UTC)) is None
+
+
+# -- a night re-run after a promotion (served, through the nightly path) -------------------------------
+
+
+def test_a_night_re_run_after_a_promotion_answers_what_served_it_at_each_moment(
+    store_url: str, tmp_path: Path, serve: Any
+) -> None:
+    """`?ds=D&as_of=T` by alias when D is re-run after a promotion: `served` is written by the nightly path
+    (record_served). D scored with champion v1 and shadow v2, v2 promoted, D re-run (champion v2, previous
+    v1), then re-run again: at every recorded moment as_of answers what the live API answered then (v1
+    between the promotion and the re-run, not the alias's v2), and an unchanged role keeps its row."""
+    from nightshift.db import schema
+    from nightshift.models import CHAMPION
+    from nightshift.nightly import NIGHTLY, NightPlan, record_served
+    from nightshift.rollout import CHALLENGER, PREVIOUS
+
+    store = Store(store_url)
+    registry = Registry(store, str(tmp_path / "models"))
+    register_version(registry, "churn")
+    register_version(registry, "churn")
+    key = make_key(store, "*")
+    api = serve(store_url, cache_entries=0, coalesce_lookups=False)
+    selections: dict[str, dict[str, Any]] = {
+        "champion": {"ds": DS2.isoformat()},
+        "challenger": {"alias": CHALLENGER, "ds": DS2.isoformat()},
+        "previous": {"alias": PREVIOUS, "ds": DS2.isoformat()},
+    }
+    steps: list[Step] = []
+
+    def night(versions: dict[str, int], salts: dict[int, int]) -> None:
+        runs = {v: commit_day(store, v, DS2, salt) for v, salt in salts.items()}
+        shares = {role: (1.0 if role == CHAMPION else 0.0) for role in versions}
+        plan = NightPlan("churn", DS2, NIGHTLY, "tests", versions, shares)
+        record_served(store, plan, {role: runs[v] for role, v in versions.items()})
+
+    def served_rows() -> dict[str, tuple[int, datetime]]:
+        t = schema.served
+        with store.connect() as conn:
+            rows = conn.execute(sa.select(t.c.role, t.c.version, t.c.recorded_at).where(t.c.model == "churn"))
+            return {r.role: (int(r.version), r.recorded_at) for r in rows}
+
+    with api.client(key) as c:
+
+        def record(name: str) -> None:
+            step = Step(name, moment())
+            for sel, params in selections.items():
+                step.singles[(sel, "42")] = _single(c, "42", **params)
+                step.batches[sel] = _batch(c, BATCH, **params)
+            steps.append(step)
+
+        registry.switch_aliases("churn", {CHAMPION: 1, CHALLENGER: 2}, reason="tests", by="tests")
+        record("aliased")
+        night({CHAMPION: 1, CHALLENGER: 2}, {1: 12, 2: 22})
+        record("scored")
+        registry.switch_aliases("churn", {CHAMPION: 2, PREVIOUS: 1, CHALLENGER: None}, reason="tests", by="tests")
+        record("promoted")
+        night({CHAMPION: 2, PREVIOUS: 1}, {2: 23, 1: 13})
+        record("re-run")
+        first = served_rows()
+        night({CHAMPION: 2, PREVIOUS: 1}, {2: 24, 1: 14})
+        record("re-run-again")
+        # A role whose version did not change keeps its row, and the moment it was recorded.
+        assert served_rows() == first
+
+    by_name = {s.name: s for s in steps}
+    version_of = {n: by_name[n].singles[("champion", "42")].json()["version"] for n in ("scored", "promoted", "re-run")}
+    assert version_of == {"scored": 1, "promoted": 1, "re-run": 2}  # what the live API answered
+    assert by_name["promoted"].singles[("challenger", "42")].json()["version"] == 2  # v2's shadow run of D
+
+    for server in (serve(store_url, cache_entries=0), serve(store_url)):
+        with server.client(key) as c:
+            for step in steps:
+                at = step.at.isoformat()
+                for (sel, entity), then in step.singles.items():
+                    replay = _single(c, entity, **selections[sel], as_of=at)
+                    _same_answer(then, replay, (step.name, sel, entity))
+                    if replay.status_code == 200:
+                        # Store.served_run names the same run for the version answered.
+                        body = replay.json()
+                        run = store.served_run("churn", body["version"], DS2, step.at)
+                        assert run is not None, (step.name, sel)
+                        assert run.run_id == body["run_id"], (step.name, sel)
+                for sel, then in step.batches.items():
+                    _same_answer(then, _batch(c, BATCH, **selections[sel], as_of=at), (step.name, sel, "batch"))
+    store.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -50,8 +51,14 @@ def explained(store_url: str, make_settings: Any, registered: Any, dask_client: 
 
 
 def _same(reasons: list[dict[str, Any]], expected: list[tuple[str, float]]) -> None:
+    """The stored reasons exactly: each contribution is the stored float32 in its shortest digits, on both
+    stores (PostgreSQL's bytea unpacks to the widened double, 0.8123000264167786 for 0.8123)."""
+    from nightshift.api.reader import shortest_float32
+
     assert [r["feature"] for r in reasons] == [f for f, _ in expected]
-    assert [r["contribution"] for r in reasons] == pytest.approx([v for _, v in expected], abs=1e-6)
+    assert [r["contribution"] for r in reasons] == [shortest_float32(v) for _, v in expected]
+    for r, (_, v) in zip(reasons, expected, strict=True):
+        assert struct.pack("<f", r["contribution"]) == struct.pack("<f", v)  # the same float32
     sizes = [abs(r["contribution"]) for r in reasons]
     assert sizes == sorted(sizes, reverse=True)
 
@@ -107,6 +114,8 @@ def test_explain_for_a_day_scored_without_reasons_is_a_409_naming_the_model(
             assert f"churn v2 ds={explained['ds']}" in detail
             assert f"run {explained['plain_run']}" in detail
             assert "[models.explain] enabled = true" in detail
+            # The command that scores that version's day again names the version.
+            assert f"`nightshift score -m churn --version 2 --ds {explained['ds']}`" in detail
         # Without explain the same reads answer as always.
         assert c.get("/v1/models/churn/predictions/1", params={"version": 2}).status_code == 200
         # A bad value is a validation error on the parameter.

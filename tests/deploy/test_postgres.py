@@ -46,7 +46,16 @@ from tests.deploy.conftest import (
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: The tables the lookup API reads (jobs/nightshift/api/queries.py), granted by api-readonly.sql.
-API_TABLES = ["alembic_version", "api_keys", "model_aliases", "model_versions", "partitions", "predictions", "served"]
+API_TABLES = [
+    "alembic_version",
+    "api_keys",
+    "model_aliases",
+    "model_versions",
+    "partitions",
+    "predictions",
+    "served",
+    "served_history",
+]
 #: What `?as_of=` reads of the histories: these columns only (api-readonly.sql).
 API_HISTORY_COLUMNS = {
     "runs": "run_id, model, version, ds, status, rows, finished_at, replaced_at",

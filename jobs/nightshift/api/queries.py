@@ -25,9 +25,16 @@ _PREVIOUS_AT = (
     "(SELECT e.new_version FROM alias_events e WHERE e.model = :model AND e.alias = 'previous' "
     "AND :alias = 'champion' AND e.at <= :at ORDER BY e.at DESC, e.event_id DESC LIMIT 1)"
 )
+#: The version that held the role on the night at :at: the `served` row if recorded by then, else the one a
+#: re-run of the night replaced after :at (`served_history`; nightshift.nightly.record_served keeps a role's
+#: row while its version does not change, so the two never overlap).
 _SERVED_AT = (
     "(SELECT s.version FROM served s WHERE s.model = :model AND s.ds = :ds AND s.role = :alias "
     "AND s.recorded_at <= :at ORDER BY s.recorded_at DESC LIMIT 1)"
+)
+_SERVED_BEFORE = (
+    "(SELECT h.version FROM served_history h WHERE h.model = :model AND h.ds = :ds AND h.role = :alias "
+    "AND h.recorded_at <= :at AND h.replaced_at > :at ORDER BY h.recorded_at DESC LIMIT 1)"
 )
 #: A run that was the catalog's truth of its partition at :at. A replaced run without `replaced_at`
 #: (before migration 0008, or expired before it was recorded) has no known end: it is left out.
@@ -71,7 +78,7 @@ def _partition_at(*, by_alias: bool, by_ds: bool) -> str:
     if not by_alias:
         version, order = "r0.version = :version", ""
     elif by_ds:
-        version, order = f"r0.version = COALESCE({_SERVED_AT}, {_ALIAS_AT})", ""
+        version, order = f"r0.version = COALESCE({_SERVED_AT}, {_SERVED_BEFORE}, {_ALIAS_AT})", ""
     else:
         version, order = f"r0.version IN ({_ALIAS_AT}, {_PREVIOUS_AT})", f"(r0.version = {_ALIAS_AT}) DESC, "
     ds = " AND r0.ds = :ds" if by_ds else ""

@@ -16,6 +16,7 @@ from nightshift.api.cache import Hit as Hit  # what a lookup found; routes and r
 from nightshift.api.db import Database
 from nightshift.api.queries import Kind, Queries
 from nightshift.db.store import decode_probs, decode_reasons
+from nightshift.models.explainers import feature_names, no_reasons_message, reason_name
 from nightshift.models.registry import CHAMPION
 
 #: The alias that keeps answering while a newly promoted champion has no committed partition.
@@ -56,11 +57,7 @@ class NoReasons(NotFound):
 
 
 def no_reasons_detail(part: Partition) -> str:
-    return (
-        f"{part.model} v{part.version} ds={part.ds} (run {part.run_id}) was scored without reasons: set "
-        f"[models.explain] enabled = true for model {part.model!r} and score the day again "
-        f"(`nightshift score -m {part.model} --ds {part.ds}`), or ask without explain"
-    )
+    return f"{no_reasons_message(part.model, part.version, part.ds, part.run_id)}, or ask without explain"
 
 
 def unknown_model_detail(model: str) -> str:
@@ -316,7 +313,7 @@ class PredictionReader:
             if isinstance(features, str):
                 features = json.loads(features)
             classes = tuple(str(c) for c in ((signature or {}).get("outputs") or {}).get("classes") or ())
-            names = tuple(str(f.get("name")) if isinstance(f, dict) else str(f) for f in features or ())
+            names = feature_names(features)
             found = (str(task or "binary"), classes, names)
             if len(self._versions) >= CACHE_MAX_ENTRIES:
                 self._versions.clear()
@@ -342,8 +339,8 @@ class PredictionReader:
         reasons = decode_reasons(raw)
         if reasons is None:
             raise NoReasons(no_reasons_detail(part))
-        names = part.features
-        named = [(names[c] if 0 <= c < len(names) else str(c), self._score(v)) for c, v in reasons]
+        # Contributions are float32 unpacked from bytes on both stores: their shortest digits, always.
+        named = [(reason_name(part.features, c), shortest_float32(v)) for c, v in reasons]
         return (*hit, named)
 
     async def _fetch(self, sel: Selection, statements: dict[Kind, str], extra: dict[str, Any]) -> list[tuple[Any, ...]]:

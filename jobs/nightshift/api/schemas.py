@@ -26,7 +26,9 @@ AS_OF_DESCRIPTION = (
     "2026-11-18T07:00:00%2B01:00; **without an offset it is UTC**. The alias (default: champion) as it was "
     "then, and the run that served then: for a day re-scored since, the replaced run, while the model's "
     "`history_days` keeps its rows (410 once they are removed). With `ds`: the run that served that day "
-    "then. A moment not yet past answers as now. A canary split is not replayed: the alias answers."
+    "then, from the version that held the role on that night then (a night re-run since included), or the "
+    "alias as it was then for a night not yet recorded. A moment not yet past answers as now. A canary "
+    "split is not replayed: the alias answers."
 )
 
 #: The `explain` query parameter.

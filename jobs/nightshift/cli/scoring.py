@@ -242,6 +242,7 @@ def predictions_cmd(
 
     from nightshift.db import open_store
     from nightshift.models import open_registry
+    from nightshift.models.explainers import feature_names, no_reasons_message, reason_name
 
     settings = settings_from(config)
     settings.model(model)
@@ -257,17 +258,13 @@ def predictions_cmd(
     found = {r.entity_id for r in rows}
     missing = [e for e in entity if e not in found]
     classes = [str(c) for c in ((mv.signature or {}).get("outputs") or {}).get("classes") or []]
-    names = [str(f.get("name")) for f in mv.features]
+    names = feature_names(mv.features)
     reasons: dict[str, list[tuple[str, float]]] = {}
     if explain:
         for r in rows:
             if r.reasons is None:
-                raise NightshiftError(
-                    f"{model} v{mv.version} ds={part.ds} (run {part.run_id}) was scored without reasons: set "
-                    f"[models.explain] enabled = true for model {model!r} and score the day again "
-                    f"(nightshift score -m {model} --ds {part.ds})"
-                )
-            reasons[r.entity_id] = [(names[c] if 0 <= c < len(names) else str(c), v) for c, v in r.reasons]
+                raise NightshiftError(no_reasons_message(model, mv.version, part.ds, part.run_id))
+            reasons[r.entity_id] = [(reason_name(names, c), v) for c, v in r.reasons]
     if as_json:
         predictions = []
         for r in rows:

@@ -373,3 +373,22 @@ performance_estimates = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("labelled_at", TS, nullable=True),
 )
+
+
+# -- what served, as it was (migration 0012) ---------------------------------------------------------
+
+#: A `served` row that a later nightly run of the same night replaced (that role's version changed, or
+#: the role is gone): served from `recorded_at` until `replaced_at` (the replacing rows' `recorded_at`).
+#: The lookup API's `?ds=&as_of=` by alias reads it (nightshift.api.queries._SERVED_BEFORE).
+served_history = sa.Table(
+    "served_history",
+    metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("ds", sa.Date, primary_key=True),
+    sa.Column("role", sa.String(16), primary_key=True),
+    sa.Column("recorded_at", TS, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("run_id", ID_, nullable=True),
+    sa.Column("replaced_at", TS, nullable=False),
+)

@@ -25,7 +25,8 @@ scikit-learn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from nightshift.errors import ModelSchemaError
@@ -84,9 +85,23 @@ def require_explainer(model: str, version: int | str, explainer: Mapping[str, An
         )
 
 
-def feature_names(explainer: Mapping[str, Any]) -> list[str]:
-    """The names the feature indices packed in `predictions.reasons` point at."""
-    return [str(f) for f in explainer.get("features") or ()]
+def feature_names(features: Sequence[Any] | None) -> tuple[str, ...]:
+    """The names the feature indices packed in `predictions.reasons` point at: a version's
+    `model_versions.features` (each a mapping with its `name`, or a name)."""
+    return tuple(str(f.get("name")) if isinstance(f, Mapping) else str(f) for f in features or ())
+
+
+def reason_name(names: Sequence[str], code: int) -> str:
+    """The feature a stored reason's code names (the code itself when the version has no such index)."""
+    return names[code] if 0 <= code < len(names) else str(code)
+
+
+def no_reasons_message(model: str, version: int, ds: date, run_id: int) -> str:
+    """Why a day has no reasons to show, and how to get them (the API's 409 and `nightshift predictions --explain`)."""
+    return (
+        f"{model} v{version} ds={ds} (run {run_id}) was scored without reasons: set [models.explain] enabled = true "
+        f"for model {model!r} and score the day again (`nightshift score -m {model} --version {version} --ds {ds}`)"
+    )
 
 
 def brought_explainer(
