@@ -39,6 +39,18 @@ def numpy_values(arr: pa.Array, dtype: str) -> np.ndarray:
     return np.frombuffer(buf, dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize)
 
 
+def dictionary_codes(col: pa.DictionaryArray) -> np.ndarray:
+    """A dictionary array's codes as intp, a null coded as len(dictionary): index an array of the dictionary's
+    values with one more entry at the end (the missing category) to decode it without per-row objects."""
+    indices = col.indices
+    kind = "i" if pa.types.is_signed_integer(indices.type) else "u"
+    codes = numpy_values(indices, f"<{kind}{indices.type.bit_width // 8}").astype(np.intp)
+    nulls = null_mask(indices)
+    if nulls is not None:
+        codes[nulls] = len(col.dictionary)
+    return codes
+
+
 def null_mask(arr: pa.Array) -> np.ndarray | None:
     """True where `arr` is null, or None when it has no nulls."""
     bits = arr.buffers()[0]
@@ -321,13 +333,7 @@ def _categorical(col: pa.ChunkedArray | pa.Array, spec: Column, source: str) -> 
     if pa.types.is_dictionary(col.type):
         # Index the (small) dictionary by the codes: no per-row Python objects are built.
         dictionary = np.asarray([*col.dictionary.to_pylist(), MISSING_CATEGORY], dtype=object)
-        indices = col.indices
-        kind = "i" if pa.types.is_signed_integer(indices.type) else "u"
-        codes = numpy_values(indices, f"<{kind}{indices.type.bit_width // 8}").astype(np.intp)
-        nulls = null_mask(indices)
-        if nulls is not None:
-            codes[nulls] = len(col.dictionary)
-        return dictionary[codes]
+        return dictionary[dictionary_codes(col)]
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise ContractError(f"{source}: column {spec.name!r} has type {col.type}, expected string")
     encoded = pc.dictionary_encode(col)

@@ -51,7 +51,7 @@ def category_codes(col: pa.Array | pa.ChunkedArray, categories: list[str]) -> np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from nightshift.data.features import MISSING_CATEGORY, null_mask, numpy_values
+    from nightshift.data.features import MISSING_CATEGORY, dictionary_codes, null_mask, numpy_values
 
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
@@ -77,13 +77,7 @@ def category_codes(col: pa.Array | pa.ChunkedArray, categories: list[str]) -> np
 
     if pa.types.is_dictionary(col.type):
         per_entry = np.append(lookup(col.dictionary), missing)
-        indices = col.indices
-        kind = "i" if pa.types.is_signed_integer(indices.type) else "u"
-        codes = numpy_values(indices, f"<{kind}{indices.type.bit_width // 8}").astype(np.intp)
-        nulls = null_mask(indices)
-        if nulls is not None:
-            codes[nulls] = len(col.dictionary)
-        out: np.ndarray = per_entry[codes]
+        out: np.ndarray = per_entry[dictionary_codes(col)]
         return out
     return lookup(col)
 
