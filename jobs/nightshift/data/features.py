@@ -372,13 +372,7 @@ def _codes(
 
     if pa.types.is_dictionary(col.type):
         per_entry = np.append(lookup(col.dictionary), np.array(np.nan, dtype))
-        indices = col.indices
-        kind = "i" if pa.types.is_signed_integer(indices.type) else "u"
-        codes = numpy_values(indices, f"<{kind}{indices.type.bit_width // 8}").astype(np.intp)
-        nulls = null_mask(indices)
-        if nulls is not None:
-            codes[nulls] = len(col.dictionary)
-        return per_entry[codes]
+        return per_entry[dictionary_codes(col)]
     return lookup(col)
 
 
