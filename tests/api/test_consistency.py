@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -69,6 +70,10 @@ def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> N
     for t in readers:
         t.start()
     try:
+        # Both readers answer before anything changes (their clients start slowly on a loaded machine).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 2 and not failures:
+            stop.wait(0.05)
         # Replace (churn, v1, DS2) again and again, then re-score DS2 with v2 and move the champion.
         for salt in SALTS_V1:
             run_salt[commit_partition(seeded.store, "churn", 1, DS2, salt=salt)] = salt
@@ -76,7 +81,12 @@ def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> N
         seeded.registry.set_alias("churn", "champion", 2, reason="test switch", by="tests")
         # The old version keeps changing underneath; nobody reading the champion may notice.
         run_salt[commit_partition(seeded.store, "churn", 1, DS2, salt=SALTS_V1[1])] = SALTS_V1[1]
-        stop.wait(1.0)
+        # Read on until the readers have answered from the new champion (a loaded machine can starve them for
+        # a while; a fixed second was flaky), at most 60 s: an API stuck on an old run still fails below.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(salt == SALT_V2 for _, salt in list(seen)):
+            stop.wait(0.2)
+        stop.wait(0.5)
     finally:
         stop.set()
         for t in readers:
@@ -85,8 +95,9 @@ def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> N
     assert len(seen) > 20
     for run_id, salt in seen:
         assert run_salt.get(run_id) == salt, (run_id, salt)
-    # Readers saw the replacements happen, and ended on the new champion.
-    assert len({run for run, _ in seen}) >= 3
+    # Readers saw the replacement happen: the new champion's run, and an older one before it.
+    assert any(salt == SALT_V2 for _, salt in seen), sorted({salt for _, salt in seen})
+    assert len({run for run, _ in seen}) >= 2
     with api.client(key) as c:
         final = c.get("/v1/models/churn/predictions/1").json()
     assert (final["version"], salt_of(final["score"])) == (2, SALT_V2)
