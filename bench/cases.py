@@ -565,9 +565,10 @@ def case_brought(plan: Plan, label: str = "lightgbm") -> None:
 
 def case_multiclass(plan: Plan) -> None:
     """A multiclass model's wider rows (issue 16): the demo's linear pipeline as a binary model (`churned`) and
-    as a 4-class model (`next_plan`: label, score and float4[] probabilities per row) over the same rows, each
-    on its own pre-started cluster, round-robin. The report compares the write (tasks_write_s, workers' COPY)
-    plus commit (primary key + attach) seconds per row, the end-to-end time, and the bytes per row stored."""
+    as a 4-class model (`next_plan`: label, score and 4 packed float32 probabilities per row, a bytea) over the
+    same rows, each on its own pre-started cluster, round-robin. The report compares the write (tasks_write_s,
+    workers' COPY) plus commit (primary key + attach) seconds per row, the end-to-end time, and the bytes per row
+    stored."""
     assert plan.pg_url is not None
     data = plan.main
     arts = {"binary": plan.models["linear"], "multiclass": plan.extra_models["multiclass"]}
@@ -583,7 +584,7 @@ def case_multiclass(plan: Plan) -> None:
         what = {
             names["binary"]: "score_partition() of the linear pipeline, binary: (run_id, entity_id, score, label)",
             names["multiclass"]: "the same pipeline as a 4-class model: (run_id, entity_id, score, label, probs "
-            "float4[4])",
+            "bytea of 4 float32)",
         }
         _record(plan, "multiclass", "linear", results, dict.fromkeys(results, data.rows), what)
     finally:

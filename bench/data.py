@@ -71,7 +71,8 @@ class ModelArtifacts:
 
 
 #: The models the suite scores with: the demo's linear pipeline and a 100-tree forest (binary, on `churned`),
-#: and the same linear pipeline as a 4-class model of `next_plan` (multiclass: a float4[] of probabilities per row).
+#: and the same linear pipeline as a 4-class model of `next_plan` (multiclass: 4 packed float32 probabilities
+#: per row, a bytea).
 MODEL_SPECS: dict[str, dict[str, Any]] = {
     "linear": {"kind": "logistic_regression", "params": {"C": 1.0, "max_iter": 1000}},
     "forest": {"kind": "random_forest", "params": {"n_estimators": 100, "max_depth": 10, "n_jobs": -1}},

@@ -393,5 +393,29 @@ CREATE TABLE served_history (
 
 UPDATE alembic_version SET version_num='0012' WHERE alembic_version.version_num = '0011';
 
+-- Running upgrade 0012 -> 0013
+
+DROP VIEW IF EXISTS committed_predictions;
+
+CREATE FUNCTION pg_temp.nightshift_pack_probs(a real[]) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT AS $$
+  SELECT string_agg(
+    substring(b from 4 for 1) || substring(b from 3 for 1) || substring(b from 2 for 1) || substring(b from 1 for 1),
+    ''::bytea ORDER BY i)
+  FROM (SELECT float4send(e) AS b, i FROM unnest(a) WITH ORDINALITY AS t(e, i)) AS elements
+$$;
+
+ALTER TABLE predictions ALTER COLUMN probs TYPE bytea USING pg_temp.nightshift_pack_probs(probs);
+
+DROP FUNCTION pg_temp.nightshift_pack_probs(real[]);
+
+CREATE VIEW committed_predictions AS
+SELECT c.model, c.version, c.ds, p.entity_id, p.score, p.label, p.value, p.probs, r.started_at AS scored_at, c.run_id
+FROM partitions c
+JOIN runs r ON r.run_id = c.run_id
+JOIN predictions p ON p.run_id = c.run_id
+WHERE c.status = 'committed';
+
+UPDATE alembic_version SET version_num='0013' WHERE alembic_version.version_num = '0012';
+
 COMMIT;
 

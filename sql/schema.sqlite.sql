@@ -415,3 +415,7 @@ CREATE TABLE served_history (
 
 UPDATE alembic_version SET version_num='0012' WHERE alembic_version.version_num = '0011';
 
+-- Running upgrade 0012 -> 0013
+
+UPDATE alembic_version SET version_num='0013' WHERE alembic_version.version_num = '0012';
+

@@ -92,3 +92,48 @@ def test_a_writer_refuses_a_batch_of_another_task(pg_url: str) -> None:
                 writer.write(_rows("binary"))
         store.fail_run(run, "test")
     store.dispose()
+
+
+@pytest.mark.postgres
+def test_migration_0013_packs_stored_probabilities_and_unpacks_them_exactly(pg_url: str) -> None:
+    """0013 turns PostgreSQL's real[] probabilities into the packed float32 bytes SQLite stores, in every run's
+    partition, bit for bit (NaN, -0.0 and a subnormal too); its downgrade gives the same real[] back."""
+    import sqlalchemy as sa
+
+    store = Store(pg_url)
+    store.downgrade("0012")
+    probs = np.array(
+        [[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, -0.0, 1e-40], [np.nan, 0.25, 0.5, 0.25], [1 / 3, 2 / 3, 0.0, 0.0]],
+        dtype=np.float32,
+    )
+    with store.begin() as conn:  # rows as PostgreSQL held them before 0013: a real[] per row
+        run = store.start_run("m", 1, DS, input_rows=5)  # its own table, attached below as a commit does
+        for i, row in enumerate(probs):
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO predictions_r{run} (run_id, entity_id, score, label, probs) "
+                    "VALUES (:run, :id, 0.5, 0, CAST(:probs AS real[]))"
+                ),
+                {"run": run, "id": f"e{i}", "probs": [float(p) for p in row]},
+            )
+        conn.execute(
+            sa.text(f"INSERT INTO predictions_r{run} (run_id, entity_id, score, label) VALUES ({run}, 'binary', 1, 1)")
+        )
+        conn.execute(sa.text(f"ALTER TABLE predictions ATTACH PARTITION predictions_r{run} FOR VALUES IN ({run})"))
+
+    def stored() -> dict[str, object]:
+        with store.connect() as conn:
+            return dict(conn.execute(sa.text(f"SELECT entity_id, probs FROM predictions WHERE run_id = {run}")).all())
+
+    store.upgrade()
+    packed = stored()
+    for i, row in enumerate(probs):
+        assert bytes(packed[f"e{i}"]) == row.astype("<f4").tobytes()  # type: ignore[arg-type]
+    assert packed["binary"] is None
+    store.downgrade("0012")
+    back = stored()
+    for i, row in enumerate(probs):
+        assert np.array(back[f"e{i}"], dtype=np.float32).tobytes() == row.tobytes()
+    assert back["binary"] is None
+    store.upgrade()
+    store.dispose()

@@ -8,7 +8,6 @@ apart. Readable DDL generated from the migrations: `sql/`.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
 metadata = sa.MetaData()
 
@@ -173,8 +172,9 @@ predictions = sa.Table(
     sa.Column("label", sa.SmallInteger, nullable=True),
     # A regression's value as the model gave it (score keeps it as float4 for monitoring and ordering).
     sa.Column("value", sa.Float, nullable=True),
-    # A multiclass model's probability of every class, in its recorded class order (SQLite: float32 bytes).
-    sa.Column("probs", sa.LargeBinary().with_variant(ARRAY(sa.REAL()), "postgresql"), nullable=True),
+    # A multiclass model's probability of every class, in its recorded class order: K little-endian float32
+    # values, 4K bytes, on both stores (migration 0013; PostgreSQL stored a real[] before).
+    sa.Column("probs", sa.LargeBinary, nullable=True),
     # Reasons (migration 0011, `[models.explain]`): the top-k features of this score, largest |contribution|
     # first, packed: k little-endian int16 indices into the version's `model_versions.features`, then their k
     # little-endian float32 contributions (the explained output's units: log-odds, value or margin); 6k bytes.

@@ -283,26 +283,6 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _COPY_TRAILER = b"\xff\xff"
 
 
-#: PostgreSQL's type oid of float4, the elements of `probs`.
-_FLOAT4_OID = 700
-
-
-def _array_fields(name: str, element: str, k: int) -> list[Any]:
-    """The binary COPY fields of a one-dimensional array of `k` elements: its length, header, then (length, value)
-    per element (big-endian)."""
-    import numpy as np
-
-    header = [f"{name}_len", f"{name}_ndim", f"{name}_hasnull", f"{name}_oid", f"{name}_dim", f"{name}_lbound"]
-    return [*((h, ">i4") for h in header), (name, np.dtype([("elen", ">i4"), ("v", element)]), (k,))]
-
-
-def _fill_array(tail: np.ndarray, name: str, values: np.ndarray, oid: int) -> None:
-    k, size = values.shape[1], values.dtype.itemsize
-    tail[f"{name}_len"], tail[f"{name}_ndim"], tail[f"{name}_hasnull"] = 20 + (4 + size) * k, 1, 0
-    tail[f"{name}_oid"], tail[f"{name}_dim"], tail[f"{name}_lbound"] = oid, k, 1
-    tail[name]["elen"], tail[name]["v"] = size, values
-
-
 def _copy_tail(rows: Rows) -> np.ndarray:
     """The fixed-width part of each row after the id, big-endian, for the rows' layout (and reasons)."""
     import numpy as np
@@ -314,8 +294,8 @@ def _copy_tail(rows: Rows) -> np.ndarray:
         fields = [("l3", ">i4"), ("score", ">f4"), ("l4", ">i4"), ("label", ">i2")]
     probs = rows.probs if rows.layout == "multiclass" else None
     if probs is not None:
-        # A one-dimensional float4[] of K elements.
-        fields += _array_fields("probs", ">f4", probs.shape[1])
+        # A bytea of K little-endian float32 values (migration 0013): its length, then the bytes as they are stored.
+        fields += [("probs_len", ">i4"), ("probs", "<f4", (probs.shape[1],))]
     features, contributions = rows.reason_features, rows.reason_contributions
     if features is not None and contributions is not None:
         # A bytea of the packed reasons (see `reasons_dtype`): its length, then its bytes as they are stored.
@@ -328,7 +308,7 @@ def _copy_tail(rows: Rows) -> np.ndarray:
     else:
         tail["l4"], tail["label"] = 2, rows.labels
     if probs is not None:
-        _fill_array(tail, "probs", probs.astype(np.float32, copy=False), _FLOAT4_OID)
+        tail["probs_len"], tail["probs"] = 4 * probs.shape[1], probs
     if features is not None and contributions is not None:
         tail["reasons_len"] = 6 * features.shape[1]
         tail["reason_features"], tail["reason_contributions"] = features, contributions

@@ -94,15 +94,15 @@ class Prediction:
 
 
 def decode_probs(raw: Any) -> list[float] | None:
-    """A stored `probs` value as floats: PostgreSQL returns a list, SQLite the float32 bytes."""
+    """A stored `probs` value as floats: K little-endian float32 values (both stores, migration 0013)."""
     if raw is None:
         return None
-    if isinstance(raw, bytes | bytearray | memoryview):
-        import struct
+    import struct
 
-        data = bytes(raw)
-        return list(struct.unpack(f"<{len(data) // 4}f", data))
-    return [float(x) for x in raw]
+    data = bytes(raw)
+    if len(data) % 4:
+        raise ValueError(f"a probs value of {len(data)} bytes: expected 4 per class")
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
 
 
 def decode_reasons(raw: Any) -> list[tuple[int, float]] | None:

@@ -34,7 +34,7 @@ PREDICTION_FIELDS = [
     {"name": "score", "type": "REAL"},
     {"name": "label", "type": "SMALLINT"},
     {"name": "value", "type": "DOUBLE PRECISION"},
-    {"name": "probs", "type": "REAL[]"},
+    {"name": "probs", "type": "BYTEA"},
     {"name": "scored_at", "type": "TIMESTAMP WITH TIME ZONE"},
     {"name": "run_id", "type": "BIGINT"},
 ]
