@@ -254,9 +254,20 @@ class _Walk:
             "version": p.version,
             "run_id": p.run_id,
             "committed_at": p.committed_at,
+            # Why this score: its stored top-k reasons (feature, contribution), or None (scored without them).
+            "reasons": None if p.reasons is None else self._reasons(version, p.reasons),
         }
         self.steps["prediction"] = Step("prediction", True, facts)
         return p.run_id
+
+    def _reasons(self, version: int, codes: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        from nightshift.models.explainers import feature_names, reason_name
+
+        try:
+            names = feature_names(self.registry.get(self.model, version).features)
+        except ModelNotFound:
+            names = ()
+        return [{"feature": reason_name(names, code), "contribution": value} for code, value in codes]
 
     # -- 3. run --------------------------------------------------------------------------------------
 

@@ -378,6 +378,15 @@ def test_cli_predictions_explain(
     assert "reasons" in table.stdout
     assert f"{names[first[0][0]]} {first[0][1]:+.4f}" in table.stdout
 
+    # `nightshift lineage --entity` says why the score is what it is: the same reasons, by feature name.
+    lineage = run_cli("lineage", "-m", "churn", "--ds", str(SCORE_DS), "--entity", "1", "--json", "--config", config)
+    assert lineage.returncode == 0, lineage.stderr
+    said = json.loads(lineage.stdout)["steps"]["prediction"]["reasons"]
+    assert [r["feature"] for r in said] == [names[c] for c, _ in first]
+    assert [r["contribution"] for r in said] == pytest.approx([v for _, v in first], abs=1e-6)
+    text = run_cli("lineage", "-m", "churn", "--ds", str(SCORE_DS), "--entity", "1", "--config", config)
+    assert f"reasons: {names[first[0][0]]} {first[0][1]:+.4f}" in text.stdout, text.stdout
+
     # A day scored without reasons: one line naming the model and how to enable them, exit 1.
     plain_settings = make_settings(store_url)
     score_partition(plain_settings, "churn", SCORE_DS, client=dask_client)

@@ -89,10 +89,13 @@ def _lines(name: str, f: dict[str, Any]) -> list[str]:
             what += f", value {f['value']:.6g}"
         if f.get("probs"):
             what += ", probabilities " + ", ".join(f"{p:.4g}" for p in f["probs"])
-        return [
+        lines = [
             f"entity {f['entity_id']}: {what} (v{f['version']}, run {f['run_id']}, "
             f"committed {_when(f['committed_at'])})"
         ]
+        if f.get("reasons"):
+            lines.append("reasons: " + ", ".join(f"{r['feature']} {r['contribution']:+.4f}" for r in f["reasons"]))
+        return lines
     if name == "run":
         lines = [
             f"run {f['run_id']}: {f['status']}, run key {f.get('run_key') or '-'}",
