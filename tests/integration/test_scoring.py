@@ -154,7 +154,7 @@ def _install_failing_trigger(store: Any, table: str, when: str) -> None:
 def test_a_failure_mid_run_leaves_the_old_rows_serving(
     store_url: str, make_settings: Any, registered: Any, dask_client: Any, where: str
 ) -> None:
-    settings = make_settings(store_url)
+    settings = make_settings(store_url, dask="task_min_rows = 1\n")  # a chunk per file
     registered(settings)
     first = score_partition(settings, "churn", SCORE_DS, client=dask_client)
     store = open_store(settings)
@@ -387,7 +387,7 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
         path.unlink()
     from distributed import Client, LocalCluster
 
-    settings = make_settings(sqlite_url)
+    settings = make_settings(sqlite_url, dask="task_min_rows = 1\n")  # a task per file
     registered(settings)
     seen: list[int] = []
     with (
@@ -428,3 +428,47 @@ def test_a_damaged_data_page_fails_naming_the_file_and_row_group(
     with pytest.raises(ContractError, match=rf"{victim.name} row group\(s\) 0: unreadable data"):
         score_partition(settings, "churn", SCORE_DS, client=dask_client)
     assert open_store(settings).partition("churn", 1, SCORE_DS) is None
+
+
+@pytest.mark.parametrize(("min_rows", "tasks"), [(65_536, 1), (1_000, 3), (1, 30)])
+def test_small_files_are_scored_in_bundles_of_at_least_task_min_rows(
+    store_url: str,
+    make_settings: Any,
+    registered: Any,
+    trained_model: Any,
+    data_root: Path,
+    dask_client: Any,
+    min_rows: int,
+    tasks: int,
+) -> None:
+    """30 files of 100 rows: with the default, one task reads them all (one staged chunk, one ledger row); with
+    task_min_rows = 1,000, three tasks of ten files; with 1, a task per file. Every row is committed once, equal to
+    what a task per file gives, and the ledger names each bundle by its first and last file."""
+    part = _part_dir(data_root)
+    for path in sorted(part.glob("*.parquet")):
+        table = pq.read_table(path)
+        for k in range(10):
+            pq.write_table(table.slice(k * 100, 100), path.with_name(f"{path.stem}-{k}.parquet"))
+        path.unlink()
+    settings = make_settings(store_url, dask=f"task_min_rows = {min_rows}\n")
+    registered(settings)
+    summary = score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert (summary.files, summary.tasks, summary.rows) == (30, tasks, DEMO_ROWS)
+    store = open_store(settings)
+    got = _committed(store)
+    table = pq.read_table(part)
+    assert sorted(got) == sorted(str(i) for i in table.column("customer_id").to_pylist())
+    from nightshift.data.features import model_inputs
+
+    expected = onnx_scores(trained_model.onnx_bytes, model_inputs(table, settings.model("churn").contract))
+    ids = [str(i) for i in table.column("customer_id").to_pylist()]
+    assert np.allclose([got[i] for i in ids], expected, atol=1e-6)
+    if store.dialect == "postgresql":  # the workers' ledger: a row per staged chunk
+        import sqlalchemy as sa
+
+        with store.connect() as conn:
+            chunks = sorted(conn.execute(sa.text("SELECT chunk FROM run_chunks")).scalars())
+        assert len(chunks) == tasks
+        if tasks == 1:
+            assert chunks == ["part-00000-0.parquet#rg0-0..part-00002-9.parquet#rg0-0"]
+    store.dispose()

@@ -106,7 +106,8 @@ def project(
     `top`: top-level lines; `not_nullable`: feature columns declared nullable = false.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_project(folder, store_url, root, extra_model=model)
+    # A task per file (no bundling of small files): a run of MANY_FILES is dozens of chunks, killable part way.
+    path = write_project(folder, store_url, root, extra_model=model, dask="task_min_rows = 1\n")
     text = path.read_text()
     if top:
         text = top.strip() + "\n" + text

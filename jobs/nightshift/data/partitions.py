@@ -78,6 +78,24 @@ class Partition:
         return out
 
 
+def bundle_slices(slices: list[TaskSlice], min_rows: int, max_rows: int) -> list[tuple[TaskSlice, ...]]:
+    """Consecutive slices joined into tasks of at least `min_rows` rows (and at most `max_rows`, unless one slice
+    is larger): small files share a task, so a partition of many small files pays a task's fixed cost (a Dask
+    round trip, a COPY, a ledger commit) per bundle, not per file. In file order, so a plan is the same each time."""
+    out: list[tuple[TaskSlice, ...]] = []
+    current: list[TaskSlice] = []
+    rows = 0
+    for s in slices:
+        if current and (rows >= min_rows or rows + s.rows > max_rows):
+            out.append(tuple(current))
+            current, rows = [], 0
+        current.append(s)
+        rows += s.rows
+    if current:
+        out.append(tuple(current))
+    return out
+
+
 def list_partition_files(root: str, key: str, ds: date, marker: str = "_SUCCESS") -> list[str]:
     """The Parquet files of one partition, sorted; PartitionNotReady until its marker exists."""
     uri = partition_uri(root, key, ds)

@@ -53,11 +53,32 @@ class ModelRun:
 
 @dataclass(frozen=True)
 class ChunkTask:
-    slice: TaskSlice
+    """One task: the row groups of one file, or several small files read one after the other
+    (`data.bundle_slices`), staged as one chunk per model."""
+
+    slices: tuple[TaskSlice, ...]
     runs: tuple[ModelRun, ...]
     batch_rows: int
     #: Set: the worker stages its rows itself (PostgreSQL). None: rows go back to the driver (SQLite).
     store_url: str | None
+
+    @property
+    def rows(self) -> int:
+        """The rows the footers promise."""
+        return sum(s.rows for s in self.slices)
+
+    @property
+    def chunk_id(self) -> str:
+        """The staged chunk's name in the run's ledger: the slice's, or the first and last slices' of a bundle
+        (the same plan gives the same names, so a retried task finds what it staged)."""
+        first, last = self.slices[0], self.slices[-1]
+        return first.chunk_id if len(self.slices) == 1 else f"{first.chunk_id}..{last.chunk_id}"
+
+    @property
+    def source(self) -> str:
+        """The task's file(s), for messages."""
+        first = self.slices[0].uri
+        return first if len(self.slices) == 1 else f"{first} and {len(self.slices) - 1} more file(s)"
 
     @classmethod
     def single(
@@ -72,7 +93,7 @@ class ChunkTask:
     ) -> ChunkTask:
         """A chunk of one model (the end-to-end gate, tests)."""
         reader = outputs or OutputReader(threshold=handle.decision_threshold)
-        return cls(slice, (ModelRun("model", 0, handle, contract, run_id, reader),), batch_rows, store_url)
+        return cls((slice,), (ModelRun("model", 0, handle, contract, run_id, reader),), batch_rows, store_url)
 
     @property
     def read_columns(self) -> list[str]:
@@ -118,22 +139,22 @@ class _Failed(NightshiftError):
     """Internal: this model's part of the chunk failed; roll its rows back (the connection stays)."""
 
 
-def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[pa.RecordBatch]:
-    """The chunk's record batches, read once; adds the read time to `clock`."""
-    source = task.slice.uri
-    batches = iter_batches(task.slice, task.read_columns, task.batch_rows, task.dictionary_columns)
-    while True:
-        t = time.perf_counter()
-        try:
-            batch = next(batches, None)
-        except (OSError, ValueError) as exc:  # pyarrow's errors (ArrowInvalid, ArrowIOError) are both
-            # A footer that reads but a damaged data page: pyarrow's message names no file.
-            where = f"row group(s) {', '.join(map(str, task.slice.row_groups))}"
-            raise ContractError(f"{source} {where}: unreadable data ({type(exc).__name__}: {exc})") from exc
-        clock["read_s"] += time.perf_counter() - t
-        if batch is None:
-            return
-        yield batch
+def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.RecordBatch, str]]:
+    """The task's record batches, each with its file, read once; adds the read time to `clock`."""
+    for piece in task.slices:
+        batches = iter_batches(piece, task.read_columns, task.batch_rows, task.dictionary_columns)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(batches, None)
+            except (OSError, ValueError) as exc:  # pyarrow's errors (ArrowInvalid, ArrowIOError) are both
+                # A footer that reads but a damaged data page: pyarrow's message names no file.
+                where = f"row group(s) {', '.join(map(str, piece.row_groups))}"
+                raise ContractError(f"{piece.uri} {where}: unreadable data ({type(exc).__name__}: {exc})") from exc
+            clock["read_s"] += time.perf_counter() - t
+            if batch is None:
+                break
+            yield batch, piece.uri
 
 
 def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str, part: ModelChunk) -> Rows:
@@ -166,15 +187,15 @@ def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, 
 
 
 def score_chunk(task: ChunkTask) -> ChunkResult:
-    """Score one slice of one file for every model of the task: Arrow batches (read once) → each model's
-    ONNX Runtime session → each model's staged rows (or rows back to the driver).
+    """Score one task (a slice of one file, or several small files) for every model: Arrow batches (read once)
+    → each model's ONNX Runtime session → each model's staged rows (or rows back to the driver).
 
     PostgreSQL: each batch is streamed into each model's run table as soon as it is scored, one
     transaction per (model, chunk) (`staging.chunk_writer`); entity ids repeated within or across
     files are found by the primary key each commit builds. SQLite: the rows go back to the driver
     sorted by id, and ids repeated within the chunk are found here (neighbours after the sort).
     """
-    source = task.slice.uri
+    source = task.source
     clock = {"read_s": 0.0}
     parts = {run.run_id: ModelChunk(run.run_id) for run in task.runs}
     sessions = {run.run_id: get_session(run.handle) for run in task.runs}
@@ -190,7 +211,7 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             ctx = chunk_writer(
                 task.store_url,
                 run.run_id,
-                task.slice.chunk_id,
+                task.chunk_id,
                 run.outputs.task,
                 slot=slot,
                 reasons=run.explain is not None,
@@ -201,13 +222,13 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             else:  # an earlier attempt of this chunk staged this model's rows: write nothing twice
                 parts[run.run_id].rows = writer.done
                 _close(ctx, None)
-        for batch in _batches(task, clock) if writers else ():
+        for batch, uri in _batches(task, clock) if writers else ():
             for run in task.runs:
                 if run.run_id not in writers:
                     continue
                 part = parts[run.run_id]
                 try:
-                    rows = _score(run, sessions[run.run_id], batch, source, part)
+                    rows = _score(run, sessions[run.run_id], batch, uri, part)
                     t = time.perf_counter()
                     writers[run.run_id].write(rows)
                     part.write_s += time.perf_counter() - t
@@ -217,8 +238,8 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
                     writers.pop(run.run_id)
         for run_id in list(writers):
             writer, part = writers.pop(run_id), parts[run_id]
-            if writer.rows != task.slice.rows:
-                part.error = ContractError(f"{source}: read {writer.rows} rows, its footer says {task.slice.rows}")
+            if writer.rows != task.rows:
+                part.error = ContractError(f"{source}: read {writer.rows} rows, the footers say {task.rows}")
                 _close(contexts.pop(run_id), _Failed(str(part.error)))
                 continue
             t = time.perf_counter()
@@ -252,15 +273,15 @@ def _score_for_driver(
 
     from nightshift.data.features import numpy_values
 
-    source = task.slice.uri
+    source = task.source
     collected: dict[int, list[Rows]] = {run.run_id: [] for run in task.runs}
-    for batch in _batches(task, clock):
+    for batch, uri in _batches(task, clock):
         for run in task.runs:
             part = parts[run.run_id]
             if part.error is not None:
                 continue
             try:
-                rows = _score(run, sessions[run.run_id], batch, source, part)
+                rows = _score(run, sessions[run.run_id], batch, uri, part)
             except NightshiftError as exc:
                 part.error = exc
                 collected[run.run_id] = []
@@ -271,8 +292,8 @@ def _score_for_driver(
         if part.error is not None:
             continue
         rows = Rows.concat(collected.pop(run.run_id))
-        if len(rows) != task.slice.rows:
-            part.error = ContractError(f"{source}: read {len(rows)} rows, its footer says {task.slice.rows}")
+        if len(rows) != task.rows:
+            part.error = ContractError(f"{source}: read {len(rows)} rows, the footers say {task.rows}")
             continue
         # The driver inserts these into SQLite's B-tree: in key order the inserts append.
         order = numpy_values(pc.sort_indices(rows.ids), "<u8")
@@ -283,7 +304,8 @@ def _score_for_driver(
             if pc.any(repeated).as_py():
                 dupes = ids.slice(1).filter(repeated).unique()[:5].to_pylist()
                 raise DuplicateEntityError(
-                    f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file; "
+                    f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file"
+                    f"{'' if len(task.slices) == 1 else '(s)'}; "
                     "duplicate entity ids are an error",
                     tuple(str(d) for d in dupes),
                 )
@@ -294,7 +316,7 @@ def _score_for_driver(
 def _result(task: ChunkTask, clock: dict[str, float], parts: dict[int, ModelChunk]) -> ChunkResult:
     for part in parts.values():
         part.explainer = None  # the worker's own (a booster): it stays here, cached, and never travels back
-    return ChunkResult(task.slice.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
+    return ChunkResult(task.chunk_id, clock["read_s"], os.getpid(), _peak_rss(), parts)
 
 
 def _peak_rss() -> int:

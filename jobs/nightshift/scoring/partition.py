@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightshift.config import DaskSettings, Settings
 from nightshift.contracts import FeatureContract
-from nightshift.data import inspect_partition
+from nightshift.data import bundle_slices, inspect_partition
 from nightshift.db.staging import stage_chunk
 from nightshift.db.store import CommitResult, Store
 from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError, NightshiftError
@@ -350,7 +350,8 @@ def _score(
     by_run = {t.run_id: t for t in group}
     staged_by_workers = store.parallel_staging
     batch_rows = min(t.cfg.batch_rows for t in group)
-    tasks = [ChunkTask(s, runs, batch_rows, store.url if staged_by_workers else None) for s in slices]
+    bundles = bundle_slices(slices, settings.dask.task_min_rows, MAX_ROWS_PER_TASK)
+    tasks = [ChunkTask(b, runs, batch_rows, store.url if staged_by_workers else None) for b in bundles]
     peak = 0
     done_rows = 0
     name = "+".join(f"{t.mv.model}-v{t.mv.version}" for t in group)
@@ -403,7 +404,7 @@ def _score(
                 except KilledWorker:
                     task = by_key[fut.key]
                     raise WorkerLost(
-                        f"{task.slice.uri} ({task.slice.chunk_id}, {task.slice.rows:,} rows): the Dask worker scoring "
+                        f"{task.source} ({task.chunk_id}, {task.rows:,} rows): the Dask worker scoring "
                         f"it died every time it tried (out of memory? local memory limit "
                         f"{settings.dask.memory_limit!r} per worker); nothing committed, the previous predictions "
                         "still serve"
