@@ -222,20 +222,41 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             else:  # an earlier attempt of this chunk staged this model's rows: write nothing twice
                 parts[run.run_id].rows = writer.done
                 _close(ctx, None)
+        # Rows scored and not yet written: a bundle of small files gives small batches, written together once
+        # they reach a batch's rows (one COPY write per batch_rows, whatever the files' sizes).
+        pending: dict[int, list[Rows]] = {run_id: [] for run_id in writers}
+
+        def flush(run_id: int, part: ModelChunk) -> None:
+            buffered = pending[run_id]
+            if buffered:
+                t = time.perf_counter()
+                writers[run_id].write(buffered[0] if len(buffered) == 1 else Rows.concat(buffered))
+                part.write_s += time.perf_counter() - t
+                buffered.clear()
+
+        def fail(run_id: int, part: ModelChunk, exc: NightshiftError) -> None:
+            """This model's failure: roll its rows back, the others go on."""
+            part.error = exc
+            pending.pop(run_id, None)
+            _close(contexts.pop(run_id), _Failed(str(exc)))
+            writers.pop(run_id)
+
         for batch, uri in _batches(task, clock) if writers else ():
             for run in task.runs:
                 if run.run_id not in writers:
                     continue
                 part = parts[run.run_id]
                 try:
-                    rows = _score(run, sessions[run.run_id], batch, uri, part)
-                    t = time.perf_counter()
-                    writers[run.run_id].write(rows)
-                    part.write_s += time.perf_counter() - t
-                except NightshiftError as exc:  # this model's failure: roll its rows back, the others go on
-                    part.error = exc
-                    _close(contexts.pop(run.run_id), _Failed(str(exc)))
-                    writers.pop(run.run_id)
+                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, uri, part))
+                    if sum(len(r) for r in pending[run.run_id]) >= task.batch_rows:
+                        flush(run.run_id, part)
+                except NightshiftError as exc:
+                    fail(run.run_id, part, exc)
+        for run_id in list(writers):
+            try:
+                flush(run_id, parts[run_id])
+            except NightshiftError as exc:
+                fail(run_id, parts[run_id], exc)
         for run_id in list(writers):
             writer, part = writers.pop(run_id), parts[run_id]
             if writer.rows != task.rows:
