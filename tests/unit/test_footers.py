@@ -1,0 +1,49 @@
+"""A partition's footers on a remote store are read by threads: the same files, in order, and every problem named."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nightshift.contracts import Column, ColumnType, FeatureContract
+from nightshift.data import inspect_partition
+from nightshift.errors import ContractError
+
+DS = date(2026, 11, 20)
+CONTRACT = FeatureContract(
+    entity_id="id", entity_id_type="string", columns=[Column(name="x", type=ColumnType.float64, nullable=False)]
+)
+
+
+def _write(root: str, files: int, broken: tuple[int, ...] = ()) -> None:
+    fs = fsspec.filesystem("memory")
+    folder = f"{root}/ds={DS.isoformat()}"
+    for i in range(files):
+        table = pa.table({"id": pa.array([f"{i}-{j}" for j in range(i + 1)]), "x": pa.array([1.0] * (i + 1))})
+        with fs.open(f"{folder}/part-{i:05d}.parquet", "wb") as out:
+            if i in broken:
+                out.write(b"not a parquet file")
+            else:
+                pq.write_table(table, out)
+    fs.touch(f"{folder}/_SUCCESS")
+
+
+def test_remote_footers_are_read_by_threads_in_file_order() -> None:
+    _write("memory://footers-ok", 12)
+    partition = inspect_partition("memory://footers-ok", "ds", DS, CONTRACT)
+    assert [f.uri.rsplit("/", 1)[-1] for f in partition.files] == [f"part-{i:05d}.parquet" for i in range(12)]
+    assert [f.rows for f in partition.files] == list(range(1, 13))
+
+
+def test_every_unreadable_remote_footer_is_named() -> None:
+    _write("memory://footers-broken", 10, broken=(3, 7))
+    with pytest.raises(ContractError) as err:
+        inspect_partition("memory://footers-broken", "ds", DS, CONTRACT)
+    message = str(err.value)
+    assert "part-00003.parquet: unreadable Parquet file" in message
+    assert "part-00007.parquet: unreadable Parquet file" in message
+    assert message.count("unreadable") == 2
