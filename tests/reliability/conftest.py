@@ -245,8 +245,13 @@ class ConsistentReader:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     with contextlib.suppress(Exception):
                         conn.close()
-                    time.sleep(0.05)
-                    conn, sql, params = self._connect()
+                    while not self._stop.is_set():  # the server may be restarting: connect again until it answers
+                        time.sleep(0.05)
+                        try:
+                            conn, sql, params = self._connect()
+                            break
+                        except Exception as down:
+                            self.errors.append(f"{type(down).__name__}: {down}")
                     continue
                 self.reads += 1
                 obs = (catalog, catalog_rows, int(n), int(distinct), lo, hi)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
-from nightshift.db.engine import libpq_url, normalize_url, sqlite_pragmas
+from nightshift.db.engine import StoreError, libpq_url, normalize_url, redact, sqlite_pragmas
 from nightshift.errors import CommitError, DuplicateEntityError, NightshiftError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,9 +254,16 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
         # The ledger holds the count SQLite reports, in the rows' transaction (see commit_run).
         conn.execute("INSERT INTO run_chunks (run_id, chunk, rows) VALUES (?, ?, ?)", (run_id, chunk, stored))
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):  # the disk is full, the file is locked or read-only
+            _drop_staging_connection(url)
+            raise StoreError(
+                f"SQLite refused {chunk} of run {run_id} ({n:,} rows), nothing of it was kept: {exc} "
+                f"(store {redact(url)})"
+            ) from exc
         raise
     return n
 
