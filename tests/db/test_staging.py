@@ -137,3 +137,35 @@ def test_migration_0013_packs_stored_probabilities_and_unpacks_them_exactly(pg_u
     assert back["binary"] is None
     store.upgrade()
     store.dispose()
+
+
+@pytest.mark.postgres
+def test_a_cached_staging_connection_whose_server_hung_up_is_replaced_not_failed(pg_url: str) -> None:
+    """A long-lived worker keeps its staging connection between chunks. When the server ends it (a restart, a
+    crash, an administrator), the next chunk connects again instead of failing: without this, every cached
+    connection failed one chunk (one run) after each database restart."""
+    import time
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from nightshift.db.staging import _staging_connection
+
+    store = Store(pg_url)
+    rows = _rows("binary", n=4)
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=8)
+        with chunk_writer(store.url, run, "chunk-a") as writer:
+            writer.write(rows)
+        pid = _staging_connection(store.url).info.backend_pid
+        admin = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(admin, autocommit=True) as other:
+            assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        time.sleep(0.2)  # the server's goodbye reaches the idle socket
+        later = Rows(pa.array([f"f{i}" for i in range(4)], pa.string()), rows.scores, rows.labels)
+        with chunk_writer(store.url, run, "chunk-b") as writer:
+            writer.write(later)
+        assert _staging_connection(store.url).info.backend_pid != pid
+        store.commit_run(run, 8)
+    assert store.partition("m", 1, DS).row_count == 8  # type: ignore[union-attr]
+    store.dispose()

@@ -330,7 +330,7 @@ def _error_line(cli: Cli) -> str:
 class Chaos:
     """The soak: a project on the private cluster, its data delivered night by night, faults, invariants."""
 
-    def __init__(self, folder: Path, *, nights: int, rows: int, files: int, seed: int) -> None:
+    def __init__(self, folder: Path, *, nights: int, rows: int, files: int, seed: int, task_rows: int) -> None:
         from nightshift.config import load_settings
         from nightshift.demo import generate
         from tests.conftest import write_project
@@ -356,7 +356,7 @@ class Chaos:
             folder / "project",
             self.pg.url,
             self.live,
-            dask=f'scheduler_address = "{self.dask.address}"\nconnect_timeout_s = 20\n',
+            dask=f'scheduler_address = "{self.dask.address}"\nconnect_timeout_s = 20\ntask_min_rows = {task_rows}\n',
         )
         self.settings = load_settings(self.config)
         self._ok(self.cli(["db", "upgrade"]))
@@ -412,36 +412,54 @@ class Chaos:
             return any(r["pid"] == pid and r["status"] == "running" for r in runs(store))
         return False
 
-    def _inject(self, fault: str, night: Night, cli: Cli, store: Any) -> None:
-        """In its own thread: wait until the night's run is under way, then, at a random point of it, the fault."""
+    def _phase(self, store: Any, pid: int) -> tuple[str, bool]:
+        """Where the night's run is: (words for the report, whether it is still scoring)."""
+        from tests.reliability.conftest import ledger
+
+        mine = [r for r in runs(store) if r["pid"] == pid]
+        if not mine:
+            return "before its run started", False
+        run = mine[-1]
+        if run["status"] != "running":
+            return f"after its run {run['status']} (monitoring, deciding)", False
+        return f"while scoring ({ledger(store).get(int(run['run_id']), 0)} chunk(s) staged)", True
+
+    def _inject(self, fault: str, night: Night, cli: Cli, store: Any, workers: list[int]) -> None:
+        """In its own thread: wait until the night's run is under way, then, at a random point of it, the fault.
+        The Dask faults and the CLI kill aim at the scoring (after its first staged chunk); the others anywhere."""
         try:
+            t0 = time.monotonic()
             wait_for("the night's run to start", lambda: self._running_run(store, cli.pid) or not cli.alive(),
-                     timeout=120, interval=0.05)  # fmt: skip
+                     timeout=120, interval=0.02)  # fmt: skip
+            if fault in ("worker_kill", "scheduler_kill", "cli_kill"):
+                wait_for("a staged chunk", lambda: self._phase(store, cli.pid)[0] != "while scoring (0 chunk(s) "
+                         "staged)" or not cli.alive(), timeout=120, interval=0.01)  # fmt: skip
+                time.sleep(self.rng.uniform(0.0, 0.1))
+            else:
+                time.sleep(self.rng.uniform(0.0, 1.5))
             if not cli.alive():
                 night.injected = "the run ended before the fault"
                 return
-            delay = self.rng.uniform(0.0, 1.5)
-            time.sleep(delay)
+            phase, _ = self._phase(store, cli.pid)
+            at = f"at +{time.monotonic() - t0:.2f}s, {phase}"
             if fault == "worker_kill":
-                pids = self.dask.worker_pids()
-                if pids:
-                    os.kill(self.rng.choice(pids), signal.SIGKILL)
-                night.injected = f"SIGKILL a Dask worker at +{delay:.2f}s"
+                os.kill(self.rng.choice(workers), signal.SIGKILL)
+                night.injected = f"SIGKILL a Dask worker {at}"
             elif fault == "scheduler_kill":
                 assert self.dask.scheduler is not None
                 _kill_group(self.dask.scheduler)
-                night.injected = f"SIGKILL the Dask scheduler at +{delay:.2f}s"
+                night.injected = f"SIGKILL the Dask scheduler {at}"
             elif fault == "cli_kill":
                 cli.kill_group()
-                night.injected = f"SIGKILL `nightshift night` at +{delay:.2f}s"
+                night.injected = f"SIGKILL `nightshift night` {at}"
             elif fault == "pg_restart":
                 self.pg.restart()
-                night.injected = f"PostgreSQL crashed and restarted at +{delay:.2f}s"
+                night.injected = f"PostgreSQL crashed and restarted {at}"
             elif fault == "api_restart":
                 self.api.kill()
                 time.sleep(0.5)
                 self.api.start()
-                night.injected = f"SIGKILL the API at +{delay:.2f}s, restarted"
+                night.injected = f"SIGKILL the API {at}, restarted"
         except Exception as exc:  # the report says so; the invariants still decide
             night.injected = f"fault not injected: {type(exc).__name__}: {exc}"
 
@@ -462,12 +480,15 @@ class Chaos:
                 ConsistentReader(store, len(expected), ds) as reader,
                 ApiReader(self.api, ds, ids, self.seed + len(self.report)) as api_reader,
             ):
+                workers = self.dask.worker_pids() if fault == "worker_kill" else []
                 for attempt in range(ATTEMPTS):
                     t = time.monotonic()
                     cli = self.cli(["night", "-m", MODEL, "--ds", ds.isoformat(), "--json"])
                     injector = None
                     if attempt == 0 and fault not in (*DATA_FAULTS, "none"):
-                        injector = threading.Thread(target=self._inject, args=(fault, night, cli, store), daemon=True)
+                        injector = threading.Thread(
+                            target=self._inject, args=(fault, night, cli, store, workers), daemon=True
+                        )
                         injector.start()
                     code, _out, _err = cli.finish(timeout=300)
                     if injector is not None:
@@ -592,10 +613,12 @@ class Chaos:
 
 
 @contextlib.contextmanager
-def chaos(folder: Path, *, nights: int, rows: int, files: int, seed: int) -> Iterator[Chaos]:
+def chaos(folder: Path, *, nights: int, rows: int, files: int, seed: int, task_rows: int) -> Iterator[Chaos]:
+    """The soak, its processes stopped however it ends. `task_rows`: dask.task_min_rows (how many tasks a
+    night's scoring has, so a kill can land between them)."""
     soak = Chaos.__new__(Chaos)
     try:
-        soak.__init__(folder, nights=nights, rows=rows, files=files, seed=seed)  # type: ignore[misc]
+        soak.__init__(folder, nights=nights, rows=rows, files=files, seed=seed, task_rows=task_rows)  # type: ignore[misc]
         yield soak
     finally:
         soak.close()

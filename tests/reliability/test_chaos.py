@@ -36,7 +36,7 @@ def _write(report: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_three_nights_of_chaos_lose_nothing(tmp_path: Path) -> None:
     _require()
-    with chaos(tmp_path, nights=3, rows=6_000, files=6, seed=7) as soak:
+    with chaos(tmp_path, nights=3, rows=12_000, files=6, seed=7, task_rows=2_000) as soak:
         nights = soak.run(["pg_restart", "worker_kill", "corrupt_file"])
         _write(soak.summary(), tmp_path)
     assert [n.fault for n in nights] == ["pg_restart", "worker_kill", "corrupt_file"]
@@ -49,7 +49,7 @@ def test_a_month_of_chaos_loses_nothing(tmp_path: Path) -> None:
     _require()
     nights = int(os.environ.get("NIGHTSHIFT_CHAOS_NIGHTS", "30"))
     seed = int(os.environ.get("NIGHTSHIFT_CHAOS_SEED", "19"))
-    with chaos(tmp_path, nights=nights, rows=20_000, files=8, seed=seed) as soak:
+    with chaos(tmp_path, nights=nights, rows=200_000, files=16, seed=seed, task_rows=25_000) as soak:
         played = soak.run()
         _write(soak.summary(), tmp_path)
     faults = {n.fault for n in played}

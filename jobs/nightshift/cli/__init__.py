@@ -81,7 +81,37 @@ def main(argv: list[str] | None = None) -> None:
         else:
             say_error("error", f"{type(exc).__name__}: {exc}")
         code = EXIT_FAILURE
+    except Exception as exc:
+        lost = _lost_database(exc)
+        if lost is None:
+            raise  # a bug: its traceback is the report
+        if as_json:
+            json_error(lost)
+        else:
+            say_error("error", f"{type(lost).__name__}: {lost}")
+        code = EXIT_FAILURE
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _lost_database(exc: BaseException) -> Exception | None:
+    """The database went away mid-command (a restart, a crash, a cut connection): a StoreUnavailable in one line,
+    not a traceback with the statement it was running. None: another error."""
+    import sqlalchemy.exc as sa_exc
+
+    from nightshift.db.engine import StoreUnavailable
+
+    cause: BaseException = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the postgres extra is not installed
+        return None
+    if not isinstance(cause, psycopg.OperationalError):
+        return None
+    first = " ".join(str(cause).split())
+    return StoreUnavailable(
+        f"the database connection was lost mid-command: {first} (its open transaction was rolled back; what "
+        "committed before it stands)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

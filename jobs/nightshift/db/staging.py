@@ -133,7 +133,8 @@ def _staging_connection(url: str, slot: int = 0) -> Any:
     with _conn_lock:
         conn = _conn_cache.get(key)
     if conn is not None:
-        if getattr(conn, "closed", False):
+        if getattr(conn, "closed", False) or _server_hung_up(conn):
+            _drop_staging_connection(url, slot)
             conn = None
         else:
             return conn
@@ -149,6 +150,22 @@ def _staging_connection(url: str, slot: int = 0) -> Any:
     with _conn_lock:
         _conn_cache[key] = conn
     return conn
+
+
+def _server_hung_up(conn: Any) -> bool:
+    """Whether an idle PostgreSQL connection's server has closed it (restarted, crashed, or ended the session):
+    between transactions the server sends nothing, so a readable socket means its goodbye (an error message or
+    end of file). Free: a zero-timeout poll, no round trip. A long-lived worker would otherwise fail one chunk
+    per cached connection after every database restart."""
+    if isinstance(conn, sqlite3.Connection):
+        return False
+    import select
+
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _drop_staging_connection(url: str, slot: int = 0) -> None:
