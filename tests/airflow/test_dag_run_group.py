@@ -218,6 +218,10 @@ def test_every_kind_of_brought_model_is_scored_in_one_group_dag_run(
         runs = {r["model"]: r for m in brought for r in db.runs(m)}
         assert sorted(runs) == sorted(brought)
         assert {r["run_key"] for r in runs.values()} == {dag_run.run_id}
+        # One read of the partition for all nine: each run's timings say how many models shared it.
+        assert {name: (r["timings"] or {}).get("models_in_read") for name, r in runs.items()} == dict.fromkeys(
+            brought, len(brought)
+        )
         for name, b in brought.items():
             [part] = db.list_partitions(name)
             assert (part.ds, part.version, part.row_count) == (DS, 1, AF_ROWS), name

@@ -27,6 +27,25 @@ def test_other_errors_stay_bugs_with_their_traceback() -> None:
     assert _lost_database(sa_exc.IntegrityError("INSERT", {}, psycopg.IntegrityError("dup"))) is None
 
 
+def test_a_lock_timeout_is_not_called_a_lost_connection() -> None:
+    """A lock timeout, a cancelled statement, a deadlock: OperationalErrors of a live connection."""
+    from psycopg import errors
+
+    for kind in (errors.LockNotAvailable, errors.QueryCanceled, errors.DeadlockDetected):
+        assert _lost_database(sa_exc.OperationalError("UPDATE", {}, kind("busy"))) is None
+    assert isinstance(_lost_database(errors.AdminShutdown("terminating connection")), StoreUnavailable)
+
+
+def test_a_full_sqlite_disk_anywhere_is_one_store_error_line() -> None:
+    import sqlite3
+
+    from nightshift.db.engine import StoreError
+
+    lost = _lost_database(sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full")))
+    assert type(lost) is StoreError
+    assert str(lost) == "SQLite refused the command: database or disk is full (its open transaction was rolled back)"
+
+
 def test_the_cli_prints_it_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import nightshift.cli.scoring as scoring
 

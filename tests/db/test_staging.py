@@ -161,7 +161,13 @@ def test_a_cached_staging_connection_whose_server_hung_up_is_replaced_not_failed
         admin = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(admin, autocommit=True) as other:
             assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
-        time.sleep(0.2)  # the server's goodbye reaches the idle socket
+        import select
+
+        poller = select.poll()  # the server's goodbye reaches the idle socket (a loaded machine may take a while)
+        poller.register(_staging_connection(store.url).fileno(), select.POLLIN | select.POLLHUP)
+        deadline = time.monotonic() + 15
+        while not poller.poll(50) and time.monotonic() < deadline:
+            pass
         later = Rows(pa.array([f"f{i}" for i in range(4)], pa.string()), rows.scores, rows.labels)
         with chunk_writer(store.url, run, "chunk-b") as writer:
             writer.write(later)

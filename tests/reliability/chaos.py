@@ -67,6 +67,27 @@ DATA_FAULTS = ("corrupt_file", "late_success")
 ATTEMPTS = 3
 
 
+#: Run beside the soak in a session of its own: when the test process is gone (killed, a cancelled CI job), it
+#: SIGKILLs every process of the soak (their command lines name its folder or its Dask port) and stops its
+#: PostgreSQL, which would otherwise outlive it.
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+import psutil
+parent, folder, port, pg_ctl, data = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+while psutil.pid_exists(parent) and not os.path.exists(os.path.join(folder, ".soak-done")):
+    time.sleep(1)
+if not os.path.exists(os.path.join(folder, ".soak-done")):
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if p.pid != os.getpid() and (folder in line or f"127.0.0.1:{port}" in line or f"--port {port}" in line):
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+    subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m", "immediate", "stop"])
+"""
+
+
 def free_port() -> int:
     import socket
 
@@ -106,6 +127,14 @@ class PrivatePostgres:
         os.chown(self.folder, user.pw_uid, user.pw_gid)
         self.data = self.folder / "data"
         self.port = free_port()
+        self.restarts = 0
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # a half-started cluster leaves neither a server nor its folder behind
+            raise
+
+    def _start(self) -> None:
         self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         options = (
             f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 "
@@ -114,7 +143,6 @@ class PrivatePostgres:
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
                           "-o", options, "start")  # fmt: skip
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self.restarts = 0
 
     def _as_postgres(self, *args: str) -> None:
         run = subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, timeout=120)
@@ -351,6 +379,12 @@ class Chaos:
         for i in range(self.history):
             self.deliver(self.start + timedelta(days=i))
         self.dask.start()
+        self._watchdog = _spawn(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(folder), str(self.dask.port),
+             str(self.pg.bin / "pg_ctl"), str(self.pg.data)],
+            folder / "watchdog.log",
+        )  # fmt: skip
+        self._clis: list[Cli] = []
         (folder / "project").mkdir()
         self.config = write_project(
             folder / "project",
@@ -370,7 +404,9 @@ class Chaos:
     # -- processes --------------------------------------------------------------------------------
 
     def cli(self, args: list[str]) -> Cli:
-        return start_cli(args, self.config, env={"NIGHTSHIFT_DASK__SCHEDULER_ADDRESS": self.dask.address})
+        cli = start_cli(args, self.config, env={"NIGHTSHIFT_DASK__SCHEDULER_ADDRESS": self.dask.address})
+        self._clis.append(cli)
+        return cli
 
     def _ok(self, cli: Cli, timeout: float = 300) -> str:
         code, out, err = cli.finish(timeout=timeout)
@@ -378,9 +414,15 @@ class Chaos:
         return out
 
     def close(self) -> None:
+        for cli in getattr(self, "_clis", []):  # one a timeout left running, with its process group
+            if cli.alive():
+                with contextlib.suppress(Exception):
+                    cli.kill_group()
         for part, stop in (("api", "kill"), ("dask", "stop"), ("pg", "stop")):
             with contextlib.suppress(Exception):
                 getattr(getattr(self, part), stop)()
+        with contextlib.suppress(Exception):
+            (self.folder / ".soak-done").touch()  # the watchdog's work is done: it exits
 
     def store(self) -> Any:
         from nightshift.db import open_store
@@ -531,6 +573,10 @@ class Chaos:
 
     def check(self, night: Night, store: Any, reader: ConsistentReader, api: ApiReader, expected: set[str]) -> None:
         ds = night.ds
+        if night.fault not in (*DATA_FAULTS, "none"):  # a soak that injected nothing proves nothing
+            missed = night.injected.startswith(("fault not injected", "the run ended before the fault"))
+            assert night.injected, f"{ds}: {night.fault} was never injected"
+            assert not missed, f"{ds}: {night.fault}: {night.injected}"
         assert night.attempts[-1].exit_code == 0, f"{ds}: the night never committed: {night.line()}"
         if night.fault in DATA_FAULTS:  # refused first, with the cause named, then committed
             first = night.attempts[0]

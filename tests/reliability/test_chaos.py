@@ -15,8 +15,6 @@ import pytest
 
 from tests.reliability.chaos import FAULTS, chaos, chaos_unavailable
 
-pytestmark = pytest.mark.postgres
-
 
 def _require() -> None:
     why = chaos_unavailable()
@@ -33,6 +31,7 @@ def _write(report: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 @pytest.mark.timeout(600)
 def test_three_nights_of_chaos_lose_nothing(tmp_path: Path) -> None:
     _require()
@@ -44,6 +43,7 @@ def test_three_nights_of_chaos_lose_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.chaos
+@pytest.mark.postgres
 @pytest.mark.timeout(1800)
 def test_a_month_of_chaos_loses_nothing(tmp_path: Path) -> None:
     _require()

@@ -32,9 +32,23 @@ def _write(root: str, files: int, broken: tuple[int, ...] = ()) -> None:
     fs.touch(f"{folder}/_SUCCESS")
 
 
-def test_remote_footers_are_read_by_threads_in_file_order() -> None:
+def test_remote_footers_are_read_by_threads_in_file_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from nightshift.data import partitions
+
+    readers: set[str] = set()
+    real = partitions.open_parquet
+
+    def recording(uri: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
+        readers.add(threading.current_thread().name)
+        return real(uri, read_dictionary)
+
+    monkeypatch.setattr(partitions, "open_parquet", recording)
     _write("memory://footers-ok", 12)
     partition = inspect_partition("memory://footers-ok", "ds", DS, CONTRACT)
+    assert readers
+    assert all(name.startswith("footers") for name in readers), readers
     assert [f.uri.rsplit("/", 1)[-1] for f in partition.files] == [f"part-{i:05d}.parquet" for i in range(12)]
     assert [f.rows for f in partition.files] == list(range(1, 13))
 

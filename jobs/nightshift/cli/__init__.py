@@ -94,20 +94,30 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _lost_database(exc: BaseException) -> Exception | None:
-    """The database went away mid-command (a restart, a crash, a cut connection): a StoreUnavailable in one line,
-    not a traceback with the statement it was running. None: another error."""
+    """The database went away mid-command (a restart, a crash, a cut connection), or SQLite refused a write (a full
+    disk, a locked or read-only file): a one-line StoreUnavailable / StoreError, not a traceback with the statement
+    it was running. None: anything else, a lock or statement timeout included (its own message says it)."""
+    import sqlite3
+
     import sqlalchemy.exc as sa_exc
 
-    from nightshift.db.engine import StoreUnavailable
+    from nightshift.db.engine import StoreError, StoreUnavailable
 
     cause: BaseException = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    first = " ".join(str(cause).split())
+    if isinstance(cause, sqlite3.OperationalError):
+        return StoreError(f"SQLite refused the command: {first} (its open transaction was rolled back)")
     try:
         import psycopg
     except ImportError:  # pragma: no cover - the postgres extra is not installed
         return None
     if not isinstance(cause, psycopg.OperationalError):
         return None
-    first = " ".join(str(cause).split())
+    # No SQLSTATE (the socket closed), a connection exception (08xxx) or the server shutting down (57P01-03);
+    # a lock timeout, a cancelled statement or a deadlock is an OperationalError too, and is not "lost".
+    state = cause.sqlstate
+    if state is not None and not state.startswith("08") and state not in ("57P01", "57P02", "57P03"):
+        return None
     return StoreUnavailable(
         f"the database connection was lost mid-command: {first} (its open transaction was rolled back; what "
         "committed before it stands)"

@@ -162,10 +162,12 @@ def _server_hung_up(conn: Any) -> bool:
     import select
 
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        fd = conn.fileno()
+    except Exception:  # noqa: BLE001 - psycopg raises when the connection is already closed
         return True
-    return bool(readable)
+    poller = select.poll()  # not select(): it refuses descriptors >= 1024, which a busy worker may hold
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def _drop_staging_connection(url: str, slot: int = 0) -> None:
@@ -245,8 +247,8 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
     ids = rows.ids
     n = len(ids)
     columns = rows.columns
-    conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute("BEGIN IMMEDIATE")  # inside: a locked file (after the busy timeout) is a StoreError too
         row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
         if row is not None:
             conn.execute("ROLLBACK")

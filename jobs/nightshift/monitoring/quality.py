@@ -110,7 +110,7 @@ def label_quality(
             ),
         )
         truth = pa.table({"entity_id": ids, "truth": pc.cast(labels.column(label_col), truth_type)})
-        # Aligned by id, not with Table.join: Arrow's join cannot carry a list column (PostgreSQL's probs array).
+        # Aligned by id, not with Table.join (which could not carry the real[] column PostgreSQL stored before 0013).
         at = pc.index_in(got.column("entity_id"), value_set=truth.column("entity_id").combine_chunks())
         hit = pc.is_valid(at)
         joined = got.filter(hit).append_column("truth", truth.column("truth").take(at.filter(hit)))

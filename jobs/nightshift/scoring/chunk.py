@@ -325,8 +325,8 @@ def _score_for_driver(
             if pc.any(repeated).as_py():
                 dupes = ids.slice(1).filter(repeated).unique()[:5].to_pylist()
                 raise DuplicateEntityError(
-                    f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in this file"
-                    f"{'' if len(task.slices) == 1 else '(s)'}; "
+                    f"{source}: entity id(s) {', '.join(map(repr, dupes))} appear more than once in "
+                    f"{'this file' if len(task.slices) == 1 else 'these files'}; "
                     "duplicate entity ids are an error",
                     tuple(str(d) for d in dupes),
                 )
