@@ -157,14 +157,15 @@ def test_a_cached_staging_connection_whose_server_hung_up_is_replaced_not_failed
         run = store.start_run("m", 1, DS, input_rows=8)
         with chunk_writer(store.url, run, "chunk-a") as writer:
             writer.write(rows)
-        pid = _staging_connection(store.url).info.backend_pid
+        cached = _staging_connection(store.url)
+        pid = cached.info.backend_pid
         admin = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(admin, autocommit=True) as other:
             assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
         import select
 
         poller = select.poll()  # the server's goodbye reaches the idle socket (a loaded machine may take a while)
-        poller.register(_staging_connection(store.url).fileno(), select.POLLIN | select.POLLHUP)
+        poller.register(cached.fileno(), select.POLLIN | select.POLLHUP)
         deadline = time.monotonic() + 15
         while not poller.poll(50) and time.monotonic() < deadline:
             pass

@@ -111,7 +111,10 @@ def test_scoring_through_an_existing_cluster_commits_what_a_local_cluster_commit
 
     # Configuration is all it takes: the scheduler address, and file:// URIs for the features
     # and the artifacts (what an NFS mount or an object store bucket would be addressed by).
-    project = write_project(tmp_path, store_url, data_root, dask=f'scheduler_address = "{cluster}"')
+    # A task per file (task_min_rows = 1): the demo's small files would otherwise share one task on one worker.
+    project = write_project(
+        tmp_path, store_url, data_root, dask=f'scheduler_address = "{cluster}"\ntask_min_rows = 1\n'
+    )
     text = project.read_text().replace(f'dataset = "{data_root}/features"', f'dataset = "file://{data_root}/features"')
     assert "file://" in text
     project.write_text(text)
