@@ -70,10 +70,15 @@ def producer() -> str:
 
 
 def new_run_id() -> str:
-    """A fresh run id: the client's (a UUIDv7, time-ordered, as the spec recommends)."""
-    from openlineage.client.uuid import generate_new_uuid
+    """A fresh run id: a UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, then random bits), time-ordered as the
+    spec recommends, the layout of the client's `generate_new_uuid`. Built here because every run records one,
+    lineage on or off, and importing the client's package costs 0.24 s a run (measured with -X importtime)."""
+    import secrets
+    import uuid
 
-    return str(generate_new_uuid())
+    millis = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    rand_a, rand_b = secrets.randbits(12), secrets.randbits(62)
+    return str(uuid.UUID(int=(millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
 
 
 @cache
