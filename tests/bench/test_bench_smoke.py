@@ -186,3 +186,22 @@ def test_each_new_case_runs_and_reports_its_target(tiny_plan: Any, case: str, gr
     if case == "scale":
         assert "cost linear: t(0.08M)" in summary
         assert all(e["store_bytes"] > 0 and e["peak_worker_rss_bytes"] > 0 for r in measured for e in r["extras"])
+
+
+def test_the_sqlite_bulk_insert_baseline_writes_nightshifts_table_shape(tmp_path: Path) -> None:
+    """The baseline's table has the columns (and key) of nightshift's predictions table: a baseline of another
+    shape measures another thing (it drifted once: 4 columns against nightshift's 7)."""
+    import sqlite3
+
+    from bench.limits import SQLITE_DDL
+
+    from nightshift.db import schema
+
+    conn = sqlite3.connect(tmp_path / "shape.db")
+    conn.execute(SQLITE_DDL)
+    columns = [(r[1], bool(r[3]), r[5]) for r in conn.execute("PRAGMA table_info(predictions)")]
+    conn.close()
+    expected = [(c.name, not c.nullable, 0) for c in schema.predictions.columns]
+    keyed = {c.name: i + 1 for i, c in enumerate(schema.predictions.primary_key.columns)}
+    assert [(name, notnull) for name, notnull, _ in columns] == [(n, nn) for n, nn, _ in expected]
+    assert {name: pk for name, _, pk in columns if pk} == keyed
