@@ -189,19 +189,29 @@ def test_each_new_case_runs_and_reports_its_target(tiny_plan: Any, case: str, gr
 
 
 def test_the_sqlite_bulk_insert_baseline_writes_nightshifts_table_shape(tmp_path: Path) -> None:
-    """The baseline's table has the columns (and key) of nightshift's predictions table: a baseline of another
-    shape measures another thing (it drifted once: 4 columns against nightshift's 7)."""
+    """The baseline's table is the predictions table of a migrated store: the same columns with their declared
+    types, NOT NULLs and key positions, and WITHOUT ROWID (a baseline of another shape measures another thing: it
+    drifted once, 4 columns against nightshift's 7)."""
     import sqlite3
 
     from bench.limits import SQLITE_DDL
 
-    from nightshift.db import schema
+    from nightshift.db.store import Store
 
-    conn = sqlite3.connect(tmp_path / "shape.db")
-    conn.execute(SQLITE_DDL)
-    columns = [(r[1], bool(r[3]), r[5]) for r in conn.execute("PRAGMA table_info(predictions)")]
-    conn.close()
-    expected = [(c.name, not c.nullable, 0) for c in schema.predictions.columns]
-    keyed = {c.name: i + 1 for i, c in enumerate(schema.predictions.primary_key.columns)}
-    assert [(name, notnull) for name, notnull, _ in columns] == [(n, nn) for n, nn, _ in expected]
-    assert {name: pk for name, _, pk in columns if pk} == keyed
+    def shape(conn: sqlite3.Connection) -> tuple[list[tuple[str, str, int, int]], int]:
+        columns = [(r[1], str(r[2]).upper(), r[3], r[5]) for r in conn.execute("PRAGMA table_xinfo(predictions)")]
+        [without_rowid] = conn.execute("SELECT wr FROM pragma_table_list WHERE name = 'predictions'").fetchone()
+        return columns, int(without_rowid)
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.upgrade()
+    store.dispose()
+    migrated = sqlite3.connect(tmp_path / "store.db")
+    baseline = sqlite3.connect(tmp_path / "baseline.db")
+    baseline.execute(SQLITE_DDL)
+    try:
+        assert shape(baseline) == shape(migrated)
+        assert shape(baseline)[1] == 1
+    finally:
+        migrated.close()
+        baseline.close()

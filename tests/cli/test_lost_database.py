@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 import sqlalchemy.exc as sa_exc
@@ -41,9 +43,23 @@ def test_a_full_sqlite_disk_anywhere_is_one_store_error_line() -> None:
 
     from nightshift.db.engine import StoreError
 
-    lost = _lost_database(sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full")))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined] - as sqlite3 sets it on a raised error
+    lost = _lost_database(sa_exc.OperationalError("INSERT", {}, full))
     assert type(lost) is StoreError
-    assert str(lost) == "SQLite refused the command: database or disk is full (its open transaction was rolled back)"
+    assert str(lost) == "SQLite refused the command: database or disk is full"
+
+
+def test_a_sqlite_statement_error_stays_a_bug_with_its_traceback(tmp_path: Path) -> None:
+    """A missing column or table, a syntax error: the code's or an unmigrated store's, not the disk's."""
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "x.db")
+    for statement in ("SELECT nope FROM sqlite_master", "SELECT * FROM no_such_table", "SELEC 1"):
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            conn.execute(statement)
+        assert _lost_database(raised.value) is None, statement
+    conn.close()
 
 
 def test_the_cli_prints_it_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,6 +169,7 @@ def test_a_cached_staging_connection_whose_server_hung_up_is_replaced_not_failed
         deadline = time.monotonic() + 15
         while not poller.poll(50) and time.monotonic() < deadline:
             pass
+        assert poller.poll(0), "the server's goodbye never reached the idle connection"
         later = Rows(pa.array([f"f{i}" for i in range(4)], pa.string()), rows.scores, rows.labels)
         with chunk_writer(store.url, run, "chunk-b") as writer:
             writer.write(later)

@@ -71,20 +71,32 @@ ATTEMPTS = 3
 #: SIGKILLs every process of the soak (their command lines name its folder or its Dask port) and stops its
 #: PostgreSQL, which would otherwise outlive it.
 _WATCHDOG = """
-import os, signal, subprocess, sys, time
+import os, shutil, signal, subprocess, sys, time
 import psutil
 parent, folder, port, pg_ctl, data = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-while psutil.pid_exists(parent) and not os.path.exists(os.path.join(folder, ".soak-done")):
+done = os.path.join(folder, ".soak-done")
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+while alive(parent) and not os.path.exists(done):
     time.sleep(1)
-if not os.path.exists(os.path.join(folder, ".soak-done")):
+if not os.path.exists(done):
+    inside, address = folder.rstrip(os.sep) + os.sep, "tcp://127.0.0.1:" + port
     for p in psutil.process_iter(["pid", "cmdline"]):
-        line = " ".join(p.info["cmdline"] or [])
-        if p.pid != os.getpid() and (folder in line or f"127.0.0.1:{port}" in line or f"--port {port}" in line):
+        args = p.info["cmdline"] or []
+        ours = any(a.startswith(inside) or a == address for a in args) or any(
+            a == "--port" and b == port for a, b in zip(args, args[1:])
+        )
+        if ours and p.pid != os.getpid():
             try:
                 os.kill(p.pid, signal.SIGKILL)
             except OSError:
                 pass
-    subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m", "immediate", "stop"])
+    subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
+                   timeout=60)
+    shutil.rmtree(os.path.dirname(data), ignore_errors=True)
 """
 
 
@@ -367,6 +379,12 @@ class Chaos:
         self.rng = random.Random(seed)
         self.pg = PrivatePostgres()
         self.dask = DaskCluster(folder)
+        # From here on, if this process dies, the watchdog stops what the soak started (PostgreSQL included).
+        self._watchdog = _spawn(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(folder), str(self.dask.port),
+             str(self.pg.bin / "pg_ctl"), str(self.pg.data)],
+            folder / "watchdog.log",
+        )  # fmt: skip
         self.source = folder / "source"  # every day as the upstream job writes it; delivered night by night
         self.live = folder / "data"
         self.start = date(2026, 10, 1)
@@ -379,11 +397,6 @@ class Chaos:
         for i in range(self.history):
             self.deliver(self.start + timedelta(days=i))
         self.dask.start()
-        self._watchdog = _spawn(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(folder), str(self.dask.port),
-             str(self.pg.bin / "pg_ctl"), str(self.pg.data)],
-            folder / "watchdog.log",
-        )  # fmt: skip
         self._clis: list[Cli] = []
         (folder / "project").mkdir()
         self.config = write_project(
@@ -423,6 +436,7 @@ class Chaos:
                 getattr(getattr(self, part), stop)()
         with contextlib.suppress(Exception):
             (self.folder / ".soak-done").touch()  # the watchdog's work is done: it exits
+            self._watchdog.wait(timeout=10)
 
     def store(self) -> Any:
         from nightshift.db import open_store
@@ -522,7 +536,9 @@ class Chaos:
                 ConsistentReader(store, len(expected), ds) as reader,
                 ApiReader(self.api, ds, ids, self.seed + len(self.report)) as api_reader,
             ):
-                workers = self.dask.worker_pids() if fault == "worker_kill" else []
+                workers: list[int] = []
+                if fault == "worker_kill":  # both workers up (a nanny may still be restarting one)
+                    workers = wait_for("two Dask workers", lambda: self._two_workers(), timeout=60, interval=0.5)
                 for attempt in range(ATTEMPTS):
                     t = time.monotonic()
                     cli = self.cli(["night", "-m", MODEL, "--ds", ds.isoformat(), "--json"])
@@ -550,6 +566,10 @@ class Chaos:
             store.dispose()
         self.report.append(night)
         return night
+
+    def _two_workers(self) -> list[int]:
+        pids = self.dask.worker_pids()
+        return pids if len(pids) == 2 else []
 
     def _heal(self) -> None:
         """Whatever a fault left down after the night's last attempt comes back before the next night."""

@@ -101,22 +101,33 @@ def _lost_database(exc: BaseException) -> Exception | None:
 
     import sqlalchemy.exc as sa_exc
 
-    from nightshift.db.engine import StoreError, StoreUnavailable
+    from nightshift.db.engine import StoreError, StoreUnavailable, sqlite_environment_error
 
     cause: BaseException = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
     first = " ".join(str(cause).split())
     if isinstance(cause, sqlite3.OperationalError):
-        return StoreError(f"SQLite refused the command: {first} (its open transaction was rolled back)")
+        # The file's environment only (a full disk, a lock, a read-only or unopenable file, an I/O error); a
+        # missing table or column, a syntax error, is a bug or an unmigrated store: its traceback says where.
+        if not sqlite_environment_error(cause):
+            return None
+        return StoreError(f"SQLite refused the command: {first}")
     try:
         import psycopg
     except ImportError:  # pragma: no cover - the postgres extra is not installed
         return None
     if not isinstance(cause, psycopg.OperationalError):
         return None
-    # No SQLSTATE (the socket closed), a connection exception (08xxx) or the server shutting down (57P01-03);
-    # a lock timeout, a cancelled statement or a deadlock is an OperationalError too, and is not "lost".
+    # SQLAlchemy's own verdict when it wrapped the error (its dialect knows a disconnect); otherwise no SQLSTATE
+    # (the socket closed), a connection exception (08xxx) or the server shutting down (57P01-03). A lock timeout,
+    # a cancelled statement or a deadlock is an OperationalError of a live connection, and is not "lost".
     state = cause.sqlstate
-    if state is not None and not state.startswith("08") and state not in ("57P01", "57P02", "57P03"):
+    invalidated = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    if (
+        not invalidated
+        and state is not None
+        and not state.startswith("08")
+        and state not in ("57P01", "57P02", "57P03")
+    ):
         return None
     return StoreUnavailable(
         f"the database connection was lost mid-command: {first} (its open transaction was rolled back; what "

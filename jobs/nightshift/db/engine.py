@@ -20,6 +20,24 @@ class StoreUnavailable(StoreError):
     """The store could not be reached after the configured retries."""
 
 
+#: SQLite's result codes for a refusal by the file's environment, not by the statement (`sqlite_errorname`).
+_SQLITE_ENVIRONMENT = (
+    "SQLITE_FULL",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+)
+
+
+def sqlite_environment_error(exc: BaseException) -> bool:
+    """Whether a SQLite error is the disk's or the file's (full, locked, read-only, unopenable, I/O), not a bug
+    (a missing table or column, a syntax error)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return name.startswith(_SQLITE_ENVIRONMENT)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

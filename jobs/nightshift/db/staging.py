@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
-from nightshift.db.engine import StoreError, libpq_url, normalize_url, redact, sqlite_pragmas
+from nightshift.db.engine import StoreError, libpq_url, normalize_url, redact, sqlite_environment_error, sqlite_pragmas
 from nightshift.errors import CommitError, DuplicateEntityError, NightshiftError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -277,7 +277,7 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError):  # the disk is full, the file is locked or read-only
+        if isinstance(exc, sqlite3.OperationalError) and sqlite_environment_error(exc):  # full, locked, read-only
             _drop_staging_connection(url)
             raise StoreError(
                 f"SQLite refused {chunk} of run {run_id} ({n:,} rows), nothing of it was kept: {exc} "
