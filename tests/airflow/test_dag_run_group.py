@@ -20,15 +20,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from nightshift.data.features import MISSING_CATEGORY
 from nightshift.demo import DEMO_ENTITY_ID, demo_contract
 from tests.airflow.conftest import AF_ROWS
 from tests.airflow.harness import load_dag
+from tests.cli.test_bring_cli import _frame
 from tests.conftest import write_project
+from tests.integration.test_bring import _day
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 
@@ -40,21 +39,6 @@ LABELS = {"binary": "churned", "multiclass": "next_plan", "regression": "spend_n
 FEATURES = demo_contract().feature_names
 NUMERIC = [c.name for c in demo_contract().numeric]
 CATEGORICAL = [c.name for c in demo_contract().categorical]
-
-
-def _read(root: Path, ds: date) -> tuple[pa.Table, pa.Table]:
-    features = pq.read_table(root / "features" / f"ds={ds.isoformat()}")
-    labels = pq.read_table(root / "labels" / f"ds={ds.isoformat()}")
-    return features, labels.take(pc.index_in(features.column(DEMO_ENTITY_ID), labels.column(DEMO_ENTITY_ID)))
-
-
-def _frame(features: pa.Table, columns: list[str]) -> Any:
-    """The columns as pandas the way nightshift feeds them: numbers with NaN, a null category "__missing__"."""
-    frame = features.select(columns).to_pandas()
-    for name in columns:
-        if name in CATEGORICAL:
-            frame[name] = frame[name].fillna(MISSING_CATEGORY).astype(object)
-    return frame
 
 
 @dataclass
@@ -95,7 +79,7 @@ def _train_all(root: Path, out: Path) -> dict[str, Brought]:
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    days = [_read(root, ds) for ds in TRAIN_DAYS]
+    days = [_day(root, ds) for ds in TRAIN_DAYS]
     features = pa.concat_tables([f for f, _ in days])
     y = {
         task: np.concatenate([lab.column(c).to_numpy(zero_copy_only=False) for _, lab in days])
@@ -211,7 +195,7 @@ def test_every_kind_of_brought_model_is_scored_in_one_group_dag_run(
         for step in ("monitor", "report", "decide", "retrain_decision"):
             assert states[f"{name}_night.{step}"] == "success", (name, step, states)
 
-    features, _labels = _read(af_data, DS)
+    features, _labels = _day(af_data, DS)
     ids = [str(i) for i in features.column(DEMO_ENTITY_ID).to_pylist()]
     db = open_store(settings)
     try:

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from tests.deploy.conftest import free_port
 from tests.reliability.conftest import (
     MODEL,
     VERSION,
@@ -98,14 +99,6 @@ if not os.path.exists(done):
                    timeout=60)
     shutil.rmtree(os.path.dirname(data), ignore_errors=True)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chaos_unavailable() -> str | None:
