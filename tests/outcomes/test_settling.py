@@ -71,7 +71,10 @@ def test_the_demo_loop_settles_after_a_shift_and_rolls_a_bad_candidate_back(tmp_
     from nightshift.demo.loop import loop_settings, run_loop
     from tests.conftest import write_project
 
-    settings = loop_settings(load_settings(write_project(tmp_path, sqlite_url, tmp_path / "unused")), "churn")
+    # Thread workers: a local cluster forking worker processes from this (threaded) pytest worker hung once in
+    # a fresh-clone CI run, its nanny waiting for a forked worker that never started.
+    project = write_project(tmp_path, sqlite_url, tmp_path / "unused", dask="processes = false\n")
+    settings = loop_settings(load_settings(project), "churn")
     lines: list[str] = []
     report = run_loop(settings, "churn", start=date(2026, 11, 1), rows_per_day=8_000, say=lines.append)
     text = "\n".join(lines)
