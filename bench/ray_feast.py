@@ -112,7 +112,12 @@ def peers_python() -> Path:
 def peers_env() -> dict[str, str]:
     """This process's environment without what would point the peers' interpreter at this one's packages."""
     drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # `make bench-peers` runs under `uv run`: Ray sees that ancestor and would start every worker with `uv run`
+    # in a copy of the working directory (this project's environment, not the peers'), which cost each of its
+    # tasks and actors tens of seconds here (measured: listing 16 files took 38 s). Workers use this python.
+    env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    return env
 
 
 def peers_missing() -> str | None:
@@ -201,7 +206,9 @@ def _ray_spec(cfg: Config, url: str) -> dict[str, Any]:
         "missing": MISSING,
         "batch_rows": BATCH_ROWS,
         "actors": 2,
-        "actor_cpus": 1,
+        # Half a (logical) CPU each: with 1 each, two actors hold every CPU of a 2-core machine and Ray Data
+        # never schedules the ListFiles/read/write tasks that need one (the run waits forever, measured).
+        "actor_cpus": 0.5,
         "ort_threads": 1,
         "cpus": cfg.ray_cpus,
         "log": str(cfg.workdir("ray") / "ray-start.log"),
