@@ -9,6 +9,7 @@ from airflow.sdk import DAG, Param, dag, get_parsing_context, task
 from airflow.sdk.definitions.param import ParamsDict
 
 from nightshift_airflow.approval import CandidateApproval
+from nightshift_airflow.lineage import with_lineage
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 
 #: How long a candidate waits in pending_approval for a human before the approval task times out.
@@ -49,6 +50,7 @@ def retraining_dag(model: str, owner: str) -> DAG:
         def retrain(**context: Any) -> dict[str, Any]:
             """Rollouts.retrain(model, ds, trigger={conf, dag_run_id}): train, gate, register, roll out (or wait)."""
             from nightshift.rollout import Rollouts
+            from nightshift_airflow.lineage import airflow_lineage
             from nightshift_airflow.metrics import airflow_job_metrics
             from nightshift_airflow.runtime import fail_without_retry_on_bad_input, run_settings
 
@@ -59,7 +61,7 @@ def retraining_dag(model: str, owner: str) -> DAG:
             by = conf.get("requested_by") or getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
             rollouts = Rollouts(run_settings())
             try:
-                with fail_without_retry_on_bad_input(), airflow_job_metrics():
+                with fail_without_retry_on_bad_input(), airflow_job_metrics(), airflow_lineage(context):
                     outcome = rollouts.retrain(model, ds, trigger=trigger, by=str(by))
             finally:
                 rollouts.store.dispose()
@@ -104,7 +106,7 @@ def retraining_dag(model: str, owner: str) -> DAG:
             finally:
                 rollouts.store.dispose()
 
-        outcome = retrain()
+        outcome = with_lineage(retrain())
         needs_approval(outcome) >> approval >> approve(outcome)
 
     return retrain_model()

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, TaskGroup, dag, get_parsing_context, task
 
+from nightshift_airflow.lineage import with_lineage
 from nightshift_airflow.retrain_trigger import retrain_trigger
 from nightshift_airflow.runtime import DEFAULT_ARGS, load_project
 from nightshift_airflow.sensors import wait_for_partition
@@ -61,10 +62,11 @@ def scoring_dag(model: str, cfg: Any, dataset: str) -> DAG:
         def score(night: Any, **context: Any) -> dict[str, Any]:
             """Score and commit every planned version atomically (champion first); record what served."""
             from nightshift.nightly import NightPlan, score_night
+            from nightshift_airflow.lineage import airflow_lineage
             from nightshift_airflow.metrics import airflow_job_metrics
             from nightshift_airflow.runtime import fail_without_retry_on_bad_input, run_settings
 
-            with fail_without_retry_on_bad_input(), airflow_job_metrics():
+            with fail_without_retry_on_bad_input(), airflow_job_metrics(), airflow_lineage(context):
                 scored = score_night(run_settings(), NightPlan.from_dict(night), run_key=context["run_id"])
             context["outlet_events"][predictions].extra = {"ds": night["ds"], **scored["champion"], "versions": scored}
             return scored
@@ -112,7 +114,7 @@ def scoring_dag(model: str, cfg: Any, dataset: str) -> DAG:
             return dict(decision["retrain"]) if decision["trigger_retrain"] else False
 
         night = plan()
-        scored = score(night)
+        scored = with_lineage(score(night))
         wait >> night
         monitored = monitor(night, scored)
         report(night, monitored)
@@ -176,11 +178,12 @@ def group_scoring_dag(group: str, members: list[Any], dataset: str) -> DAG:
             """Score every version of every model in one read; each commits on its own. What committed is
             pushed (key `scored`) before a failure of any model fails this task."""
             from nightshift.nightly import NightPlan, score_nights
+            from nightshift_airflow.lineage import airflow_lineage
             from nightshift_airflow.metrics import airflow_job_metrics
             from nightshift_airflow.runtime import fail_without_retry_on_bad_input, run_settings
 
             plans = [NightPlan.from_dict(n) for n in nights.values()]
-            with fail_without_retry_on_bad_input(), airflow_job_metrics():
+            with fail_without_retry_on_bad_input(), airflow_job_metrics(), airflow_lineage(context):
                 results = score_nights(run_settings(), plans, run_key=context["run_id"])
             scored = {m: r for m, r in results.items() if not isinstance(r, BaseException)}
             failed = {m: r for m, r in results.items() if isinstance(r, BaseException)}
@@ -195,7 +198,7 @@ def group_scoring_dag(group: str, members: list[Any], dataset: str) -> DAG:
             return scored
 
         nights = plan()
-        scored = score(nights)
+        scored = with_lineage(score(nights))
         wait >> nights
         for m in members:
             with TaskGroup(group_id=night_group(m.name)):

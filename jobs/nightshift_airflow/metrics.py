@@ -14,10 +14,8 @@ there, named with the model (plain StatsD has no tags):
 with tags version, job_type and model for backends that keep tags (OpenTelemetry, Datadog, StatsD with
 influxdb tags).
 
-OpenLineage: Airflow's OpenLineage provider (apache-airflow-providers-openlineage) is not a dependency of
-nightshift, so the DAGs do not use it; the library's own emission (openlineage-python, to [lineage]
-openlineage_url or the client's OPENLINEAGE_URL / openlineage.yml) runs inside the tasks and sends the scoring
-and training runs' events with their input and output datasets.
+OpenLineage: see nightshift_airflow.lineage (Airflow's OpenLineage provider, with nightshift's datasets and
+runs added to its task events).
 """
 
 from __future__ import annotations

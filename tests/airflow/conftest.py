@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from tests.airflow.harness import AirflowServer, configure_in_process, wait_until
 from tests.conftest import IN_CI, PG_ADMIN_URL, _pg_reachable, write_project
+from tests.lineage.olspec import Recorder, serve
 
 configure_in_process()  # before anything imports airflow
 
@@ -29,6 +30,8 @@ AF_DAYS = 7
 AF_ROWS = 1_000
 #: A second model in the server's project, on a private copy of the data (see test_server_nights.py).
 NIGHT_MODEL = "churn_night"
+#: The OpenLineage namespace of the running Airflow's jobs.
+AIRFLOW_OL_NAMESPACE = "nightshift-airflow-test"
 
 
 _SESSION: dict[str, Any] = {}
@@ -168,12 +171,23 @@ def _server() -> AirflowServer:
         open_store(load_settings(project), check=False).upgrade()
         home = folder / "airflow"
         home.mkdir()
+        # Airflow's OpenLineage provider sends every DAG run's and task's events to a recording endpoint
+        # (tests/airflow/openlineage.py checks them); emission in a thread, never a fork of the task runner.
+        lineage = Recorder()
+        lineage_server, _thread = serve(lineage)
+        lineage.url = f"http://127.0.0.1:{lineage_server.server_address[1]}"
+        _SESSION["lineage"] = lineage
         server = AirflowServer(
             home,
             project,
             metadata_url=_metadata_db(),
             extra_env={
                 "NIGHTSHIFT_DASK__N_WORKERS": "1",  # two cores here: one forked Dask worker per scoring task
+                "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                    {"type": "http", "url": lineage.url, "endpoint": "api/v1/lineage"}
+                ),
+                "AIRFLOW__OPENLINEAGE__NAMESPACE": AIRFLOW_OL_NAMESPACE,
+                "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
             },
         )
         server.launch()
@@ -221,6 +235,13 @@ def airflow_server(pg_admin_url: str) -> AirflowServer:
     # Backfill runs only start on an unpaused DAG (and unpausing schedules the latest night too).
     server.api("PATCH", "/dags/score_churn", {"is_paused": False})
     return server
+
+
+@pytest.fixture(scope="session")
+def airflow_lineage(airflow_server: AirflowServer) -> Recorder:
+    """What the running Airflow's OpenLineage provider sent (DAG runs, tasks, and nightshift's own runs)."""
+    recorder: Recorder = _SESSION["lineage"]
+    return recorder
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import pytest
 
 from tests.airflow.conftest import NIGHT_MODEL
 from tests.airflow.harness import AirflowServer, store_connection, wait_until
+from tests.airflow.openlineage import datasets, task_lineage
+from tests.lineage.olspec import Recorder, Schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -58,7 +60,7 @@ def _retrain(server: AirflowServer, reason: str) -> str:
 
 @pytest.mark.timeout(900)
 def test_a_candidate_is_approved_then_another_rejected_through_airflows_hitl_api(
-    airflow_server: AirflowServer, server_project: Path, pg_url: str
+    airflow_server: AirflowServer, server_project: Path, pg_url: str, airflow_lineage: Recorder
 ) -> None:
     from sqlalchemy.engine import make_url
 
@@ -104,6 +106,7 @@ def test_a_candidate_is_approved_then_another_rejected_through_airflows_hitl_api
         assert done["status"] == "promoted"
         assert done["approved_by"] == who_approved
         assert rollouts.registry.aliases(NIGHT_MODEL)["champion"] == done["version"]
+        _assert_lineage(airflow_lineage, settings, first, rollouts.registry.get(NIGHT_MODEL, done["version"]))
         trail = rollouts.history(NIGHT_MODEL, waiting["candidate_id"])
         [approval] = [e for e in trail if e["event"] == "approved"]
         assert approval["by"] == who_approved
@@ -121,3 +124,23 @@ def test_a_candidate_is_approved_then_another_rejected_through_airflows_hitl_api
         assert second in rejection["detail"]["reason"]
     finally:
         store.dispose()
+
+
+def _assert_lineage(recorder: Recorder, settings: Any, run_id: str, mv: Any) -> None:
+    """Through Airflow's OpenLineage provider (a run without a logical date): the `retrain` task reports the
+    features and labels it trained on as inputs and the model artifact it registered as output; nightshift's
+    training run is its child; every event is valid OpenLineage."""
+    from nightshift.telemetry import openlineage as ol
+
+    cfg = settings.model(NIGHT_MODEL)
+    tree = task_lineage(
+        recorder, Schema(), dag_id=DAG_ID, run_id=run_id, task_id="retrain", nightshift_job=f"train.{NIGHT_MODEL}"
+    )
+    inputs = [ol.dataset_id(cfg.dataset_uri(settings)), ol.dataset_id(cfg.labels_uri(settings))]
+    assert datasets(tree.complete, "inputs") == inputs
+    assert datasets(tree.complete, "outputs") == [ol.dataset_id(mv.artifact_uri)]
+    [artifact] = tree.complete["outputs"]
+    assert artifact["facets"]["version"]["datasetVersion"] == mv.sha256
+    [features, _labels] = tree.complete["inputs"]
+    trained = features["facets"]["nightshift_training"]
+    assert trained["days"] == ["2026-11-14", CHAMPION_UNTIL.isoformat()], trained["days"]  # tested on RETRAIN_DS

@@ -12,6 +12,8 @@ import pytest
 
 from tests.airflow.conftest import AF_ROWS
 from tests.airflow.harness import AirflowServer, store_connection, wait_until
+from tests.airflow.openlineage import datasets, task_lineage
+from tests.lineage.olspec import Recorder, Schema
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,7 @@ def test_cli_backfill_of_three_dates_with_an_overlapping_run_commits_exactly_thr
     server_project: Path,
     pg_url: str,
     registered: Callable[[Any], Any],
+    airflow_lineage: Recorder,
 ) -> None:
     from sqlalchemy.engine import make_url
 
@@ -128,3 +131,28 @@ def test_cli_backfill_of_three_dates_with_an_overlapping_run_commits_exactly_thr
     assert sorted(r["status"] for r in by_day["2026-11-16"]) == ["committed", "superseded"]
     assert {r["run_key"] for r in by_day["2026-11-16"]} == {manual["dag_run_id"], runs[DAYS[2]]["dag_run_id"]}
     print(f"\n3-date CLI backfill + an overlapping manual run (PostgreSQL store) took {elapsed:.1f}s")
+    _assert_lineage(airflow_lineage, settings, {r["run_key"]: str(r["ds"]) for r in store_runs}, store_runs)
+
+
+def _assert_lineage(recorder: Recorder, settings: Any, days: dict[str, str], store_runs: list[dict[str, Any]]) -> None:
+    """Through Airflow's OpenLineage provider: each DAG run's `score` task reports the night's partition as
+    its input and the store's committed predictions as its output (rows written); nightshift's own run
+    events are the task's children, the DAG run their root; every event is valid OpenLineage."""
+    from nightshift.telemetry import openlineage as ol
+
+    schema = Schema()
+    features = ol.dataset_id(settings.model("churn").dataset_uri(settings))
+    store = ol.store_dataset(settings.store_url)
+    by_key = {r["run_key"]: r for r in store_runs}
+    for run_id, ds in days.items():
+        tree = task_lineage(
+            recorder, schema, dag_id=DAG_ID, run_id=run_id, task_id="score", nightshift_job="score.churn"
+        )
+        assert (datasets(tree.complete, "inputs"), datasets(tree.complete, "outputs")) == ([features], [store])
+        [source], [target] = tree.complete["inputs"], tree.complete["outputs"]
+        manifest = source["facets"]["nightshift_manifest"]
+        assert (manifest["ds"], sum(f["rows"] for f in manifest["files"])) == (ds, AF_ROWS), manifest
+        assert target["outputFacets"]["outputStatistics"]["rowCount"] == AF_ROWS
+        [done] = [e for e in tree.children if e["eventType"] == "COMPLETE"]
+        facet = done["run"]["facets"]["nightshift_run"]
+        assert (facet["store_run_id"], facet["run_key"]) == (by_key[run_id]["run_id"], run_id), facet

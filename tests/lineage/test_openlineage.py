@@ -493,8 +493,8 @@ def clients(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     make = ol._make_client
     close = OpenLineageClient.close
 
-    def _make(settings: LineageSettings) -> Any:
-        client, target = make(settings)
+    def _make(settings: LineageSettings, context: Any = None) -> Any:
+        client, target = make(settings, context)
         if client is not None:
             made.append(client)
         return client, target
@@ -649,3 +649,97 @@ def test_a_run_with_lineage_off_never_imports_the_client() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENLINEAGE", "NIGHTSHIFT_LINEAGE"))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- runs inside a larger run: a parent handed by a scheduler --------------------------------------------
+
+
+def test_a_run_started_with_an_openlineage_parent_names_it_and_its_root(
+    sqlite_url: str,
+    lineage_settings: Any,
+    registered: Any,
+    dask_client: Any,
+    endpoint: Recorder,
+    ol_schema: Schema,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The convention Airflow's `lineage_parent_id` macro and dbt-ol use: <namespace>/<job>/<run id> in
+    OPENLINEAGE_PARENT_ID (and the root's in OPENLINEAGE_ROOT_PARENT_ID), as a BashOperator hands them over."""
+    task_run, dag_run = "01a1d75a-9400-71a5-b6e4-785c7d8744b8", "01a1d75a-9400-712d-837e-d7a7460138e7"
+    monkeypatch.setenv("OPENLINEAGE_PARENT_ID", f"http://airflow:8080/score_churn.score/{task_run}")
+    monkeypatch.setenv("OPENLINEAGE_ROOT_PARENT_ID", f"http://airflow:8080/score_churn/{dag_run}")
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    registered(settings)
+    score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+    for event in endpoint.events:
+        assert "parent" in ol_schema.validate_event(event)
+        parent = _facets(event)["parent"]
+        # The namespace keeps its slashes: the job and the run are the last two parts.
+        assert parent["job"] == {"namespace": "http://airflow:8080", "name": "score_churn.score", "facets": {}}
+        assert parent["run"]["runId"] == task_run
+        assert parent["root"]["job"]["name"] == "score_churn"
+        assert parent["root"]["run"]["runId"] == dag_run
+
+
+@pytest.mark.parametrize("value", ["", "just-a-job", "ns/job/", "/job/run"])
+def test_a_malformed_parent_is_ignored_with_a_warning(value: str, caplog: pytest.LogCaptureFixture) -> None:
+    from nightshift.telemetry import openlineage as ol
+
+    with caplog.at_level(logging.WARNING, logger="nightshift.telemetry.openlineage"):
+        assert ol.RunRef.parse(value) is None
+    assert (value.strip() == "") == (not caplog.records), caplog.text
+    assert ol.RunRef.parse("ns/job/run") == ol.RunRef("ns", "job", "run")
+
+
+def test_a_lineage_context_gives_the_parent_the_client_and_sees_every_event(
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    registered: Any,
+    dask_client: Any,
+    endpoint: Recorder,
+    ol_schema: Schema,
+) -> None:
+    """What Airflow's tasks set (nightshift_airflow.lineage): with no destination of nightshift's own, the
+    events go through the context's client (the provider's), name the context's parent, and are seen."""
+    from openlineage.client import OpenLineageClient
+    from openlineage.client.transport.http import HttpConfig, HttpTransport
+
+    from nightshift.telemetry import openlineage as ol
+
+    settings = make_settings(sqlite_url)
+    assert settings.lineage.openlineage_url is None
+    assert not ol.client_configured()
+    registered(settings)
+    seen: list[Any] = []
+    made: list[OpenLineageClient] = []
+
+    def client() -> OpenLineageClient:
+        made.append(OpenLineageClient(transport=HttpTransport(HttpConfig(url=endpoint.url))))
+        return made[-1]
+
+    parent = ol.RunRef("af", "score_churn.score", ol.new_run_id())
+    root = ol.RunRef("af", "score_churn", ol.new_run_id())
+    with ol.lineage_context(ol.LineageContext(parent=parent, root=root, client_factory=client, on_event=seen.append)):
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    # Outside the context nothing is sent: nightshift has no destination of its own.
+    score_partition(settings, "churn", SCORE_DS, client=dask_client)
+
+    assert len(made) == 1
+    assert [e["eventType"] for e in endpoint.events] == ["START", "COMPLETE"]
+    assert [getattr(e.eventType, "value", e.eventType) for e in seen] == ["START", "COMPLETE"]
+    for event in endpoint.events:
+        ol_schema.validate_event(event)
+        facet = _facets(event)["parent"]
+        assert (facet["job"]["name"], facet["run"]["runId"]) == (parent.name, parent.run_id)
+        assert (facet["root"]["job"]["name"], facet["root"]["run"]["runId"]) == (root.name, root.run_id)
+
+
+def test_without_a_parent_events_have_no_parent_facet(
+    sqlite_url: str, lineage_settings: Any, registered: Any, dask_client: Any, endpoint: Recorder
+) -> None:
+    settings = lineage_settings(sqlite_url, endpoint.url)
+    registered(settings)
+    score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert [e["eventType"] for e in endpoint.events] == ["START", "COMPLETE"]
+    assert all("parent" not in _facets(e) for e in endpoint.events)

@@ -12,7 +12,14 @@ transports when nightshift does not choose one):
 * otherwise, the transport the client configures itself from `OPENLINEAGE_URL` (with `OPENLINEAGE_ENDPOINT`,
   `OPENLINEAGE_API_KEY`), `OPENLINEAGE__TRANSPORT__*` variables or an `openlineage.yml` (`OPENLINEAGE_CONFIG`,
   the working directory, `~/.openlineage/`): HTTP, Kafka, a file, a composite of several...;
-* neither, or `OPENLINEAGE_DISABLED=true`: nothing is built or sent.
+* neither: the client of the lineage context, when one is set (`lineage_context`; Airflow's tasks set the
+  OpenLineage provider's, nightshift_airflow.lineage);
+* none of these, or `OPENLINEAGE_DISABLED=true`: nothing is built or sent.
+
+A run inside a larger one names it in the standard `parent` facet (with the root of the tree): the parent of
+the lineage context (an Airflow task's run), else the one a scheduler hands a process in `OPENLINEAGE_PARENT_ID`
+and `OPENLINEAGE_ROOT_PARENT_ID` (`<namespace>/<job name>/<run id>`, the convention of Airflow's
+`lineage_parent_id` macro and dbt-ol).
 
 Datasets are named by OpenLineage's naming conventions (the client's `openlineage.client.naming` where it has
 one): a local path is namespace `file`, name the absolute path; `s3://bucket/key` is namespace `s3://bucket`,
@@ -34,8 +41,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -44,7 +54,7 @@ from urllib.parse import urljoin, urlsplit
 if TYPE_CHECKING:  # pragma: no cover
     from openlineage.client import OpenLineageClient
     from openlineage.client.event_v2 import InputDataset, OutputDataset, RunEvent
-    from openlineage.client.facet_v2 import BaseFacet, error_message_run, nominal_time_run
+    from openlineage.client.facet_v2 import BaseFacet, error_message_run, nominal_time_run, parent_run
 
     from nightshift.config import LineageSettings
 
@@ -137,6 +147,87 @@ def facet(key: str, **fields: Any) -> BaseFacet:
     return cls(**given, producer=producer())
 
 
+# -- the run nightshift's runs belong to (an Airflow task, a dbt-ol style parent) ---------------------
+
+#: The OpenLineage convention (dbt-ol, Airflow's `lineage_parent_id` macro) for a parent handed to a process:
+#: `<namespace>/<job name>/<run id>`; the root of the whole tree likewise.
+PARENT_ENV, ROOT_PARENT_ENV = "OPENLINEAGE_PARENT_ID", "OPENLINEAGE_ROOT_PARENT_ID"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run of a job: (namespace, job name, run id)."""
+
+    namespace: str
+    name: str
+    run_id: str
+
+    @classmethod
+    def parse(cls, text: str | None) -> RunRef | None:
+        """`<namespace>/<job name>/<run id>` (the namespace may hold slashes: the last two parts are the job
+        and the run); None for an empty or malformed value (with a warning: lineage never fails a run)."""
+        if not text or not text.strip():
+            return None
+        parts = text.strip().rsplit("/", 2)
+        if len(parts) != 3 or not all(parts):
+            log.warning("an OpenLineage parent is <namespace>/<job name>/<run id>, not %r: ignored", text)
+            return None
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class LineageContext:
+    """Where nightshift's runs sit in a larger run (a task of an Airflow DAG run), set by whoever runs them.
+
+    `parent` and `root` become the `parent` facet of every event (the root: the top of the tree, e.g. the DAG
+    run); `client_factory`, when nightshift names no destination of its own, makes the client events go through
+    (in Airflow: the OpenLineage provider's, so they go where Airflow's go); `on_event` sees every event sent."""
+
+    parent: RunRef | None = None
+    root: RunRef | None = None
+    client_factory: Callable[[], OpenLineageClient | None] | None = None
+    on_event: Callable[[RunEvent], None] | None = None
+
+
+_CONTEXT: ContextVar[LineageContext | None] = ContextVar("nightshift_lineage_context", default=None)
+
+
+@contextmanager
+def lineage_context(context: LineageContext) -> Iterator[LineageContext]:
+    """Inside: runs started in this thread (their Emitter is made here) use `context`."""
+    token = _CONTEXT.set(context)
+    try:
+        yield context
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> LineageContext:
+    """The context set by `lineage_context`, else a parent (and root) from OPENLINEAGE_PARENT_ID and
+    OPENLINEAGE_ROOT_PARENT_ID, as a scheduler hands them to a process it starts."""
+    set_here = _CONTEXT.get()
+    if set_here is not None:
+        return set_here
+    parent = RunRef.parse(os.environ.get(PARENT_ENV))
+    root = RunRef.parse(os.environ.get(ROOT_PARENT_ENV)) if parent is not None else None
+    return LineageContext(parent=parent, root=root)
+
+
+def parent_facet(parent: RunRef, root: RunRef | None = None) -> parent_run.ParentRunFacet:
+    """The standard `parent` run facet: this run was started by `parent` (within `root`'s tree)."""
+    from openlineage.client.facet_v2 import parent_run
+
+    top = root or parent
+    return parent_run.ParentRunFacet(
+        run=parent_run.Run(runId=parent.run_id),
+        job=parent_run.Job(namespace=parent.namespace, name=parent.name),
+        root=parent_run.Root(
+            run=parent_run.RootRun(runId=top.run_id), job=parent_run.RootJob(namespace=top.namespace, name=top.name)
+        ),
+        producer=producer(),
+    )
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -217,8 +308,11 @@ def run_event(
     inputs: list[Any] | None = None,
     outputs: list[Any] | None = None,
     at: datetime | None = None,
+    parent: RunRef | None = None,
+    root: RunRef | None = None,
 ) -> RunEvent:
-    """One RunEvent: the run, its job (a BATCH job of nightshift), inputs and outputs."""
+    """One RunEvent: the run, its job (a BATCH job of nightshift), inputs and outputs; with a `parent` facet
+    when given a parent, else when the lineage context (current_context) has one."""
     from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
     from openlineage.client.facet_v2 import JobFacet, job_type_job, processing_engine_run
 
@@ -228,6 +322,11 @@ def run_event(
         ),
         **(run_facets or {}),
     }
+    if parent is None:
+        context = current_context()
+        parent, root = context.parent, context.root
+    if parent is not None and "parent" not in facets:
+        facets["parent"] = parent_facet(parent, root)
     job_facets: dict[str, JobFacet] = {
         "jobType": job_type_job.JobTypeJobFacet(
             processingType="BATCH", integration="NIGHTSHIFT", jobType=job_type, producer=producer()
@@ -280,10 +379,18 @@ def _disabled() -> bool:
     return os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"
 
 
-def _make_client(settings: LineageSettings) -> tuple[OpenLineageClient | None, str]:
-    """The client that sends the events and a description of where to (for the log); (None, "") for none."""
+def _make_client(
+    settings: LineageSettings, context: LineageContext | None = None
+) -> tuple[OpenLineageClient | None, str]:
+    """The client that sends the events and a description of where to (for the log); (None, "") for none.
+    nightshift's own setting first, then the client's own configuration, then the context's client (Airflow's)."""
     base = settings.openlineage_url
-    if _disabled() or not (base or client_configured()):
+    if _disabled():
+        return None, ""
+    if not (base or client_configured()):
+        if context is not None and context.client_factory is not None:
+            client = context.client_factory()
+            return client, "(the scheduler's OpenLineage transport)" if client is not None else ""
         return None, ""
     from openlineage.client import OpenLineageClient
 
@@ -323,12 +430,13 @@ class Emitter:
 
     def __init__(self, settings: LineageSettings) -> None:
         self.settings = settings
+        self.context = current_context()  # the thread that makes the emitter is the run's
         self.client: OpenLineageClient | None = None
         self.target = ""
         self._lock = threading.Lock()
         self._last: tuple[threading.Thread, float] | None = None  # the latest send and when its wait ends
         try:
-            self.client, self.target = _make_client(settings)
+            self.client, self.target = _make_client(settings, self.context)
         except Exception as exc:  # noqa: BLE001 - a lineage configuration never fails a run
             log.warning("OpenLineage client could not be configured, no events are sent: %s", exc)
         if self.client is not None and self.client.transport.kind == "noop":
@@ -377,6 +485,11 @@ class Emitter:
         """Send one event; True when the transport took it, False (with a warning) when it did not in time."""
         if self.client is None:
             return False
+        if self.context.on_event is not None:
+            try:
+                self.context.on_event(event)
+            except Exception as exc:  # noqa: BLE001 - whoever watches the events never fails a run
+                log.warning("the lineage context's on_event failed: %s", exc)
         state = getattr(event.eventType, "value", event.eventType)
         what = f"{state} of {event.job.name} (run {event.run.runId})"
         try:

@@ -182,6 +182,8 @@ class ScoringTelemetry:
             run_facets=run_facets,
             inputs=[self._input(scored.contract)],
             outputs=[output],
+            parent=self.emitter.context.parent,
+            root=self.emitter.context.root,
         )
 
     def _emit(self, kind: str, run_id: int, **kwargs: Any) -> None:
@@ -353,6 +355,8 @@ class TrainingTelemetry:
                 run_facets=run_facets,
                 inputs=self._inputs(training),
                 outputs=[self._output(mv, (detail or {}).get("status"))] if mv is not None else [],
+                parent=self.emitter.context.parent,
+                root=self.emitter.context.root,
             )
             self.emitter.emit(event)
         except Exception as exc:  # noqa: BLE001 - building an event never fails a run
