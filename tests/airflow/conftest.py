@@ -172,11 +172,11 @@ def _server() -> AirflowServer:
         home = folder / "airflow"
         home.mkdir()
         # Airflow's OpenLineage provider sends every DAG run's and task's events to a recording endpoint
-        # (tests/airflow/openlineage.py checks them); emission in a thread, never a fork of the task runner.
+        # (tests/airflow/ol_tree.py checks them); emission in a thread, never a fork of the task runner.
         lineage = Recorder()
         lineage_server, _thread = serve(lineage)
         lineage.url = f"http://127.0.0.1:{lineage_server.server_address[1]}"
-        _SESSION["lineage"] = lineage
+        _SESSION["lineage"], _SESSION["lineage_server"] = lineage, lineage_server
         server = AirflowServer(
             home,
             project,
@@ -188,6 +188,7 @@ def _server() -> AirflowServer:
                 ),
                 "AIRFLOW__OPENLINEAGE__NAMESPACE": AIRFLOW_OL_NAMESPACE,
                 "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+                "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "60",  # a loaded 2-core machine: never abandon one
             },
         )
         server.launch()
@@ -214,6 +215,10 @@ def pytest_sessionfinish() -> None:
     server = _SESSION.pop("server", None)
     if server is not None:
         server.stop()
+    lineage_server = _SESSION.pop("lineage_server", None)
+    if lineage_server is not None:
+        lineage_server.shutdown()
+        lineage_server.server_close()
         keep = os.environ.get("NIGHTSHIFT_KEEP_AIRFLOW_LOG")
         if keep:
             shutil.copy(server.log_path, keep)

@@ -13,9 +13,11 @@ def _ti(task_id: str = "score", run_id: str = "manual__1", map_index: int = -1) 
     return SimpleNamespace(dag_id="score_churn", task_id=task_id, run_id=run_id, map_index=map_index)
 
 
-def _event(kind: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> Any:
+def _event(kind: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]], rows: int = 0) -> Any:
     from nightshift.telemetry import openlineage as ol
 
+    out_facets = {"version": ol.facet("version", datasetVersion=f"run-{rows}")}
+    io = {"outputStatistics": ol.facet("outputStatistics", rowCount=rows)} if kind == "COMPLETE" else None
     return ol.run_event(
         kind,
         run_id=ol.new_run_id(),
@@ -23,8 +25,17 @@ def _event(kind: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, st
         job_name="score.churn",
         job_type="SCORING",
         inputs=[ol.dataset(ns, name) for ns, name in inputs],
-        outputs=[ol.dataset(ns, name, io="output") for ns, name in outputs],
+        outputs=[ol.dataset(ns, name, out_facets, io="output", io_facets=io) for ns, name in outputs],
     )
+
+
+STORE = ("postgres://db:5432", "ns.public.committed_predictions")
+PART = ("file", "/data/features")
+LABELS = ("file", "/data/labels")
+
+
+def _ids(datasets: list[Any]) -> list[tuple[str, str]]:
+    return [(d.namespace, d.name) for d in datasets]
 
 
 def test_without_a_configured_provider_a_task_sets_no_lineage_context(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,34 +44,89 @@ def test_without_a_configured_provider_a_task_sets_no_lineage_context(monkeypatc
 
     monkeypatch.delenv("OPENLINEAGE_PARENT_ID", raising=False)
     assert not lineage.provider_enabled()  # this process's Airflow has no [openlineage] transport
-    with lineage.airflow_lineage({"ti": _ti()}):
+    with lineage.airflow_lineage({"ti": _ti(), "task": object()}):
         assert ol.current_context() == ol.LineageContext()
     assert lineage._EVENTS == {}
 
 
-def test_a_task_reports_the_datasets_of_its_ended_runs_once_each_and_forgets_them() -> None:
+def test_one_run_is_reported_as_it_is() -> None:
     from nightshift_airflow import lineage
 
-    store = ("postgres://db:5432", "ns.public.committed_predictions")
-    part = ("file", "/data/features")
-    labels = ("file", "/data/labels")
+    ti = _ti()
+    lineage._EVENTS[lineage._key(ti)] = [_event("START", [PART], [STORE]), _event("COMPLETE", [PART], [STORE], 1000)]
+    reported = lineage.task_lineage(ti)
+    assert (_ids(reported.inputs), _ids(reported.outputs)) == ([PART], [STORE])
+    [out] = reported.outputs
+    assert out.outputFacets["outputStatistics"].rowCount == 1000
+    assert out.facets["version"].datasetVersion == "run-1000"
+
+
+def test_champion_and_challenger_report_every_row_written_and_no_single_runs_version() -> None:
+    from nightshift_airflow import lineage
+
     ti = _ti()
     lineage._EVENTS[lineage._key(ti)] = [
-        _event("START", [part], [store]),
-        _event("COMPLETE", [part], [store]),  # one model's run
-        _event("START", [part], [store]),
-        _event("FAIL", [part, labels], [store]),  # another's, failed
+        _event("START", [PART], [STORE]),
+        _event("COMPLETE", [PART], [STORE], 1000),
+        _event("START", [PART], [STORE]),
+        _event("COMPLETE", [PART], [STORE], 1000),
     ]
-    other = _ti(run_id="manual__2")
-    lineage._EVENTS[lineage._key(other)] = [_event("COMPLETE", [labels], [])]
+    [out] = lineage.task_lineage(ti).outputs
+    assert _ids([out]) == [STORE]
+    assert out.outputFacets["outputStatistics"].rowCount == 2000
+    assert "version" not in (out.facets or {})
 
+
+def test_a_group_with_a_failed_model_reports_what_was_read_and_only_what_committed() -> None:
+    from nightshift_airflow import lineage
+
+    ti = _ti()
+    lineage._EVENTS[lineage._key(ti)] = [
+        _event("START", [PART], [STORE]),
+        _event("FAIL", [PART, LABELS], [STORE]),  # the first model failed
+        _event("START", [PART], [STORE]),
+        _event("COMPLETE", [PART], [STORE], 700),  # the second committed
+    ]
     reported = lineage.task_lineage(ti)
-    assert [(d.namespace, d.name) for d in reported.inputs] == [part, labels]
-    assert [(d.namespace, d.name) for d in reported.outputs] == [store]
-    # Asked again (a second listener call), nothing is left: the first answer took them.
-    assert lineage.task_lineage(ti).inputs == []
-    # Another task instance's runs are its own.
-    assert [(d.namespace, d.name) for d in lineage.task_lineage(other, "an error").inputs] == [labels]
+    assert _ids(reported.inputs) == [PART, LABELS]
+    [out] = reported.outputs
+    assert out.outputFacets["outputStatistics"].rowCount == 700
+
+
+def test_a_task_that_failed_before_or_during_its_runs_reports_no_output() -> None:
+    from nightshift_airflow import lineage
+
+    before, during = _ti(run_id="manual__1"), _ti(run_id="manual__2")
+    lineage._EVENTS[lineage._key(during)] = [_event("START", [PART], [STORE])]  # killed mid-run
+    for ti in (before, during):
+        reported = lineage.task_lineage(ti)
+        assert (reported.inputs, reported.outputs) == ([], [])
+
+
+def test_each_task_instance_reports_its_own_runs_once() -> None:
+    from nightshift_airflow import lineage
+
+    mine, other = _ti(), _ti(run_id="manual__2")
+    lineage._EVENTS[lineage._key(mine)] = [_event("COMPLETE", [PART], [STORE], 5)]
+    lineage._EVENTS[lineage._key(other)] = [_event("COMPLETE", [LABELS], [], 0)]
+    assert _ids(lineage.task_lineage(mine).inputs) == [PART]
+    assert lineage.task_lineage(mine).inputs == []  # asked again: the first answer took them
+    assert _ids(lineage.task_lineage(other).inputs) == [LABELS]
+    assert lineage._EVENTS == {}
+
+
+def test_a_task_the_emission_policy_mutes_sets_no_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.openlineage.utils import emission_policy
+
+    from nightshift.telemetry import openlineage as ol
+    from nightshift_airflow import lineage
+
+    monkeypatch.delenv("OPENLINEAGE_PARENT_ID", raising=False)
+    monkeypatch.setattr(lineage, "provider_enabled", lambda: True)
+    muted = SimpleNamespace(emit=False)
+    monkeypatch.setattr(emission_policy, "resolve_task_emission_policy", lambda **_: muted)
+    with lineage.airflow_lineage({"ti": _ti(), "task": object()}):
+        assert ol.current_context() == ol.LineageContext()
     assert lineage._EVENTS == {}
 
 
@@ -90,3 +156,20 @@ def test_with_lineage_makes_the_provider_ask_the_operator() -> None:
     assert scored.get_openlineage_facets_on_failure is task_lineage
     assert manager.get_extractor_class(scored) is not None  # the provider's DefaultExtractor
     assert manager.get_extractor_class(untouched) is None
+
+
+def test_with_lineage_refuses_a_mapped_task() -> None:
+    from airflow.sdk import dag, task
+
+    from nightshift_airflow.lineage import with_lineage
+
+    @dag(dag_id="lineage_mapped", schedule=None)
+    def lineage_mapped() -> None:
+        @task
+        def score(x: int) -> int:
+            return x
+
+        with pytest.raises(TypeError, match="mapped task"):
+            with_lineage(score.expand(x=[1, 2]))
+
+    lineage_mapped()

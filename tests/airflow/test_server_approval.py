@@ -12,7 +12,7 @@ import pytest
 
 from tests.airflow.conftest import NIGHT_MODEL
 from tests.airflow.harness import AirflowServer, store_connection, wait_until
-from tests.airflow.openlineage import datasets, task_lineage
+from tests.airflow.ol_tree import datasets, task_lineage
 from tests.lineage.olspec import Recorder, Schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

@@ -682,14 +682,17 @@ def test_a_run_started_with_an_openlineage_parent_names_it_and_its_root(
         assert parent["root"]["run"]["runId"] == dag_run
 
 
-@pytest.mark.parametrize("value", ["", "just-a-job", "ns/job/", "/job/run"])
+@pytest.mark.parametrize(
+    "value", ["", "just-a-job", "ns/job/", "/job/01a1d75a-9400-71a5-b6e4-785c7d8744b8", "ns/job/run"]
+)
 def test_a_malformed_parent_is_ignored_with_a_warning(value: str, caplog: pytest.LogCaptureFixture) -> None:
     from nightshift.telemetry import openlineage as ol
 
     with caplog.at_level(logging.WARNING, logger="nightshift.telemetry.openlineage"):
         assert ol.RunRef.parse(value) is None
     assert (value.strip() == "") == (not caplog.records), caplog.text
-    assert ol.RunRef.parse("ns/job/run") == ol.RunRef("ns", "job", "run")
+    run = "01a1d75a-9400-71a5-b6e4-785c7d8744b8"
+    assert ol.RunRef.parse(f"ns/job/{run}") == ol.RunRef("ns", "job", run)
 
 
 def test_a_lineage_context_gives_the_parent_the_client_and_sees_every_event(

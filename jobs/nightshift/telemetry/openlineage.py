@@ -165,14 +165,22 @@ class RunRef:
     @classmethod
     def parse(cls, text: str | None) -> RunRef | None:
         """`<namespace>/<job name>/<run id>` (the namespace may hold slashes: the last two parts are the job
-        and the run); None for an empty or malformed value (with a warning: lineage never fails a run)."""
+        and the run; the run id a UUID, as the spec's `parent` facet requires); None for an empty or malformed
+        value (with a warning: lineage never fails a run, and a bad parent never drops an event)."""
+        import uuid
+
         if not text or not text.strip():
             return None
         parts = text.strip().rsplit("/", 2)
-        if len(parts) != 3 or not all(parts):
-            log.warning("an OpenLineage parent is <namespace>/<job name>/<run id>, not %r: ignored", text)
-            return None
-        return cls(*parts)
+        if len(parts) == 3 and all(parts):
+            try:
+                uuid.UUID(parts[2])
+            except ValueError:
+                pass
+            else:
+                return cls(*parts)
+        log.warning("an OpenLineage parent is <namespace>/<job name>/<run id (a UUID)>, not %r: ignored", text)
+        return None
 
 
 @dataclass(frozen=True)
