@@ -5,7 +5,7 @@
 
 * **scoring** (`ray`): nightshift's `score_partition` into PostgreSQL (a cluster the call starts, and a
   pre-started one) against Ray Data — `read_parquet` → `map_batches` with one ONNX Runtime session per actor
-  (fixed pool of 2 actors, 1 thread each, 64k-row batches) → each block binary-COPYed into a plain table by
+  (2 actors of half a CPU, 1 thread each, 64k-row batches) → each block binary-COPYed into a plain table by
   a Datasink (variant 2: the scoring actor COPYs its own batch) → `ADD PRIMARY KEY (entity_id, run_id)`, so
   both leave a table that can be served by id. Round-robin, medians of `repeats` runs. Ray's start-up
   (`ray start` to a connected driver) is timed separately: "Ray started by the program" adds it (vs nightshift
@@ -115,7 +115,7 @@ def peers_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     # `make bench-peers` runs under `uv run`: Ray sees that ancestor and would start every worker with `uv run`
     # in a copy of the working directory (this project's environment, not the peers'), which cost each of its
-    # tasks and actors tens of seconds here (measured: listing 16 files took 38 s). Workers use this python.
+    # tasks and actors tens of seconds here (the first task took 38 s on a loaded machine, ~10 s without).
     env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     return env
 
