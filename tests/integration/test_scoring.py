@@ -18,6 +18,7 @@ from nightshift.errors import (
     ContractError,
     DuplicateEntityError,
     ModelNotFound,
+    NightshiftError,
     PartitionNotReady,
 )
 from nightshift.scoring import score_partition
@@ -410,6 +411,33 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
     got = _committed(store)
     ids = [str(i) for i in table.column("customer_id").to_pylist()]
     assert np.allclose([got[i] for i in ids], expected, atol=1e-6)
+
+
+def test_a_bad_row_in_a_bundle_of_small_files_is_named_by_its_file(
+    store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
+) -> None:
+    """Small files are read into one batch per task (joined up to batch_rows); a row that breaks the contract
+    still fails naming its own file, not the bundle, and nothing is committed."""
+    part = _part_dir(data_root)
+    for path in sorted(part.glob("*.parquet")):
+        table = pq.read_table(path)
+        for k in range(10):
+            pq.write_table(table.slice(k * 100, 100), path.with_name(f"{path.stem}-{k}.parquet"))
+        path.unlink()
+    victim = sorted(part.glob("*.parquet"))[13]
+    table = pq.read_table(victim)
+    ids = table.column("customer_id").to_pylist()
+    ids[5] = None
+    pq.write_table(table.set_column(0, "customer_id", pa.array(ids, table.schema.field("customer_id").type)), victim)
+    settings = make_settings(store_url)
+    registered(settings)
+    with pytest.raises(NightshiftError) as failed:
+        score_partition(settings, "churn", SCORE_DS, client=dask_client)
+    assert f"{victim}: entity id column 'customer_id' has 1 null value(s)" in str(failed.value)
+    assert " … " not in str(failed.value)
+    store = open_store(settings)
+    assert store.partition("churn", 1, SCORE_DS) is None
+    store.dispose()
 
 
 def test_a_damaged_data_page_fails_naming_the_file_and_row_group(
