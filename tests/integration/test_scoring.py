@@ -416,8 +416,8 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
 def test_a_bad_row_in_a_bundle_of_small_files_is_named_by_its_file(
     store_url: str, make_settings: Any, registered: Any, dask_client: Any, data_root: Path
 ) -> None:
-    """Small files are read into one batch per task (joined up to batch_rows); a row that breaks the contract
-    still fails naming its own file, not the bundle, and nothing is committed."""
+    """Thirty small files share one task; a row that breaks the contract fails naming its own file, not the
+    bundle, and nothing is committed."""
     part = _part_dir(data_root)
     for path in sorted(part.glob("*.parquet")):
         table = pq.read_table(path)

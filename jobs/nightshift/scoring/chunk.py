@@ -139,12 +139,8 @@ class _Failed(NightshiftError):
     """Internal: this model's part of the chunk failed; roll its rows back (the connection stays)."""
 
 
-#: Where a batch's rows come from: (file, first row in the batch, rows), in order.
-Sources = tuple[tuple[str, int, int], ...]
-
-
-def _read(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.RecordBatch, str]]:
-    """The task's record batches as the files give them, each with its file; adds the read time to `clock`."""
+def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.RecordBatch, str]]:
+    """The task's record batches, each with its file, read once; adds the read time to `clock`."""
     for piece in task.slices:
         batches = iter_batches(piece, task.read_columns, task.batch_rows, task.dictionary_columns)
         while True:
@@ -159,67 +155,6 @@ def _read(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.RecordB
             if batch is None:
                 break
             yield batch, piece.uri
-
-
-def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.RecordBatch, Sources]]:
-    """The task's record batches, read once, each with where its rows come from. Consecutive small batches (a
-    bundle of small files, small row groups) are joined up to `batch_rows` rows when their schemas agree, so
-    that inference, reasons and the COPY run on full batches whatever the files' sizes (dictionaries are
-    unified); the join's time counts as reading."""
-    import pyarrow as pa
-
-    pending: list[tuple[pa.RecordBatch, str]] = []
-    held = 0
-
-    def joined() -> tuple[pa.RecordBatch, Sources]:
-        t = time.perf_counter()
-        batch = pending[0][0] if len(pending) == 1 else pa.concat_batches([b for b, _ in pending])
-        clock["read_s"] += time.perf_counter() - t
-        sources: list[tuple[str, int, int]] = []
-        offset = 0
-        for b, uri in pending:
-            if sources and sources[-1][0] == uri:
-                sources[-1] = (uri, sources[-1][1], sources[-1][2] + b.num_rows)
-            else:
-                sources.append((uri, offset, b.num_rows))
-            offset += b.num_rows
-        pending.clear()
-        return batch, tuple(sources)
-
-    for batch, uri in _read(task, clock):
-        if pending and (held + batch.num_rows > task.batch_rows or not batch.schema.equals(pending[0][0].schema)):
-            yield joined()
-            held = 0
-        pending.append((batch, uri))
-        held += batch.num_rows
-        if held >= task.batch_rows:
-            yield joined()
-            held = 0
-    if pending:
-        yield joined()
-
-
-def _named(sources: Sources) -> str:
-    """A batch's source for messages: its file, or its first and last files."""
-    if len({uri for uri, _, _ in sources}) == 1:
-        return sources[0][0]
-    return f"{sources[0][0]} … {sources[-1][0]} ({len(sources)} files)"
-
-
-def _score_batch(
-    run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, sources: Sources, part: ModelChunk
-) -> Rows:
-    """`_score` of a batch that may join several files; when it fails, each file's rows are scored alone so
-    that the error names the file it is about (as an unjoined batch's would)."""
-    if len(sources) == 1:
-        return _score(run, session, batch, sources[0][0], part)
-    try:
-        return _score(run, session, batch, _named(sources), part)
-    except NightshiftError:
-        scratch = ModelChunk(part.run_id)
-        for uri, offset, rows in sources:
-            _score(run, session, batch.slice(offset, rows), uri, scratch)
-        raise
 
 
 def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str, part: ModelChunk) -> Rows:
@@ -306,13 +241,13 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             _close(contexts.pop(run_id), _Failed(str(exc)))
             writers.pop(run_id)
 
-        for batch, sources in _batches(task, clock) if writers else ():
+        for batch, uri in _batches(task, clock) if writers else ():
             for run in task.runs:
                 if run.run_id not in writers:
                     continue
                 part = parts[run.run_id]
                 try:
-                    pending[run.run_id].append(_score_batch(run, sessions[run.run_id], batch, sources, part))
+                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, uri, part))
                     if sum(len(r) for r in pending[run.run_id]) >= task.batch_rows:
                         flush(run.run_id, part)
                 except NightshiftError as exc:
@@ -361,13 +296,13 @@ def _score_for_driver(
 
     source = task.source
     collected: dict[int, list[Rows]] = {run.run_id: [] for run in task.runs}
-    for batch, sources in _batches(task, clock):
+    for batch, uri in _batches(task, clock):
         for run in task.runs:
             part = parts[run.run_id]
             if part.error is not None:
                 continue
             try:
-                rows = _score_batch(run, sessions[run.run_id], batch, sources, part)
+                rows = _score(run, sessions[run.run_id], batch, uri, part)
             except NightshiftError as exc:
                 part.error = exc
                 collected[run.run_id] = []
