@@ -9,6 +9,16 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _no_events_left() -> Any:
+    """Each test starts and ends with no task's events kept (a failing test does not leak into the next)."""
+    from nightshift_airflow import lineage
+
+    lineage._EVENTS.clear()
+    yield
+    lineage._EVENTS.clear()
+
+
 def _ti(task_id: str = "score", run_id: str = "manual__1", map_index: int = -1) -> Any:
     return SimpleNamespace(dag_id="score_churn", task_id=task_id, run_id=run_id, map_index=map_index)
 
@@ -16,8 +26,11 @@ def _ti(task_id: str = "score", run_id: str = "manual__1", map_index: int = -1) 
 def _event(kind: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]], rows: int = 0) -> Any:
     from nightshift.telemetry import openlineage as ol
 
-    out_facets = {"version": ol.facet("version", datasetVersion=f"run-{rows}")}
-    io = {"outputStatistics": ol.facet("outputStatistics", rowCount=rows)} if kind == "COMPLETE" else None
+    out_facets = {
+        "version": ol.facet("version", datasetVersion=f"run-{rows}"),
+        "lifecycleStateChange": ol.facet("lifecycleStateChange", lifecycleStateChange="OVERWRITE"),
+    }
+    io = {"outputStatistics": ol.facet("outputStatistics", rowCount=rows)} if kind != "START" else None
     return ol.run_event(
         kind,
         run_id=ol.new_run_id(),
@@ -74,7 +87,7 @@ def test_champion_and_challenger_report_every_row_written_and_no_single_runs_ver
     [out] = lineage.task_lineage(ti).outputs
     assert _ids([out]) == [STORE]
     assert out.outputFacets["outputStatistics"].rowCount == 2000
-    assert "version" not in (out.facets or {})
+    assert not {"version", "lifecycleStateChange"} & set(out.facets or {})
 
 
 def test_a_group_with_a_failed_model_reports_what_was_read_and_only_what_committed() -> None:
@@ -83,14 +96,15 @@ def test_a_group_with_a_failed_model_reports_what_was_read_and_only_what_committ
     ti = _ti()
     lineage._EVENTS[lineage._key(ti)] = [
         _event("START", [PART], [STORE]),
-        _event("FAIL", [PART, LABELS], [STORE]),  # the first model failed
+        _event("FAIL", [PART, LABELS], [STORE], 300),  # the first model failed after writing some rows
         _event("START", [PART], [STORE]),
         _event("COMPLETE", [PART], [STORE], 700),  # the second committed
     ]
     reported = lineage.task_lineage(ti)
     assert _ids(reported.inputs) == [PART, LABELS]
     [out] = reported.outputs
-    assert out.outputFacets["outputStatistics"].rowCount == 700
+    assert out.outputFacets["outputStatistics"].rowCount == 700  # the failed run's 300 rows rolled back
+    assert out.facets["version"].datasetVersion == "run-700"  # the committed run's own output, unmerged
 
 
 def test_a_task_that_failed_before_or_during_its_runs_reports_no_output() -> None:

@@ -424,17 +424,18 @@ def test_a_bad_row_in_a_bundle_of_small_files_is_named_by_its_file(
         for k in range(10):
             pq.write_table(table.slice(k * 100, 100), path.with_name(f"{path.stem}-{k}.parquet"))
         path.unlink()
-    victim = sorted(part.glob("*.parquet"))[13]
+    victim = sorted(part.glob("*.parquet"))[13]  # the 14th of 30 files, inside the one bundle
     table = pq.read_table(victim)
     ids = table.column("customer_id").to_pylist()
     ids[5] = None
     pq.write_table(table.set_column(0, "customer_id", pa.array(ids, table.schema.field("customer_id").type)), victim)
-    settings = make_settings(store_url)
+    settings = make_settings(store_url, dask="task_min_rows = 65536\n")  # the 30 files (3,000 rows) share one task
     registered(settings)
     with pytest.raises(NightshiftError) as failed:
         score_partition(settings, "churn", SCORE_DS, client=dask_client)
-    assert f"{victim}: entity id column 'customer_id' has 1 null value(s)" in str(failed.value)
-    assert " … " not in str(failed.value)
+    message = str(failed.value)
+    assert f"{victim}: entity id column 'customer_id' has 1 null value(s)" in message
+    assert "part-00000-0.parquet" not in message  # not the bundle's name (its first file)
     store = open_store(settings)
     assert store.partition("churn", 1, SCORE_DS) is None
     store.dispose()

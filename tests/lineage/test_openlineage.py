@@ -672,6 +672,7 @@ def test_a_run_started_with_an_openlineage_parent_names_it_and_its_root(
     registered(settings)
     score_partition(settings, "churn", SCORE_DS, client=dask_client)
 
+    assert [e["eventType"] for e in endpoint.events] == ["START", "COMPLETE"]
     for event in endpoint.events:
         assert "parent" in ol_schema.validate_event(event)
         parent = _facets(event)["parent"]
