@@ -104,10 +104,6 @@ def airflow_lineage(context: Any) -> Iterator[None]:
         yield
 
 
-def _kind(event: Any) -> str:
-    return str(getattr(event.eventType, "value", event.eventType))
-
-
 def _merged_outputs(events: list[Any]) -> list[Any]:
     """One output per dataset over the committed runs: the first run's, its rows the sum of every run's, and
     without the facets that describe one run (its version, partition, lifecycle) when several contributed."""
@@ -137,12 +133,14 @@ def task_lineage(task_instance: Any) -> Any:
     committed ones wrote (_merged_outputs). Nothing for a task that ended before any run did."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
+    from nightshift.telemetry.openlineage import event_type
+
     events = _EVENTS.pop(_key(task_instance), [])
-    ended = [e for e in events if _kind(e) in ("COMPLETE", "FAIL")]
+    ended = [e for e in events if event_type(e) in ("COMPLETE", "FAIL")]
     inputs: dict[tuple[str, str], Any] = {}
     for d in (d for e in ended for d in e.inputs or []):
         inputs.setdefault((d.namespace, d.name), d)
-    committed = [e for e in ended if _kind(e) == "COMPLETE"]
+    committed = [e for e in ended if event_type(e) == "COMPLETE"]
     return OperatorLineage(inputs=list(inputs.values()), outputs=_merged_outputs(committed))
 
 

@@ -3,6 +3,7 @@ reports from the nightshift runs it made (tests/airflow/test_server_*.py check i
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -142,6 +143,60 @@ def test_a_task_the_emission_policy_mutes_sets_no_context(monkeypatch: pytest.Mo
     with lineage.airflow_lineage({"ti": _ti(), "task": object()}):
         assert ol.current_context() == ol.LineageContext()
     assert lineage._EVENTS == {}
+
+
+def test_a_task_whose_run_cannot_be_named_still_sends_and_keeps_its_runs_without_a_parent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider's macros fail (say, no DAG run to read): one warning; nightshift's events go out through
+    the provider's client with no parent facet, and the task still reports their datasets."""
+    from airflow.providers.openlineage.plugins import macros
+    from airflow.providers.openlineage.utils import emission_policy
+
+    from nightshift.telemetry import openlineage as ol
+    from nightshift_airflow import lineage
+
+    def broken(_ti: Any) -> str:
+        raise RuntimeError("no dag run")
+
+    monkeypatch.setattr(lineage, "provider_enabled", lambda: True)
+    monkeypatch.setattr(emission_policy, "resolve_task_emission_policy", lambda **_: SimpleNamespace(emit=True))
+    monkeypatch.setattr(macros, "lineage_parent_id", broken)
+    ti = _ti()
+    with (
+        caplog.at_level(logging.WARNING, logger="nightshift_airflow.lineage"),
+        lineage.airflow_lineage({"ti": ti, "task": object()}),
+    ):
+        context = ol.current_context()
+        assert (context.parent, context.root) == (None, None)
+        assert context.client_factory is lineage._provider_client
+        assert context.on_event is not None
+        context.on_event(_event("COMPLETE", [PART], [STORE], 10))
+    assert "could not be named" in caplog.text
+    assert _ids(lineage.task_lineage(ti).outputs) == [STORE]
+
+
+def test_a_broken_emission_policy_adds_nothing_and_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow.providers.openlineage.utils import emission_policy
+
+    from nightshift.telemetry import openlineage as ol
+    from nightshift_airflow import lineage
+
+    def broken(**_: Any) -> Any:
+        raise ValueError("bad emission_policy")
+
+    monkeypatch.delenv("OPENLINEAGE_PARENT_ID", raising=False)
+    monkeypatch.setattr(lineage, "provider_enabled", lambda: True)
+    monkeypatch.setattr(emission_policy, "resolve_task_emission_policy", broken)
+    with (
+        caplog.at_level(logging.WARNING, logger="nightshift_airflow.lineage"),
+        lineage.airflow_lineage({"ti": _ti(), "task": object()}),
+    ):
+        assert ol.current_context() == ol.LineageContext()
+    assert "emission policy could not be read" in caplog.text
+    assert "bad emission_policy" in caplog.text
 
 
 def test_with_lineage_makes_the_provider_ask_the_operator() -> None:

@@ -30,6 +30,19 @@ def _part_dir(data_root: Path) -> Path:
     return data_root / "features" / f"ds={SCORE_DS.isoformat()}"
 
 
+def _split_files(data_root: Path, pieces: int) -> Path:
+    """Replace each file of the scored partition by `pieces` files of equal rows (<stem>-<k>.parquet); returns
+    the partition's folder."""
+    part = _part_dir(data_root)
+    for path in sorted(part.glob("*.parquet")):
+        table = pq.read_table(path)
+        size = -(-table.num_rows // pieces)
+        for k in range(pieces):
+            pq.write_table(table.slice(k * size, size), path.with_name(f"{path.stem}-{k}.parquet"))
+        path.unlink()
+    return part
+
+
 def _committed(store: Any, version: int = 1) -> dict[str, float]:
     part = store.partition("churn", version, SCORE_DS)
     assert part is not None
@@ -380,12 +393,7 @@ def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
     sqlite_url: str, make_settings: Any, registered: Any, data_root: Path, trained_model: Any
 ) -> None:
     """The driver keeps at most 2 chunks per worker thread in flight; later chunks go out as earlier ones land."""
-    for path in sorted(_part_dir(data_root).glob("*.parquet")):
-        table = pq.read_table(path)
-        third = -(-table.num_rows // 3)
-        for k in range(3):
-            pq.write_table(table.slice(k * third, third), path.with_name(f"{path.stem}-{k}.parquet"))
-        path.unlink()
+    _split_files(data_root, 3)
     from distributed import Client, LocalCluster
 
     settings = make_settings(sqlite_url, dask="task_min_rows = 1\n")  # a task per file
@@ -418,12 +426,7 @@ def test_a_bad_row_in_a_bundle_of_small_files_is_named_by_its_file(
 ) -> None:
     """Thirty small files share one task; a row that breaks the contract fails naming its own file, not the
     bundle, and nothing is committed."""
-    part = _part_dir(data_root)
-    for path in sorted(part.glob("*.parquet")):
-        table = pq.read_table(path)
-        for k in range(10):
-            pq.write_table(table.slice(k * 100, 100), path.with_name(f"{path.stem}-{k}.parquet"))
-        path.unlink()
+    part = _split_files(data_root, 10)  # 30 files of 100 rows
     victim = sorted(part.glob("*.parquet"))[13]  # the 14th of 30 files, inside the one bundle
     table = pq.read_table(victim)
     ids = table.column("customer_id").to_pylist()
@@ -473,12 +476,7 @@ def test_small_files_are_scored_in_bundles_of_at_least_task_min_rows(
     """30 files of 100 rows: with the default, one task reads them all (one staged chunk, one ledger row); with
     task_min_rows = 1,000, three tasks of ten files; with 1, a task per file. Every row is committed once, equal to
     what a task per file gives, and the ledger names each bundle by its first and last file."""
-    part = _part_dir(data_root)
-    for path in sorted(part.glob("*.parquet")):
-        table = pq.read_table(path)
-        for k in range(10):
-            pq.write_table(table.slice(k * 100, 100), path.with_name(f"{path.stem}-{k}.parquet"))
-        path.unlink()
+    part = _split_files(data_root, 10)  # 30 files of 100 rows
     settings = make_settings(store_url, dask=f"task_min_rows = {min_rows}\n")
     registered(settings)
     summary = score_partition(settings, "churn", SCORE_DS, client=dask_client)

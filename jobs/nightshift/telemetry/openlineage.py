@@ -320,7 +320,7 @@ def run_event(
     root: RunRef | None = None,
 ) -> RunEvent:
     """One RunEvent: the run, its job (a BATCH job of nightshift), inputs and outputs; with a `parent` facet
-    when given a parent, else when the lineage context (current_context) has one."""
+    when given a parent (the run's Emitter holds the lineage context's: `emitter.context.parent`)."""
     from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
     from openlineage.client.facet_v2 import JobFacet, job_type_job, processing_engine_run
 
@@ -330,9 +330,6 @@ def run_event(
         ),
         **(run_facets or {}),
     }
-    if parent is None:
-        context = current_context()
-        parent, root = context.parent, context.root
     if parent is not None and "parent" not in facets:
         facets["parent"] = parent_facet(parent, root)
     job_facets: dict[str, JobFacet] = {
@@ -349,6 +346,11 @@ def run_event(
         inputs=list(inputs or []),
         outputs=list(outputs or []),
     )
+
+
+def event_type(event: RunEvent) -> str:
+    """START, COMPLETE, FAIL... of an event (the client's RunState, or its value)."""
+    return str(getattr(event.eventType, "value", event.eventType))
 
 
 def error_facet(error: BaseException | str) -> error_message_run.ErrorMessageRunFacet:
@@ -498,8 +500,7 @@ class Emitter:
                 self.context.on_event(event)
             except Exception as exc:  # noqa: BLE001 - whoever watches the events never fails a run
                 log.warning("the lineage context's on_event failed: %s", exc)
-        state = getattr(event.eventType, "value", event.eventType)
-        what = f"{state} of {event.job.name} (run {event.run.runId})"
+        what = f"{event_type(event)} of {event.job.name} (run {event.run.runId})"
         try:
             self._send(event).result(timeout=self.settings.timeout_s)
         except TimeoutError:
