@@ -124,6 +124,45 @@ def test_the_content_fingerprint_sees_what_the_footer_cannot(tmp_path: Path) -> 
     assert after[1] == (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
 
 
+def test_the_manifest_takes_the_footers_the_contract_check_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import date
+
+    from nightshift.contracts import Column, ColumnType, FeatureContract
+    from nightshift.data import inspect_partition
+    from nightshift.telemetry import manifest as manifest_module
+
+    ds = date(2026, 11, 20)
+    folder = tmp_path / f"ds={ds.isoformat()}"
+    folder.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"id": [f"{i}-a", f"{i}-b"], "x": [1.0, float(i)]}), folder / f"part-{i}.parquet")
+    (folder / "_SUCCESS").touch()
+    contract = FeatureContract(
+        entity_id="id", entity_id_type="string", columns=[Column(name="x", type=ColumnType.float64)]
+    )
+    partition = inspect_partition(str(tmp_path), "ds", ds, contract)
+    seen: list[str] = []
+    real = manifest_module.fingerprint
+
+    def counting(uri: str, method: str = "footer") -> tuple[str, int]:
+        seen.append(method)
+        return real(uri, method)
+
+    monkeypatch.setattr(manifest_module, "fingerprint", counting)
+    found = manifest_module.input_manifest(partition)
+    assert seen == []  # no second read of any footer
+    paths = sorted(folder.glob("*.parquet"))
+    assert [(f["sha256"], f["size_bytes"]) for f in found["files"]] == [
+        (_footer_by_hand(p), p.stat().st_size) for p in paths
+    ]
+    # The content fingerprint still reads every byte of every file.
+    content = manifest_module.input_manifest(partition, "content")
+    assert seen == ["content"] * 3
+    assert [f["sha256"] for f in content["files"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
 def test_a_file_that_is_no_parquet_is_named(tmp_path: Path) -> None:
     path = tmp_path / "not.parquet"
     path.write_bytes(b"hello, this is no parquet file at all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import IO
 
 import fsspec
 import pyarrow as pa
@@ -38,19 +39,22 @@ def test_remote_footers_are_read_by_threads_in_file_order(monkeypatch: pytest.Mo
     from nightshift.data import partitions
 
     readers: set[str] = set()
-    real = partitions.open_parquet
+    real = partitions.parquet_footer
 
-    def recording(uri: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
+    def recording(f: IO[bytes], uri: str) -> tuple[bytes, int]:
         readers.add(threading.current_thread().name)
-        return real(uri, read_dictionary)
+        return real(f, uri)
 
-    monkeypatch.setattr(partitions, "open_parquet", recording)
+    monkeypatch.setattr(partitions, "parquet_footer", recording)
     _write("memory://footers-ok", 12)
     partition = inspect_partition("memory://footers-ok", "ds", DS, CONTRACT)
     assert readers
     assert all(name.startswith("footers") for name in readers), readers
     assert [f.uri.rsplit("/", 1)[-1] for f in partition.files] == [f"part-{i:05d}.parquet" for i in range(12)]
     assert [f.rows for f in partition.files] == list(range(1, 13))
+    # Each file's fingerprint and size come from the footer the check read: what a separate read says.
+    for f in partition.files:
+        assert (f.footer_sha256, f.size_bytes) == partitions.footer_sha256(f.uri)
 
 
 def test_every_unreadable_remote_footer_is_named() -> None:

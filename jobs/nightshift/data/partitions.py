@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 
@@ -26,8 +27,15 @@ def _join(fs: fsspec.AbstractFileSystem, base: str, name: str) -> str:
 
 
 def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+    return path if _is_local(fs) else f"{_protocol(fs)}://{path}"
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return str(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0])
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return _protocol(fs) in ("file", "local")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,10 @@ class PartitionFile:
     uri: str
     rows: int
     row_group_rows: list[int]
+    #: The file's size in bytes and the SHA-256 of its footer, read with the footer the contract check parsed
+    #: (None for a file described without reading it).
+    size_bytes: int | None = None
+    footer_sha256: str | None = None
 
 
 @dataclass
@@ -118,13 +130,42 @@ def partition_ready(root: str, key: str, ds: date, marker: str = "_SUCCESS") -> 
     return bool(fs.exists(_join(fs, path, marker) if marker else path))
 
 
+_MAGIC = b"PAR1"
+
+
+def parquet_footer(f: IO[bytes], uri: str) -> tuple[bytes, int]:
+    """(the footer of an open Parquet file, its size in bytes); ValueError when it is no Parquet file.
+
+    The footer is the file's last 8 + N bytes: the Thrift FileMetaData of N bytes, its 4-byte length, `PAR1`.
+    """
+    size = f.seek(0, 2)
+    if size < 12:
+        raise ValueError(f"{uri}: {size} bytes is too short for a Parquet file")
+    f.seek(size - 8)
+    tail = f.read(8)
+    if tail[4:] != _MAGIC:
+        raise ValueError(f"{uri}: not a Parquet file (no PAR1 magic at its end)")
+    length = int.from_bytes(tail[:4], "little")
+    if length + 12 > size:
+        raise ValueError(f"{uri}: its footer length ({length} bytes) exceeds the file ({size} bytes)")
+    f.seek(size - 8 - length)
+    return f.read(length) + tail, size
+
+
+def footer_sha256(uri: str) -> tuple[str, int]:
+    """(SHA-256 of the Parquet footer, file size in bytes) of one file; ValueError when it is no Parquet file."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        footer, size = parquet_footer(f, uri)
+    return hashlib.sha256(footer).hexdigest(), size
+
+
 def open_parquet(uri: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
     """A ParquetFile for a local path (memory-mapped) or any fsspec URI."""
     import pyarrow.parquet as pq
 
     fs, path = fsspec.core.url_to_fs(uri)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    source: Any = path if protocol in ("file", "local") else fs.open(path, "rb")
+    source: Any = path if _is_local(fs) else fs.open(path, "rb")
     return pq.ParquetFile(source, memory_map=isinstance(source, str), read_dictionary=read_dictionary)
 
 
@@ -132,19 +173,32 @@ def inspect_partition(root: str, key: str, ds: date, contract: FeatureContract, 
     """Read every file's footer and check it against the contract before any inference.
 
     A remote store's footers are read by up to 16 threads (it answers each after a round trip; the threads are
-    joined before this returns); local ones in this thread. Raises ContractError listing every unreadable file and every broken column, by file.
+    joined before this returns); local ones in this thread. Each file's size and footer fingerprint are taken
+    from the same read (the run's manifest). Raises ContractError listing every unreadable file and every
+    broken column, by file.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     partition = Partition(uri=partition_uri(root, key, ds), ds=ds)
     not_nullable = {c.name for c in contract.columns if not c.nullable}
     files = list_partition_files(root, key, ds, marker)
+    # The files of a partition nearly always share one schema: check each distinct schema once (comparing
+    # schemas is C++; hashing one costs 30 µs, checking one 0.27 ms of Python).
+    checked: list[tuple[pa.Schema, list[str]]] = []
 
-    def inspect(uri: str) -> tuple[PartitionFile | None, list[str]]:
-        return _inspect_file(uri, contract, not_nullable)
+    def schema_problems(schema: pa.Schema) -> list[str]:
+        for seen, found in checked:
+            if schema.equals(seen):
+                return found
+        checked.append((schema, _schema_problems(contract, schema)))
+        return checked[-1][1]
 
     fs, _ = fsspec.core.url_to_fs(partition.uri)
-    remote = (fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]) not in ("file", "local")
+    remote = not _is_local(fs)
+
+    def inspect(uri: str) -> tuple[PartitionFile | None, list[str]]:
+        return _inspect_file(uri, remote, schema_problems, not_nullable)
+
     if remote and len(files) > 4:  # local footers parse faster in one thread (measured: 1,000 files 0.41 s, 0.6 s)
         with ThreadPoolExecutor(max_workers=min(16, len(files)), thread_name_prefix="footers") as pool:
             found = list(pool.map(inspect, files))
@@ -160,20 +214,33 @@ def inspect_partition(root: str, key: str, ds: date, contract: FeatureContract, 
 
 
 def _inspect_file(
-    uri: str, contract: FeatureContract, not_nullable: set[str]
+    uri: str, remote: bool, schema_problems: Callable[[pa.Schema], list[str]], not_nullable: set[str]
 ) -> tuple[PartitionFile | None, list[str]]:
-    """One file's footer: the file, and what breaks the contract in it (None: unreadable)."""
+    """One file's footer: the file (with its size and footer fingerprint, read in the same pass), and what
+    breaks the contract in it (None: unreadable)."""
+    import pyarrow.parquet as pq
+
     try:
-        pf = open_parquet(uri)
-        schema: pa.Schema = pf.schema_arrow
-        meta = pf.metadata
+        if remote:
+            fs, path = fsspec.core.url_to_fs(uri)
+            with fs.open(path, "rb") as f:
+                footer, size = parquet_footer(f, uri)
+                f.seek(0)
+                pf = pq.ParquetFile(f)  # the same handle: its read-ahead already holds the footer's bytes
+                schema, meta = pf.schema_arrow, pf.metadata
+        else:  # a local path (as listed): no fsspec layer, 0.2 ms a file
+            with open(uri, "rb") as f:
+                footer, size = parquet_footer(f, uri)
+            pf = pq.ParquetFile(uri, memory_map=True)
+            schema, meta = pf.schema_arrow, pf.metadata
     except Exception as exc:  # noqa: BLE001 - any unreadable footer is reported by file
         return None, [f"{uri}: unreadable Parquet file ({type(exc).__name__}: {exc})"]
-    problems = [f"{uri}: {p}" for p in _schema_problems(contract, schema)]
+    problems = [f"{uri}: {p}" for p in schema_problems(schema)]
     if not problems and not_nullable:
         problems += [f"{uri}: {p}" for p in _null_count_problems(meta, schema, not_nullable)]
     rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    return PartitionFile(uri=uri, rows=meta.num_rows, row_group_rows=rows), problems
+    sha = hashlib.sha256(footer).hexdigest()
+    return PartitionFile(uri=uri, rows=meta.num_rows, row_group_rows=rows, size_bytes=size, footer_sha256=sha), problems
 
 
 def _schema_problems(contract: FeatureContract, schema: pa.Schema) -> list[str]:

@@ -4,10 +4,11 @@ The fingerprint of a file is, by default (`[lineage] fingerprint = "footer"`), t
 footer: the last 8 + N bytes of the file (the Thrift FileMetaData of N bytes, its 4-byte length, `PAR1`), what
 `tail -c $((N + 8)) FILE | sha256sum` prints. The footer holds the schema, the row count of every row group
 and, for every column chunk, its offsets, compressed and uncompressed sizes and statistics (min, max, nulls),
-so a file rewritten with other rows or values changes it; reading it costs two small reads per file whatever
-the file's size (the contract check reads the same bytes), where hashing whole files would read every byte of
-the night again. What it cannot see: an edit inside a data page that keeps every size and every statistic
-(two values swapped within a page). `fingerprint = "content"` hashes every byte instead, for those who need that.
+so a file rewritten with other rows or values changes it. It is taken from the footer the contract check reads
+(`inspect_partition`: two small reads per file whatever the file's size, no second pass), where hashing whole
+files would read every byte of the night again. What it cannot see: an edit inside a data page that keeps
+every size and every statistic (two values swapped within a page). `fingerprint = "content"` hashes every
+byte instead, for those who need that.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from nightshift.data.partitions import footer_sha256
+
 if TYPE_CHECKING:  # pragma: no cover
     from nightshift.data.partitions import Partition
 
@@ -24,27 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MANIFEST_FORMAT = 1
 #: How each file was fingerprinted, by `[lineage] fingerprint`.
 METHODS = {"footer": "sha256-parquet-footer", "content": "sha256-content"}
-_MAGIC = b"PAR1"
 _BLOCK = 8 * 2**20
-
-
-def footer_sha256(uri: str) -> tuple[str, int]:
-    """(SHA-256 of the Parquet footer, file size in bytes) of one file; ValueError when it is no Parquet file."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    size = int(fs.size(path))
-    if size < 12:
-        raise ValueError(f"{uri}: {size} bytes is too short for a Parquet file")
-    with fs.open(path, "rb") as f:
-        f.seek(size - 8)
-        tail = f.read(8)
-        if tail[4:] != _MAGIC:
-            raise ValueError(f"{uri}: not a Parquet file (no PAR1 magic at its end)")
-        length = int.from_bytes(tail[:4], "little")
-        if length + 12 > size:
-            raise ValueError(f"{uri}: its footer length ({length} bytes) exceeds the file ({size} bytes)")
-        f.seek(size - 8 - length)
-        footer = f.read(length)
-    return hashlib.sha256(footer + tail).hexdigest(), size
 
 
 def content_sha256(uri: str) -> tuple[str, int]:
@@ -81,9 +64,13 @@ def input_manifest(partition: Partition, method: str = "footer") -> dict[str, An
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    # A few reads in flight at once: on object storage each footer is two round trips.
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(partition.files)))) as pool:
-        found = list(pool.map(lambda f: fingerprint(f.uri, method), partition.files))
+    if method == "footer" and all(f.footer_sha256 is not None for f in partition.files):
+        # The contract check read each footer already (inspect_partition): the same bytes, no second read.
+        found = [(str(f.footer_sha256), int(f.size_bytes or 0)) for f in partition.files]
+    else:
+        # A few reads in flight at once: on object storage each footer is two round trips.
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(partition.files)))) as pool:
+            found = list(pool.map(lambda f: fingerprint(f.uri, method), partition.files))
     files = [
         {"uri": f.uri, "size_bytes": size, "rows": int(f.rows), "sha256": sha}
         for f, (sha, size) in zip(partition.files, found, strict=True)
