@@ -55,7 +55,9 @@ clean:  ## remove local state and demo data
 SIZE ?= default
 
 .PHONY: bench bench-peers
-bench: install  ## benchmarks vs baselines (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
+bench: install  ## every benchmark, the peers (Ray Data, Feast) included (SIZE=small|default, BENCH_ARGS=...); results in bench/results/<time>/
+	@# The peers' own environment; without it (offline) their cases are skipped and the summary says why.
+	-$(UV) sync --frozen --project bench/peers_env
 	$(RUN) python -m bench --size $(SIZE) $(BENCH_ARGS)
 
 bench-peers: install  ## Ray Data and Feast, the peers users pick instead, in their own env (bench/peers_env), SIZE=small|default

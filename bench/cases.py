@@ -105,6 +105,8 @@ class Plan:
     #: `scale`'s layouts (rows at a constant rows per file), and the main dataset's rows in size.scale_files files.
     scale: tuple[Dataset, ...] = ()
     scale_files: Dataset | None = None
+    #: Why the peers' environment cannot run (the `peers-*` cases are skipped), or None.
+    peers_missing: str | None = None
 
     @property
     def recorder(self) -> Recorder:
@@ -656,6 +658,19 @@ def _interleave_tolerant(
             out[name][0].extend(seconds)
             out[name][1].extend(extras)
     return {name: v for name, v in out.items() if name not in failed}
+
+
+def case_peer(plan: Plan, name: str) -> None:
+    """A peer users would pick instead (issue 18 §3: `ray` or `feast`), on the suite's main dataset and linear model,
+    in the peers' own environment (bench/peers_env): `bench.ray_feast`'s part of that name, its lines in this run's
+    results.jsonl, `peers.md` beside the summary."""
+    from bench import ray_feast
+
+    assert plan.pg_url is not None
+    cfg = ray_feast.default_config(
+        plan.size.name, plan.out, plan.main, plan.models["linear"], plan.pg_url, plan.size.repeats
+    )
+    ray_feast.CASES[name](cfg)
 
 
 def case_scale(plan: Plan) -> None:

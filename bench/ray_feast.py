@@ -73,6 +73,9 @@ FEAST_VIEW = "nightshift_predictions"
 #: What `bench.api_bench` draws ids with (uniform over 1..rows, this seed, this many requests cycled).
 ID_SEED, ID_REQUESTS = 7, 512
 
+#: Defaults of the lookup load and the peers' stores (`default_config`, the command line).
+CONNECTIONS, ROUNDS, WRITE_SQL_ROWS, REDIS = 8, 3, 250_000, "127.0.0.1:6379,db=9"
+
 NS_FRESH = "nightshift, fresh cluster"
 NS_WARM = "nightshift, pre-started cluster"
 RAY_VARIANTS = {
@@ -190,6 +193,24 @@ class Config:
         path = self.out / "work" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def default_config(size: str, out: Path, data: Dataset, art: ModelArtifacts, pg_url: str, repeats: int) -> Config:
+    """The peers' settings as `python -m bench.ray_feast` has them by default (the suite's `peers-*` cases use it)."""
+    return Config(
+        size=size,
+        out=out,
+        data=data,
+        art=art,
+        pg_url=pg_url,
+        repeats=repeats,
+        connections=CONNECTIONS,
+        rounds=ROUNDS,
+        seconds=5.0 if size == "small" else 10.0,
+        write_sql_rows=WRITE_SQL_ROWS,
+        redis=REDIS,
+        ray_cpus=len(os.sched_getaffinity(0)),
+    )
 
 
 def _ray_spec(cfg: Config, url: str) -> dict[str, Any]:
@@ -904,8 +925,10 @@ def write_report(out: Path) -> str:
         lines += ["## Targets (issue 18 §3)", ""]
         lines += [f"- {k}: {'met' if v else '**not met**'}" for k, v in summary["targets"].items()]
         lines.append("")
-    notes = [f"- {r['case']}: {r['error']}" for r in records if r.get("kind") == "error"]
-    notes += [f"- {r['case']}: {r['note']}" for r in records if r.get("kind") == "note"]
+    # This run's parts only: in `python -m bench` the same results.jsonl holds every case's lines.
+    ours = [r for r in records if str(r.get("case", "")).removeprefix("peers-") in CASES]
+    notes = [f"- {r['case']}: {r['error']}" for r in ours if r.get("kind") == "error"]
+    notes += [f"- {r['case']}: {r['note']}" for r in ours if r.get("kind") == "note"]
     if notes:
         lines += ["## Notes", "", *notes, ""]
     lines += ["Each contender in words:", ""]
@@ -939,11 +962,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=sorted(cases.SIZES), default="default")
     ap.add_argument("--peers", default="ray,feast", help="comma-separated: ray, feast")
     ap.add_argument("--repeats", type=int, default=None, help="scoring runs per contender (default: the size's)")
-    ap.add_argument("--rounds", type=int, default=3, help="lookup rounds (each server once per round)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="lookup rounds (each server once per round)")
     ap.add_argument("--seconds", type=float, default=None, help="lookup load per server per round (10 s; small 5 s)")
-    ap.add_argument("--connections", type=int, default=8, help="concurrent lookup clients (bench.api_bench's)")
-    ap.add_argument("--write-sql-rows", type=int, default=250_000, help="sample for Ray's write_sql (0: skip)")
-    ap.add_argument("--redis", default="127.0.0.1:6379,db=9", help="Feast's Redis online store ('' to skip)")
+    ap.add_argument(
+        "--connections", type=int, default=CONNECTIONS, help="concurrent lookup clients (bench.api_bench's)"
+    )
+    ap.add_argument("--write-sql-rows", type=int, default=WRITE_SQL_ROWS, help="sample for Ray's write_sql (0: skip)")
+    ap.add_argument("--redis", default=REDIS, help="Feast's Redis online store ('' to skip)")
     ap.add_argument("--ray-cpus", type=int, default=len(os.sched_getaffinity(0)), help="CPUs Ray is given")
     ap.add_argument("--pg-url", default=PG_ADMIN_URL)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<time>-<size>-peers)")
@@ -976,13 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     rec.write(env)
     data = dataset(size.rows, size.files)
     art = train_model("linear", size.train_rows)
-    cfg = Config(
-        size=size.name,
-        out=out,
-        data=data,
-        art=art,
-        pg_url=args.pg_url,
-        repeats=args.repeats or size.repeats,
+    cfg = dataclasses.replace(
+        default_config(size.name, out, data, art, args.pg_url, args.repeats or size.repeats),
         connections=args.connections,
         rounds=args.rounds,
         seconds=args.seconds or (5.0 if size.name == "small" else 10.0),

@@ -767,6 +767,15 @@ def write(folder: Path) -> str:
     for pattern, title in (("api_bench*.md", "Lookup API"), ("monitor_bench*.md", "Monitoring")):
         for path in sorted(folder.glob(pattern)):
             md += [f"## {title} (`{path.name}`)", "", *_demoted(path.read_text()), ""]
+    if any(r["group"] == "peers" for r in res.m.values()) or res.of_kind("peers-lookup"):
+        from bench.ray_feast import write_report as peers_report
+
+        md += [
+            "## The peers users would pick instead: Ray Data, Feast (`peers.md`)",
+            "",
+            *_demoted(peers_report(folder)),
+        ]
+        md.append("")
     notes = [f"- {v}" for v in plan.get("skipped", {}).values()]
     notes += [f"- case **{e['case']}** failed: {e['error']}" for e in res.of_kind("error")]
     if notes:

@@ -49,7 +49,11 @@ CASES: dict[str, tuple[Callable[..., None], tuple[Any, ...], bool]] = {
     "multiclass-commit": (cases.case_multiclass, (), True),
     "explain-linear": (cases.case_explain, ("linear",), True),
     "scale": (cases.case_scale, (), True),
+    # The peers users would pick instead, in their own environment (bench/peers_env; skipped with a note without it).
+    "peers-ray": (cases.case_peer, ("ray",), True),
+    "peers-feast": (cases.case_peer, ("feast",), True),
 }
+PEER_CASES = ("peers-ray", "peers-feast")
 
 #: Bytes one row needs on this machine while `scale` scores it: its Parquet (~66 B), and in PostgreSQL the run's
 #: heap and primary key (~90 B) plus as much WAL again until a checkpoint recycles it. A layout whose new files and
@@ -171,6 +175,12 @@ def make_plan(
     extra_models = {"multiclass": train_model("multiclass", size.train_rows)} if "multiclass-commit" in wanted else {}
     brought = {"lightgbm": train_brought("lightgbm", size.train_rows)} if "brought-lightgbm" in wanted else {}
     scale, scale_files = _scale_datasets(size, skipped) if "scale" in wanted and not pg_missing else ((), None)
+    peers_missing = None
+    if wanted & set(PEER_CASES) and not pg_missing:
+        from bench.ray_feast import peers_missing as why_not
+
+        if peers_missing := why_not():
+            skipped["peers"] = f"Ray Data and Feast left out: {peers_missing}"
     return cases.Plan(
         size=size,
         out=out,
@@ -187,6 +197,7 @@ def make_plan(
         brought=brought,
         scale=scale,
         scale_files=scale_files,
+        peers_missing=peers_missing,
     )
 
 
@@ -257,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in selected:
         if (CASES[name][2] and plan.pg_url is None) or (name == "profile" and not plan.profile):
+            continue
+        if name in PEER_CASES and plan.peers_missing:
             continue
         if not run_case(name, plan, case_timeout(name, plan, args.case_timeout)):
             failed.append(name)
