@@ -773,7 +773,8 @@ def write(folder: Path) -> str:
         md += [
             "## The peers users would pick instead: Ray Data, Feast (`peers.md`)",
             "",
-            *_demoted(peers_report(folder)),
+            # Its own list of contenders is left out: the suite's list below names them all.
+            *_demoted(peers_report(folder).split("Each contender in words:")[0].rstrip()),
         ]
         md.append("")
     notes = [f"- {v}" for v in plan.get("skipped", {}).values()]

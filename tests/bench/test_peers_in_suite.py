@@ -65,8 +65,9 @@ def test_the_summary_carries_the_peers_ratios_and_targets(tmp_path: Path) -> Non
     assert "nightshift-nocache / feast-redis: **4.00×** lookups/s" in summary
     assert "lookups/s >= 2 at a lower p99: met" in summary
     assert (tmp_path / "peers.md").exists()
-    # Another case's failure is the suite's note, not the peers' (it is listed once).
+    # Another case's failure is the suite's note, not the peers' (it is listed once); so is each contender.
     assert summary.count("timed out after 900 s") == 1
+    assert summary.count("Each contender in words") == 1
 
 
 def test_a_summary_without_peers_has_no_peers_section(tmp_path: Path) -> None:
