@@ -221,7 +221,7 @@ def _rows(n: int) -> None:
 
 
 def case_onnx(plan: Plan, label: str) -> None:
-    """ONNX Runtime alone on in-memory features: 64k-row batches vs the whole matrix in one call."""
+    """ONNX Runtime alone on in-memory features: `BATCH_ROWS`-row batches (16k) vs the whole matrix in one call."""
     art = plan.models[label]
     cap = plan.size.ort_forest_rows if art.kind != "logistic_regression" else None
     feeds = limits.load_feeds(plan.main.paths, cap)
@@ -230,7 +230,9 @@ def case_onnx(plan: Plan, label: str) -> None:
     limits.onnx_in_batches(sess, {k: v[:65_536] for k, v in feeds.items()})  # warm up the session
     results = interleave(
         {
-            "ONNX Runtime, 64k batches": Contender(lambda: _rows(limits.onnx_in_batches(sess, feeds))),
+            f"ONNX Runtime, {limits.BATCH_ROWS // 1024}k batches": Contender(
+                lambda: _rows(limits.onnx_in_batches(sess, feeds))
+            ),
             "ONNX Runtime, whole matrix": Contender(lambda: _rows(limits.onnx_whole(sess, feeds))),
         },
         plan.size.repeats,
@@ -301,7 +303,7 @@ def case_postgres(plan: Plan, label: str) -> None:
 
 
 WHAT = {
-    "pipelined limit": "2 forked processes: Arrow read, ONNX Runtime 64k batches, one binary COPY stream each "
+    "pipelined limit": "2 forked processes: Arrow read, ONNX Runtime 16k batches, one binary COPY stream each "
     "into a plain table (no index, no contract check, no commit, no catalog)",
     "pipelined limit, no write": "the pipelined limit without writing: read + score only",
     "pipelined limit + primary key": "the pipelined limit, then ADD PRIMARY KEY (entity_id, run_id) on its table: "
@@ -552,7 +554,7 @@ def case_brought(plan: Plan, label: str = "lightgbm") -> None:
             results = interleave(contenders, plan.size.repeats)
         what = {
             "pipelined limit": "the pipelined limit for the registered ONNX graph: Arrow read of the "
-            f"{len(feed.features)} numeric columns, one float32 [N, F] matrix per 64k batch, "
+            f"{len(feed.features)} numeric columns, one float32 [N, F] matrix per 16k batch, "
             "one binary COPY per process",
             "pipelined limit + primary key": "the same, then ADD PRIMARY KEY (entity_id, run_id)",
             "nightshift, fresh cluster": "score_partition() of the brought version (its signature's matrix feed), "
@@ -621,7 +623,7 @@ def case_explain(plan: Plan, label: str = "linear") -> None:
         what = {
             names["off"]: "score_partition() of the linear pipeline: (run_id, entity_id, score, label) by binary COPY",
             names["on"]: f"the same with [models.explain] top_k = {EXPLAIN_TOP_K}: every feature's contribution "
-            "(closed form, numpy on each 64k batch), the top k packed in the rows' `reasons` bytea (k int16 "
+            "(closed form, numpy on each 16k batch), the top k packed in the rows' `reasons` bytea (k int16 "
             "feature indices + k float32 contributions) in the same COPY",
         }
         _record(plan, "explain", label, results, dict.fromkeys(results, data.rows), what)

@@ -16,7 +16,8 @@ from typing import Any
 
 from bench.common import libpq
 
-BATCH_ROWS = 65_536
+#: Rows per Arrow batch and ONNX Runtime call: nightshift's default `batch_rows`, so the limits score as it does.
+BATCH_ROWS = 16_384
 MISSING = "__missing__"  # what nightshift feeds the model for a null category (features.MISSING_CATEGORY)
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 COPY_TRAILER = b"\xff\xff"
@@ -159,7 +160,7 @@ def score_batch(sess: Any, batch: Any, feed: Feed = DEFAULT_FEED) -> tuple[Any, 
 
 
 def arrow_read(paths: Sequence[str]) -> int:
-    """Arrow read rate: every file's id and feature columns, in 64k-row batches, one thread (what one worker reads)."""
+    """Arrow read rate: every file's id and feature columns, in 16k-row batches, one thread (what one worker reads)."""
     return sum(batch.num_rows for path in paths for batch in read_batches(path))
 
 
@@ -342,7 +343,7 @@ def pipelined(
     feed: Feed = DEFAULT_FEED,
 ) -> int:
     """The pipelined limit: `processes` processes, each reads its share of the files with Arrow,
-    scores 64k-row batches with ONNX Runtime (one thread) and streams one binary COPY into a plain table.
+    scores 16k-row batches with ONNX Runtime (one thread) and streams one binary COPY into a plain table.
     No contract check, no Dask, no atomic commit, no catalog. `url=None` scores without writing.
 
     `workers`: started processes to reuse (see LimitWorkers); without it, processes are spawned

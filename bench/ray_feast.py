@@ -5,9 +5,9 @@
 
 * **scoring** (`ray`): nightshift's `score_partition` into PostgreSQL (a cluster the call starts, and a
   pre-started one) against Ray Data — `read_parquet` → `map_batches` with one ONNX Runtime session per actor
-  (2 actors of half a CPU, 1 thread each, 64k-row batches) → each block binary-COPYed into a plain table by
-  a Datasink (variant 2: the scoring actor COPYs its own batch) → `ADD PRIMARY KEY (entity_id, run_id)`, so
-  both leave a table that can be served by id. Round-robin, medians of `repeats` runs. Ray's start-up
+  (2 actors of half a CPU, 1 thread each, `limits.BATCH_ROWS`-row batches) → each block binary-COPYed into a
+  plain table by a Datasink (variant 2: the scoring actor COPYs its own batch) → `ADD PRIMARY KEY (entity_id,
+  run_id)`, so both leave a table that can be served by id. Round-robin, medians of `repeats` runs. Ray's start-up
   (`ray start` to a connected driver) is timed separately: "Ray started by the program" adds it (vs nightshift
   with the cluster its call starts), "on a started Ray" does not (vs nightshift on a pre-started cluster).
   Ray's own `write_sql` (row inserts) runs once on a sample of the first files, labelled as such.
@@ -91,7 +91,7 @@ WHAT = {
     "attach, catalog commit",
     NS_WARM: "score_partition(client=...) on a running 2-worker cluster",
     f"{RAY_VARIANTS['datasink']} ({RAY_STARTED})": "`ray start` (head, 2 CPUs, 127.0.0.1) + connect, then "
-    "read_parquet -> map_batches(ORT session per actor, ActorPoolStrategy(size=2), 1 thread, 64k rows) -> "
+    "read_parquet -> map_batches(ORT session per actor, ActorPoolStrategy(size=2), 1 thread, 16k rows) -> "
     "write_datasink (binary COPY of each block) -> ADD PRIMARY KEY",
     f"{RAY_VARIANTS['datasink']} ({RAY_RUNNING})": "the same pipeline, Ray's start-up not counted",
     f"{RAY_VARIANTS['actor-copy']} ({RAY_STARTED})": "`ray start` + connect, then read_parquet -> map_batches "

@@ -138,7 +138,8 @@ def test_a_worker_memory_limit_below_one_batch_fails_boundedly_and_clearly(
     from nightshift.db.store import Store
 
     Store(url).upgrade()
-    config = project(tmp_path, url, big_root)
+    # 64k-row batches (the default is 16k): one batch of this model needs more than the 300 MiB below.
+    config = project(tmp_path, url, big_root, model="batch_rows = 65536")
     settings = load(config)
     registered(settings)
     # Yesterday's predictions of this partition come from a healthy run on a small copy.

@@ -1,6 +1,6 @@
 """Reasons for each score, on the scoring worker: every feature's exact contribution for a batch, then its top k.
 
-Vectorised numpy over the whole batch (64k rows), from the parameters a version records at registration
+Vectorised numpy over the whole batch (`batch_rows` rows), from the parameters a version records at registration
 (nightshift.models.explainers): the linear pipeline in closed form, LightGBM / XGBoost by their own TreeSHAP on
 the rows the booster reads. No scikit-learn, no pickle: a booster is loaded from its own text / JSON file after
 its SHA-256 check, once per worker process (LRU, like the ONNX sessions).
