@@ -157,6 +157,11 @@ def test_the_manifest_takes_the_footers_the_contract_check_read(
     assert [(f["sha256"], f["size_bytes"]) for f in found["files"]] == [
         (_footer_by_hand(p), p.stat().st_size) for p in paths
     ]
+    # A file the check did not fingerprint (described without reading it) is read here, and only it.
+    partition.files[1].footer_sha256 = None
+    assert manifest_module.input_manifest(partition)["files"] == found["files"]
+    assert seen == ["footer"]
+    seen.clear()
     # The content fingerprint still reads every byte of every file.
     content = manifest_module.input_manifest(partition, "content")
     assert seen == ["content"] * 3
@@ -166,7 +171,7 @@ def test_the_manifest_takes_the_footers_the_contract_check_read(
 def test_a_file_that_is_no_parquet_is_named(tmp_path: Path) -> None:
     path = tmp_path / "not.parquet"
     path.write_bytes(b"hello, this is no parquet file at all")
-    with pytest.raises(ValueError, match=r"not\.parquet: not a Parquet file"):
+    with pytest.raises(ValueError, match=r"not\.parquet: no PAR1 magic at its end: truncated, or not a Parquet file$"):
         footer_sha256(str(path))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from typing import IO
 
@@ -41,9 +42,9 @@ def test_remote_footers_are_read_by_threads_in_file_order(monkeypatch: pytest.Mo
     readers: set[str] = set()
     real = partitions.parquet_footer
 
-    def recording(f: IO[bytes], uri: str) -> tuple[bytes, int]:
+    def recording(f: IO[bytes]) -> tuple[bytes, int]:
         readers.add(threading.current_thread().name)
-        return real(f, uri)
+        return real(f)
 
     monkeypatch.setattr(partitions, "parquet_footer", recording)
     _write("memory://footers-ok", 12)
@@ -52,9 +53,12 @@ def test_remote_footers_are_read_by_threads_in_file_order(monkeypatch: pytest.Mo
     assert all(name.startswith("footers") for name in readers), readers
     assert [f.uri.rsplit("/", 1)[-1] for f in partition.files] == [f"part-{i:05d}.parquet" for i in range(12)]
     assert [f.rows for f in partition.files] == list(range(1, 13))
-    # Each file's fingerprint and size come from the footer the check read: what a separate read says.
+    # Each file's fingerprint and size come from the footer the check read: the file's last 8 + N bytes.
+    fs = fsspec.filesystem("memory")
     for f in partition.files:
-        assert (f.footer_sha256, f.size_bytes) == partitions.footer_sha256(f.uri)
+        data = fs.cat_file(f.uri.removeprefix("memory://"))
+        n = int.from_bytes(data[-8:-4], "little")
+        assert (f.footer_sha256, f.size_bytes) == (hashlib.sha256(data[-(n + 8) :]).hexdigest(), len(data))
 
 
 def test_every_unreadable_remote_footer_is_named() -> None:
@@ -65,3 +69,22 @@ def test_every_unreadable_remote_footer_is_named() -> None:
     assert "part-00003.parquet: unreadable Parquet file" in message
     assert "part-00007.parquet: unreadable Parquet file" in message
     assert message.count("unreadable") == 2
+    # Named once, with the cause: "<file>: unreadable Parquet file (ValueError: no PAR1 magic …)".
+    assert message.count("part-00003.parquet") == 1
+    assert "no PAR1 magic at its end: truncated, or not a Parquet file" in message
+
+
+def test_a_second_schema_is_checked_too_on_the_threaded_path() -> None:
+    """Files of one schema are checked once; a later file of another schema that breaks the contract is named."""
+    fs = fsspec.filesystem("memory")
+    folder = f"memory://footers-two-schemas/ds={DS.isoformat()}"
+    for i in range(8):
+        x = pa.array([1.0]) if i != 6 else pa.array(["one"])  # part 6: x is text, the contract says float64
+        with fs.open(f"{folder}/part-{i:05d}.parquet", "wb") as out:
+            pq.write_table(pa.table({"id": pa.array([f"{i}"]), "x": x}), out)
+    fs.touch(f"{folder}/_SUCCESS")
+    with pytest.raises(ContractError) as err:
+        inspect_partition("memory://footers-two-schemas", "ds", DS, CONTRACT)
+    message = str(err.value)
+    assert "part-00006.parquet: column 'x'" in message, message
+    assert all(f"part-{i:05d}.parquet" not in message for i in range(8) if i != 6), message

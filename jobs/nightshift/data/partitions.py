@@ -131,32 +131,43 @@ def partition_ready(root: str, key: str, ds: date, marker: str = "_SUCCESS") -> 
 
 
 _MAGIC = b"PAR1"
+#: The end of a file read at once for its footer: what pyarrow reads first too (its default footer read
+#: size), so on an fsspec store its own read of the footer is served by the same request.
+_TAIL_BYTES = 64 * 1024
 
 
-def parquet_footer(f: IO[bytes], uri: str) -> tuple[bytes, int]:
-    """(the footer of an open Parquet file, its size in bytes); ValueError when it is no Parquet file.
+def parquet_footer(f: IO[bytes]) -> tuple[bytes, int]:
+    """(the footer of an open Parquet file, its size in bytes); ValueError saying why it is no Parquet file.
 
     The footer is the file's last 8 + N bytes: the Thrift FileMetaData of N bytes, its 4-byte length, `PAR1`.
     """
-    size = f.seek(0, 2)
+    f.seek(0, 2)
+    size = f.tell()
     if size < 12:
-        raise ValueError(f"{uri}: {size} bytes is too short for a Parquet file")
-    f.seek(size - 8)
-    tail = f.read(8)
-    if tail[4:] != _MAGIC:
-        raise ValueError(f"{uri}: not a Parquet file (no PAR1 magic at its end)")
-    length = int.from_bytes(tail[:4], "little")
+        raise ValueError(f"{size} bytes is too short for a Parquet file")
+    start = max(0, size - _TAIL_BYTES)
+    f.seek(start)
+    tail = f.read(size - start)
+    if tail[-4:] != _MAGIC:
+        raise ValueError("no PAR1 magic at its end: truncated, or not a Parquet file")
+    length = int.from_bytes(tail[-8:-4], "little")
     if length + 12 > size:
-        raise ValueError(f"{uri}: its footer length ({length} bytes) exceeds the file ({size} bytes)")
-    f.seek(size - 8 - length)
-    return f.read(length) + tail, size
+        raise ValueError(f"its footer length ({length} bytes) exceeds the file ({size} bytes)")
+    if length + 8 <= len(tail):
+        return tail[-(length + 8) :], size
+    f.seek(size - 8 - length)  # a footer larger than the tail read: one more read
+    return f.read(length) + tail[-8:], size
 
 
 def footer_sha256(uri: str) -> tuple[str, int]:
-    """(SHA-256 of the Parquet footer, file size in bytes) of one file; ValueError when it is no Parquet file."""
+    """(SHA-256 of the Parquet footer, file size in bytes) of one file; ValueError, naming it, when it is no
+    Parquet file."""
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as f:
-        footer, size = parquet_footer(f, uri)
+        try:
+            footer, size = parquet_footer(f)
+        except ValueError as exc:
+            raise ValueError(f"{uri}: {exc}") from None
     return hashlib.sha256(footer).hexdigest(), size
 
 
@@ -199,7 +210,8 @@ def inspect_partition(root: str, key: str, ds: date, contract: FeatureContract, 
     def inspect(uri: str) -> tuple[PartitionFile | None, list[str]]:
         return _inspect_file(uri, remote, schema_problems, not_nullable)
 
-    if remote and len(files) > 4:  # local footers parse faster in one thread (measured: 1,000 files 0.41 s, 0.6 s)
+    if remote and len(files) > 4:  # local footers parse faster in one thread (measured before: 1,000 files 0.41 s,
+        # 0.6 s with threads)
         with ThreadPoolExecutor(max_workers=min(16, len(files)), thread_name_prefix="footers") as pool:
             found = list(pool.map(inspect, files))
     else:
@@ -224,13 +236,13 @@ def _inspect_file(
         if remote:
             fs, path = fsspec.core.url_to_fs(uri)
             with fs.open(path, "rb") as f:
-                footer, size = parquet_footer(f, uri)
+                footer, size = parquet_footer(f)
                 f.seek(0)
-                pf = pq.ParquetFile(f)  # the same handle: its read-ahead already holds the footer's bytes
+                pf = pq.ParquetFile(f)  # the same handle: its cache holds the tail pyarrow reads again
                 schema, meta = pf.schema_arrow, pf.metadata
         else:  # a local path (as listed): no fsspec layer, 0.2 ms a file
             with open(uri, "rb") as f:
-                footer, size = parquet_footer(f, uri)
+                footer, size = parquet_footer(f)
             pf = pq.ParquetFile(uri, memory_map=True)
             schema, meta = pf.schema_arrow, pf.metadata
     except Exception as exc:  # noqa: BLE001 - any unreadable footer is reported by file

@@ -5,10 +5,10 @@ footer: the last 8 + N bytes of the file (the Thrift FileMetaData of N bytes, it
 `tail -c $((N + 8)) FILE | sha256sum` prints. The footer holds the schema, the row count of every row group
 and, for every column chunk, its offsets, compressed and uncompressed sizes and statistics (min, max, nulls),
 so a file rewritten with other rows or values changes it. It is taken from the footer the contract check reads
-(`inspect_partition`: two small reads per file whatever the file's size, no second pass), where hashing whole
-files would read every byte of the night again. What it cannot see: an edit inside a data page that keeps
-every size and every statistic (two values swapped within a page). `fingerprint = "content"` hashes every
-byte instead, for those who need that.
+(`inspect_partition`: the file's last 64 KiB, whatever its size; no second pass), so the manifest describes the
+files as the check found them; hashing whole files would read every byte of the night again. What it cannot
+see: an edit inside a data page that keeps every size and every statistic (two values swapped within a page).
+`fingerprint = "content"` hashes every byte instead, for those who need that.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import fsspec
 from nightshift.data.partitions import footer_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nightshift.data.partitions import Partition
+    from nightshift.data.partitions import Partition, PartitionFile
 
 #: The version of the manifest's layout, stored in it.
 MANIFEST_FORMAT = 1
@@ -59,21 +59,30 @@ def _digest(files: list[dict[str, Any]]) -> str:
 def input_manifest(partition: Partition, method: str = "footer") -> dict[str, Any]:
     """Every file of `partition` (as the contract check found it) with its bytes, rows and fingerprint.
 
-    Raises what reading a file raises (a file gone since the check, a broken footer): the caller decides
-    whether that fails anything.
+    With `footer` (the default) the fingerprints are those the contract check took, so nothing is read again;
+    with `content`, or for a file the check did not fingerprint, each file is read here and this raises what
+    reading it raises (a file gone since the check, a broken footer): the caller decides whether that fails
+    anything.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    if method == "footer" and all(f.footer_sha256 is not None for f in partition.files):
-        # The contract check read each footer already (inspect_partition): the same bytes, no second read.
-        found = [(str(f.footer_sha256), int(f.size_bytes or 0)) for f in partition.files]
-    else:
-        # A few reads in flight at once: on object storage each footer is two round trips.
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(partition.files)))) as pool:
-            found = list(pool.map(lambda f: fingerprint(f.uri, method), partition.files))
+    def known(f: PartitionFile) -> tuple[str, int] | None:
+        """What the contract check read of this file (inspect_partition), or None: read it here."""
+        if method == "footer" and f.footer_sha256 is not None and f.size_bytes is not None:
+            return f.footer_sha256, f.size_bytes
+        return None
+
+    found: list[tuple[str, int] | None] = [known(f) for f in partition.files]
+    missing = [i for i, v in enumerate(found) if v is None]
+    if missing:
+        # A few reads in flight at once: on object storage each footer is a round trip or two.
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            read = pool.map(lambda i: fingerprint(partition.files[i].uri, method), missing)
+            for i, value in zip(missing, read, strict=True):
+                found[i] = value
     files = [
         {"uri": f.uri, "size_bytes": size, "rows": int(f.rows), "sha256": sha}
-        for f, (sha, size) in zip(partition.files, found, strict=True)
+        for f, (sha, size) in zip(partition.files, (v for v in found if v is not None), strict=True)
     ]
     return {
         "format": MANIFEST_FORMAT,
