@@ -13,6 +13,7 @@ from typing import Any
 
 from bench import limits, peers, profiling
 from bench.common import (
+    SQLITE_BULK_CHUNKS,
     ClusterHolder,
     Contender,
     Measurement,
@@ -227,7 +228,7 @@ def case_onnx(plan: Plan, label: str) -> None:
     feeds = limits.load_feeds(plan.main.paths, cap)
     rows = len(next(iter(feeds.values())))
     sess = limits.session(art.onnx_bytes)
-    limits.onnx_in_batches(sess, {k: v[:65_536] for k, v in feeds.items()})  # warm up the session
+    limits.onnx_in_batches(sess, {k: v[: limits.BATCH_ROWS] for k, v in feeds.items()})  # warm up the session
     results = interleave(
         {
             f"ONNX Runtime, {limits.BATCH_ROWS // 1024}k batches": Contender(
@@ -303,7 +304,8 @@ def case_postgres(plan: Plan, label: str) -> None:
 
 
 WHAT = {
-    "pipelined limit": "2 forked processes: Arrow read, ONNX Runtime 16k batches, one binary COPY stream each "
+    "pipelined limit": f"2 forked processes: Arrow read, ONNX Runtime {limits.BATCH_ROWS // 1024}k batches, one "
+    "binary COPY stream each "
     "into a plain table (no index, no contract check, no commit, no catalog)",
     "pipelined limit, no write": "the pipelined limit without writing: read + score only",
     "pipelined limit + primary key": "the pipelined limit, then ADD PRIMARY KEY (entity_id, run_id) on its table: "
@@ -318,6 +320,8 @@ WHAT = {
     "naive peer": "one process: pandas.read_parquet -> sklearn predict_proba -> DataFrame.to_sql, file by file "
     "(first files only)",
     "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
+    SQLITE_BULK_CHUNKS: "the same executemany, in nightshift's order: each file's rows (sorted) in a transaction of "
+    "their own, file after file (as text the files' ids interleave, so each chunk inserts across the whole key)",
     "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores, "
     "the driver inserts, an adaptive window of chunks in flight",
     "nightshift -> SQLite, pre-started cluster": "the same on an already running 2-worker cluster",
@@ -339,6 +343,14 @@ def _bulk_insert_in_child(path: Path, rows: int) -> float:
     return time.perf_counter() - t
 
 
+def _bulk_insert_chunks_in_child(path: Path, paths: list[str]) -> float:
+    """Like `_bulk_insert_in_child`, the rows in the files' chunks (`limits.sqlite_bulk_insert_chunks`)."""
+    chunks = limits.sqlite_rows_by_file(paths)
+    t = time.perf_counter()
+    limits.sqlite_bulk_insert_chunks(path, chunks)
+    return time.perf_counter() - t
+
+
 def case_sqlite(plan: Plan, label: str) -> None:
     """nightshift into SQLite vs SQLite's own bulk-insert rate (and the naive peer), in one round-robin."""
     art, data = plan.models[label], plan.data_for(label)
@@ -353,8 +365,15 @@ def case_sqlite(plan: Plan, label: str) -> None:
         bulk_db.unlink(missing_ok=True)
         return {"seconds": seconds}
 
+    def bulk_chunks() -> dict[str, Any]:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            seconds = pool.apply(_bulk_insert_chunks_in_child, (bulk_db, list(data.paths)))
+        bulk_db.unlink(missing_ok=True)
+        return {"seconds": seconds}
+
     contenders = {
         "SQLite bulk insert": Contender(bulk),
+        SQLITE_BULK_CHUNKS: Contender(bulk_chunks),
         "nightshift -> SQLite, fresh cluster": Contender(
             lambda: runner.score(data), setup=runner.setup, after=runner.teardown
         ),
@@ -554,7 +573,8 @@ def case_brought(plan: Plan, label: str = "lightgbm") -> None:
             results = interleave(contenders, plan.size.repeats)
         what = {
             "pipelined limit": "the pipelined limit for the registered ONNX graph: Arrow read of the "
-            f"{len(feed.features)} numeric columns, one float32 [N, F] matrix per 16k batch, "
+            f"{len(feed.features)} numeric columns, one float32 [N, F] matrix per "
+            f"{limits.BATCH_ROWS // 1024}k batch, "
             "one binary COPY per process",
             "pipelined limit + primary key": "the same, then ADD PRIMARY KEY (entity_id, run_id)",
             "nightshift, fresh cluster": "score_partition() of the brought version (its signature's matrix feed), "
@@ -623,8 +643,8 @@ def case_explain(plan: Plan, label: str = "linear") -> None:
         what = {
             names["off"]: "score_partition() of the linear pipeline: (run_id, entity_id, score, label) by binary COPY",
             names["on"]: f"the same with [models.explain] top_k = {EXPLAIN_TOP_K}: every feature's contribution "
-            "(closed form, numpy on each 16k batch), the top k packed in the rows' `reasons` bytea (k int16 "
-            "feature indices + k float32 contributions) in the same COPY",
+            f"(closed form, numpy on each {limits.BATCH_ROWS // 1024}k batch), the top k packed in the rows' "
+            "`reasons` bytea (k int16 feature indices + k float32 contributions) in the same COPY",
         }
         _record(plan, "explain", label, results, dict.fromkeys(results, data.rows), what)
     finally:
@@ -662,6 +682,15 @@ def _interleave_tolerant(
     return {name: v for name, v in out.items() if name not in failed}
 
 
+def case_report(plan: Plan) -> None:
+    """`bench.report_bench` (issue 18 §6): the nightly report task against the scoring task of the same 50k-row
+    night, each a fresh CLI process as Airflow runs them; one round at size small. Writes report_bench.md/.jsonl
+    into the results folder."""
+    from bench import report_bench
+
+    report_bench.main(["--out", str(plan.out), *(["--rounds", "1"] if plan.size.name == "small" else [])])
+
+
 def case_peer(plan: Plan, name: str) -> None:
     """A peer users would pick instead (issue 18 §3: `ray` or `feast`), on the suite's main dataset and linear model,
     in the peers' own environment (bench/peers_env): `bench.ray_feast`'s part of that name, its lines in this run's
@@ -669,6 +698,7 @@ def case_peer(plan: Plan, name: str) -> None:
     from bench import ray_feast
 
     assert plan.pg_url is not None
+    plan.recorder.write({"kind": "peers-versions", "case": f"peers-{name}", "versions": ray_feast.peers_versions()})
     cfg = ray_feast.default_config(
         plan.size.name, plan.out, plan.main, plan.models["linear"], plan.pg_url, plan.size.repeats
     )

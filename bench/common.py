@@ -17,6 +17,10 @@ from typing import Any
 PG_ADMIN_URL = os.environ.get("NIGHTSHIFT_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
 
 
+#: The SQLite baseline in nightshift's order (`limits.sqlite_bulk_insert_chunks`): its name in results and report.
+SQLITE_BULK_CHUNKS = "SQLite bulk insert, one chunk per file"
+
+
 @dataclass
 class Measurement:
     """N wall-clock runs of one thing on `rows` rows; rates are rows / seconds."""

@@ -240,6 +240,42 @@ def sqlite_rows(rows: int, run_id: int = 1) -> list[tuple[int, str, float, int]]
     return sorted((run_id, str(i + 1), s, int(s >= 0.5)) for i, s in enumerate(scores))
 
 
+def sqlite_rows_by_file(paths: Sequence[str], run_id: int = 1) -> list[list[tuple[int, str, float, int]]]:
+    """The same kind of rows, one list per file of the data: the file's entity ids as text, sorted (as nightshift's
+    workers sort a chunk for SQLite), built untimed. The bench's files hold consecutive integer ids, so as text
+    (the stored key) every file's ids interleave with every other file's."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from nightshift.demo import DEMO_ENTITY_ID
+
+    rng = np.random.default_rng(0)
+    chunks = []
+    for path in paths:
+        ids = pq.read_table(path, columns=[DEMO_ENTITY_ID]).column(0).to_pylist()
+        scores = rng.random(len(ids)).astype(np.float32).tolist()
+        chunks.append(sorted((run_id, str(i), s, int(s >= 0.5)) for i, s in zip(ids, scores, strict=True)))
+    return chunks
+
+
+def sqlite_bulk_insert_chunks(path: Path, chunks: list[list[tuple[int, str, float, int]]]) -> int:
+    """`sqlite_bulk_insert` in nightshift's order: one transaction per file's chunk, the files one after the other
+    (what nightshift's driver does with the chunks its workers send), instead of every row in key order at once."""
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(SQLITE_DDL)
+        for rows in chunks:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO predictions (run_id, entity_id, score, label) VALUES (?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return sum(len(rows) for rows in chunks)
+
+
 def sqlite_bulk_insert(path: Path, rows: list[tuple[int, str, float, int]]) -> int:
     """SQLite's own bulk-insert rate: executemany of prebuilt tuples in key order, in one transaction,
     into nightshift's predictions table shape (WITHOUT ROWID, primary key), WAL + synchronous=NORMAL."""

@@ -62,6 +62,7 @@ from bench.common import (
     with_database,
 )
 from bench.data import MODEL_NAME, Dataset, ModelArtifacts
+from bench.limits import BATCH_ROWS
 
 BENCH = Path(__file__).resolve().parent
 PEERS_ENV = BENCH / "peers_env"
@@ -91,7 +92,8 @@ WHAT = {
     "attach, catalog commit",
     NS_WARM: "score_partition(client=...) on a running 2-worker cluster",
     f"{RAY_VARIANTS['datasink']} ({RAY_STARTED})": "`ray start` (head, 2 CPUs, 127.0.0.1) + connect, then "
-    "read_parquet -> map_batches(ORT session per actor, ActorPoolStrategy(size=2), 1 thread, 16k rows) -> "
+    "read_parquet -> map_batches(ORT session per actor, ActorPoolStrategy(size=2), 1 thread, "
+    f"{BATCH_ROWS // 1024}k rows) -> "
     "write_datasink (binary COPY of each block) -> ADD PRIMARY KEY",
     f"{RAY_VARIANTS['datasink']} ({RAY_RUNNING})": "the same pipeline, Ray's start-up not counted",
     f"{RAY_VARIANTS['actor-copy']} ({RAY_STARTED})": "`ray start` + connect, then read_parquet -> map_batches "
@@ -214,7 +216,7 @@ def default_config(size: str, out: Path, data: Dataset, art: ModelArtifacts, pg_
 
 
 def _ray_spec(cfg: Config, url: str) -> dict[str, Any]:
-    from bench.limits import BATCH_ROWS, MISSING, feature_columns
+    from bench.limits import MISSING, feature_columns
 
     entity, numeric, categorical = feature_columns()
     return {
@@ -849,13 +851,15 @@ def write_report(out: Path) -> str:
     (out / "peers.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     env = next((r for r in records if r.get("kind") == "environment"), {})
     done = next((r for r in records if r.get("kind") == "finished"), {})
+    # Run from `python -m bench`, the peers' versions are a record of their own (`case_peer`).
+    versions = next((r["versions"] for r in records if r.get("kind") == "peers-versions"), {})
     ms = [r for r in records if r.get("kind") == "measurement" and r.get("group") == GROUP]
     lines = [
         f"# nightshift vs Ray Data and Feast — {env.get('size', {}).get('name', '?')} ({env.get('started', '?')})",
         "",
         f"`{env.get('command', '?')}` on {env.get('cpus', '?')} cores, {env.get('memory_gib', '?')} GiB; load "
         f"average at start {'/'.join(f'{x:.1f}' for x in env.get('load_avg', []))}, at end "
-        f"{'/'.join(f'{x:.1f}' for x in done.get('load_avg', []))}. Peers: {env.get('peers', {})}.",
+        f"{'/'.join(f'{x:.1f}' for x in done.get('load_avg', []))}. Peers: {env.get('peers') or versions}.",
         "",
     ]
     if ms:
@@ -941,7 +945,7 @@ def write_report(out: Path) -> str:
 # -- main --------------------------------------------------------------------------------------------
 
 
-def _peers_versions() -> dict[str, str]:
+def peers_versions() -> dict[str, str]:
     code = (
         "import json, ray, feast, onnxruntime, pyarrow, psycopg; print(json.dumps({'ray': ray.__version__, "
         "'feast': feast.__version__, 'onnxruntime': onnxruntime.__version__, 'pyarrow': pyarrow.__version__, "
@@ -997,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(out / "results.jsonl")
     env = environment(size, argv)
     env["command"] = " ".join(["python -m bench.ray_feast", *argv])
-    env["peers"] = _peers_versions()
+    env["peers"] = peers_versions()
     rec.write(env)
     data = dataset(size.rows, size.files)
     art = train_model("linear", size.train_rows)

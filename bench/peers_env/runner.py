@@ -8,8 +8,9 @@ one command per call, a JSON spec in and one JSON line out (the last line of std
     python runner.py feast-teardown SPEC.json
 
 Each peer is written the way its documentation suggests, as a user who wants it fast would: one ONNX
-Runtime session per actor (threads set per actor), 64k-row batches, binary COPY per block, the same
-plain table shape and primary key as nightshift's served table.
+Runtime session per actor (threads set per actor), batches of the suite's `limits.BATCH_ROWS` rows (the
+spec's `batch_rows`), binary COPY per block, the same plain table shape and primary key as nightshift's served
+table.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def ray_pipeline(spec: dict[str, Any], variant: str) -> dict[str, Any]:
     ds = ds.map_batches(
         OrtScorer,
         fn_constructor_kwargs=ctor,
-        batch_size=spec.get("batch_rows", 65_536),
+        batch_size=spec["batch_rows"],
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=spec.get("actors", 2)),
         num_cpus=spec.get("actor_cpus", 1),

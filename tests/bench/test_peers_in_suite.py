@@ -55,6 +55,8 @@ def test_the_summary_carries_the_peers_ratios_and_targets(tmp_path: Path) -> Non
             ray.record(),
             *lookups,
             {"kind": "error", "case": "scale", "error": "timed out after 900 s"},
+            {"kind": "error", "case": "peers-feast", "error": "timed out after 3600 s"},
+            {"kind": "peers-versions", "case": "peers-ray", "versions": {"ray": "2.60.0", "feast": "0.67.0"}},
             {"kind": "finished", "seconds": 1.0},
         ],
     )
@@ -67,6 +69,8 @@ def test_the_summary_carries_the_peers_ratios_and_targets(tmp_path: Path) -> Non
     assert (tmp_path / "peers.md").exists()
     # Another case's failure is the suite's note, not the peers' (it is listed once); so is each contender.
     assert summary.count("timed out after 900 s") == 1
+    assert summary.count("timed out after 3600 s") == 1  # a peer's failure: in the peers' notes only
+    assert "'ray': '2.60.0'" in summary
     assert summary.count("Each contender in words") == 1
 
 
@@ -74,3 +78,30 @@ def test_a_summary_without_peers_has_no_peers_section(tmp_path: Path) -> None:
     _write(tmp_path, [{"kind": "environment"}, {"kind": "plan", "skipped": {}}, {"kind": "finished", "seconds": 1}])
     assert "peers users would pick" not in report.write(tmp_path)
     assert not (tmp_path / "peers.md").exists()
+
+
+def test_the_sqlite_baseline_in_nightshifts_order_stores_the_same_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import limits
+    from nightshift.demo import DEMO_ENTITY_ID
+
+    paths = []
+    for k in range(3):  # consecutive integer ids per file: as text they interleave across the files
+        path = tmp_path / f"part-{k}.parquet"
+        pq.write_table(pa.table({DEMO_ENTITY_ID: pa.array(range(k * 20 + 1, k * 20 + 21), pa.int64())}), path)
+        paths.append(str(path))
+    chunks = limits.sqlite_rows_by_file(paths)
+    assert [len(c) for c in chunks] == [20, 20, 20]
+    assert all(c == sorted(c) for c in chunks)
+    assert limits.sqlite_bulk_insert_chunks(tmp_path / "chunks.db", chunks) == 60
+    limits.sqlite_bulk_insert(tmp_path / "bulk.db", sorted(row for c in chunks for row in c))
+    stored = [
+        sqlite3.connect(tmp_path / name).execute("SELECT * FROM predictions ORDER BY run_id, entity_id").fetchall()
+        for name in ("chunks.db", "bulk.db")
+    ]
+    assert stored[0] == stored[1]
+    assert [r[1] for r in stored[0]] == sorted(str(i) for i in range(1, 61))
