@@ -835,6 +835,7 @@ def charts(res: Results, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
@@ -857,6 +858,7 @@ def charts(res: Results, folder: Path) -> list[Path]:
         ]
         ax.barh(names, med, xerr=err, color=colors, capsize=3)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short range
         ax.set_xlabel("k rows/s (log scale; median, min–max)")
         ax.set_title(MODEL_TITLES[model], fontsize=10)
         ax.tick_params(axis="y", labelsize=8)

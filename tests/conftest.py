@@ -348,12 +348,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 #: Files whose tests take the longest (real Airflow schedulers and browsers, images' environments, the soak):
 #: collected first, so that under pytest-xdist (`make test`: a file per worker at a time) they overlap the
 #: many short files instead of leaving one worker running them alone at the end.
+#: The files sharing one Airflow come one after the other (one unit under xdist too): the server stops after the
+#: last of them (tests/airflow/conftest.py, pytest_runtest_teardown).
 _LONGEST_FIRST = (
     "tests/airflow/test_server_nights.py",
     "tests/airflow/test_server_ui.py",
-    "tests/deploy/test_s3.py",
     "tests/airflow/test_server_backfill.py",
     "tests/airflow/test_server_approval.py",
+    "tests/deploy/test_s3.py",
     "tests/cli/test_bring_cli.py",
     "tests/api/test_soak.py",
     "tests/deploy/test_postgres.py",

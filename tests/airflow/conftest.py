@@ -211,6 +211,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _server()
 
 
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the shared Airflow after the last test that uses it, not at the end of the session: an idle
+    `airflow standalone` (scheduler, dag-processor, triggerer, api-server) keeps taking CPU from the rest of the
+    suite on 2 cores. Its tests are contiguous (tests/conftest.py orders them; one xdist unit)."""
+    if "airflow_server" not in getattr(item, "fixturenames", ()):
+        return
+    later = item.session.items[item.session.items.index(item) + 1 :] if item in item.session.items else []
+    if any("airflow_server" in getattr(other, "fixturenames", ()) for other in later):
+        return
+    server = _SESSION.get("server")
+    if server is not None:
+        server.stop()  # its log stays (NIGHTSHIFT_KEEP_AIRFLOW_LOG); stopping again at the session's end is a no-op
+
+
 def pytest_sessionfinish() -> None:
     server = _SESSION.pop("server", None)
     if server is not None:
