@@ -259,8 +259,10 @@ def sqlite_rows_by_file(paths: Sequence[str], run_id: int = 1) -> list[list[tupl
 
 
 def sqlite_bulk_insert_chunks(path: Path, chunks: list[list[tuple[int, str, float, int]]]) -> int:
-    """`sqlite_bulk_insert` in nightshift's order: one transaction per file's chunk, the files one after the other
-    (what nightshift's driver does with the chunks its workers send), instead of every row in key order at once."""
+    """Prebuilt tuples inserted by executemany, one transaction per chunk, the chunks one after the other, into
+    nightshift's predictions table shape (WITHOUT ROWID, primary key), WAL + synchronous=NORMAL. With the files'
+    chunks it is nightshift's order (what its driver does with the chunks its workers send); with one chunk of
+    every row in key order, `sqlite_bulk_insert`."""
     path.unlink(missing_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -279,18 +281,7 @@ def sqlite_bulk_insert_chunks(path: Path, chunks: list[list[tuple[int, str, floa
 def sqlite_bulk_insert(path: Path, rows: list[tuple[int, str, float, int]]) -> int:
     """SQLite's own bulk-insert rate: executemany of prebuilt tuples in key order, in one transaction,
     into nightshift's predictions table shape (WITHOUT ROWID, primary key), WAL + synchronous=NORMAL."""
-    path.unlink(missing_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(SQLITE_DDL)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO predictions (run_id, entity_id, score, label) VALUES (?, ?, ?, ?)", rows)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    return len(rows)
+    return sqlite_bulk_insert_chunks(path, [rows])
 
 
 # -- pipelined ------------------------------------------------------------------------------------
