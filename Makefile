@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 2
 PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
 
-.PHONY: help install demo demo-loop test lint typecheck pytest soak chaos sql clean
+.PHONY: help install demo demo-loop test lint typecheck pytest soak chaos extra sql clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ soak:  ## the long run left out of `make test`: a 5-minute soak of the real API 
 
 chaos:  ## the month of chaos left out of `make test`: 30 nights of faults (NIGHTSHIFT_CHAOS_NIGHTS, _SEED, _REPORT)
 	$(RUN) pytest -p no:xdist -s -m chaos tests/reliability/test_chaos.py $(PYTEST_ARGS)
+
+extra:  ## the long variants left out of `make test` (marker extra): the SQLite run of the brought-model group DAG
+	$(RUN) pytest $(PYTEST_XDIST) -m extra $(PYTEST_ARGS)
 
 sql:  ## regenerate the readable DDL in sql/ from the migrations
 	$(RUN) python -m nightshift.db.sqlgen sql
