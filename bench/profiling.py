@@ -17,16 +17,19 @@ from typing import Any
 #: found walking its stack from the innermost frame outwards.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ONNX Runtime (session.run)", ("run (onnxruntime/",)),
-    ("Arrow → model inputs (features.model_inputs)", ("model_inputs (nightshift/features.py",)),
-    ("entity ids (features.entity_ids)", ("entity_ids (nightshift/features.py",)),
-    ("Parquet read (data.iter_batches)", ("iter_batches (nightshift/data.py",)),
-    ("duplicate-id check", ("_duplicate_examples (nightshift/scoring.py",)),
-    ("binary COPY body (store._binary_copy_body)", ("_binary_copy_body (nightshift/store.py",)),
-    ("COPY to PostgreSQL (store._stage_postgres)", ("_stage_postgres (nightshift/store.py",)),
-    ("SQLite inserts (store._stage_sqlite)", ("_stage_sqlite (nightshift/store.py",)),
-    ("sort ids for SQLite (scoring.score_chunk)", ("sort_indices (pyarrow/",)),
-    ("rest of score_chunk", ("score_chunk (nightshift/scoring.py",)),
-    ("commit (store.commit_run)", ("commit_run (nightshift/store.py",)),
+    ("Arrow → model inputs (features.model_inputs)", ("model_inputs (nightshift/data/features.py",)),
+    ("entity ids (features.entity_ids)", ("entity_ids (nightshift/data/features.py",)),
+    ("Parquet read (data.iter_batches)", ("iter_batches (nightshift/data/partitions.py",)),
+    ("binary COPY body (staging._binary_copy_body)", ("_binary_copy_body (nightshift/db/staging.py",)),
+    (
+        "COPY to PostgreSQL (staging.ChunkWriter)",
+        ("ChunkWriter.", "chunk_writer (nightshift/db/staging.py", "_stage_postgres (nightshift/db/staging.py"),
+    ),
+    ("SQLite image on the worker (staging.sqlite_image)", ("sqlite_image (nightshift/db/staging.py",)),
+    ("SQLite inserts (staging._stage_sqlite)", ("_stage_sqlite (nightshift/db/staging.py",)),
+    ("sort ids for SQLite (pyarrow sort_indices)", ("sort_indices (pyarrow/",)),
+    ("rest of score_chunk", ("(nightshift/scoring/chunk.py",)),
+    ("commit (store.commit_run)", ("commit_run (nightshift/db/store.py",)),
     ("Dask worker machinery", ("distributed/",)),
 )
 
