@@ -322,11 +322,11 @@ WHAT = {
     "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
     SQLITE_BULK_CHUNKS: "the same executemany, in nightshift's order: each file's rows (sorted) in a transaction of "
     "their own, file after file (as text the files' ids interleave, so each chunk inserts across the whole key)",
-    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores, "
-    "the driver inserts, an adaptive window of chunks in flight",
+    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores and packs "
+    "each chunk into a SQLite image, the driver merges it (INSERT ... SELECT), an adaptive window of chunks in flight",
     "nightshift -> SQLite, pre-started cluster": "the same on an already running 2-worker cluster",
     "nightshift -> SQLite, 1 worker": "score_partition() into SQLite with dask.n_workers = 1 (a core kept for "
-    "the driver)",
+    "the driver, which binds the rows the worker sends: executemany)",
     "naive peer -> SQLite": "pandas.read_parquet -> predict_proba -> DataFrame.to_sql into SQLite (first files only)",
 }
 
@@ -735,7 +735,8 @@ def case_scale(plan: Plan) -> None:
 
 def case_profile(plan: Plan) -> None:
     """py-spy on the Dask workers during one PostgreSQL scoring call per model, and on the driver
-    and the worker during one SQLite call: the share of samples per stage of nightshift's path."""
+    and the two workers (the default: one per core) during one SQLite call: the share of samples per
+    stage of nightshift's path."""
     out = plan.out / "profiles"
     rec = plan.recorder
     if plan.pg_url is not None:
@@ -759,20 +760,20 @@ def case_profile(plan: Plan) -> None:
 
     runner = NightshiftRunner("sqlite", plan.workdir("profile_sqlite"), plan.models["linear"])
     try:
-        with local_cluster(1) as client:
+        with local_cluster(2) as client:
             runner.setup()
             runner.score(plan.quarter, client=client)
             runner.setup()
             t = time.perf_counter()
             with (
                 profiling.sampling([os.getpid()], out, "sqlite-linear-driver") as driver,
-                profiling.sampling(sorted(worker_pids(client)), out, "sqlite-linear-worker") as workers,
+                profiling.sampling(sorted(worker_pids(client)), out, "sqlite-linear-workers") as workers,
             ):
                 extras = runner.score(plan.main, client=client)
             seconds = time.perf_counter() - t
             runner.teardown()
         rec.write(_profile_record("sqlite", "linear", "driver", driver, seconds, extras))
-        rec.write(_profile_record("sqlite", "linear", "Dask worker", workers, seconds, extras))
+        rec.write(_profile_record("sqlite", "linear", "Dask workers", workers, seconds, extras))
     finally:
         runner.close()
 

@@ -136,6 +136,7 @@ def e2e_gate(
     """(b) The registered artifact, loaded and hash-checked by the production scoring code, reproduces the
     expected scores of the model's end-to-end set."""
     from nightshift.data import TaskSlice, open_parquet
+    from nightshift.db.staging import Rows
     from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
 
     try:
@@ -156,7 +157,7 @@ def e2e_gate(
         part = score_chunk(chunk).of(0)
         if part.error is not None:
             raise part.error
-        if part.data is None:
+        if not isinstance(part.data, Rows):  # never packed: the task leaves pack_for_sqlite off
             raise RuntimeError("the end-to-end run returned no rows")
         # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
         file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()

@@ -1,0 +1,136 @@
+"""A chunk packed by a worker as a SQLite image (`staging.SqliteImage`) is merged by the driver exactly as the
+same rows bound one by one: same stored bytes, once, in the rows' transaction, with the same errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from nightshift.db import Store
+from nightshift.db.engine import StoreError
+from nightshift.db.staging import Rows, SqliteImage, sqlite_image, stage_chunk
+from nightshift.errors import DuplicateEntityError
+from tests.db.test_staging import _rows, _with_reasons
+
+DS = date(2026, 11, 20)
+
+
+def _stored(url: str, run: int) -> list[tuple[object, ...]]:
+    path = url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT entity_id, score, label, value, probs, reasons FROM predictions WHERE run_id = ? "
+            "ORDER BY entity_id",
+            (run,),
+        ).fetchall()
+
+
+def _ledger(url: str, run: int) -> list[tuple[object, ...]]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        return conn.execute("SELECT chunk, rows FROM run_chunks WHERE run_id = ? ORDER BY chunk", (run,)).fetchall()
+
+
+def _attached(url: str) -> list[str]:
+    """The schemas the driver's cached staging connection (this thread's) has attached."""
+    from nightshift.db.staging import _staging_connection
+
+    conn = _staging_connection(url)
+    return [r[1] for r in conn.execute("PRAGMA database_list")]
+
+
+@pytest.mark.parametrize("reasons", [False, True], ids=["scores", "with-reasons"])
+@pytest.mark.parametrize("layout", ["binary", "multiclass", "regression"])
+def test_an_image_stores_the_same_bytes_as_the_rows_bound_one_by_one(
+    sqlite_url: str, layout: str, reasons: bool
+) -> None:
+    rows = _with_reasons(_rows(layout)) if reasons else _rows(layout)
+    image = sqlite_image(rows)
+    assert isinstance(image, SqliteImage)
+    assert (len(image), image.columns) == (len(rows), rows.columns[1:])
+    store = Store(sqlite_url)
+    runs = []
+    for version, staged in ((1, rows), (2, image)):
+        with store.run_lock("m", DS, 5):
+            run = store.start_run("m", version, DS, input_rows=len(rows))
+            assert stage_chunk(store.url, run, "chunk-a", staged) == len(rows)
+            store.commit_run(run, len(rows))
+        runs.append(run)
+    by_rows, by_image = (_stored(sqlite_url, r) for r in runs)
+    assert len(by_image) == len(rows)
+    assert by_image == by_rows
+    assert _ledger(sqlite_url, runs[1]) == [("chunk-a", len(rows))]
+    assert "nightshift_chunk" not in _attached(store.url)  # each image is freed after its merge
+    store.dispose()
+
+
+def test_a_retried_image_writes_nothing_twice(sqlite_url: str) -> None:
+    rows = _rows("binary", 5)
+    store = Store(sqlite_url)
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=5)
+        assert stage_chunk(store.url, run, "chunk-a", sqlite_image(rows)) == 5
+        # Dask recomputed the task after its worker died: the ledger says it is staged; nothing is written again.
+        assert stage_chunk(store.url, run, "chunk-a", sqlite_image(rows)) == 5
+        store.commit_run(run, 5)
+    assert len(_stored(sqlite_url, run)) == 5
+    assert _ledger(sqlite_url, run) == [("chunk-a", 5)]
+    store.dispose()
+
+
+def test_an_image_repeating_another_chunks_ids_fails_by_name_and_keeps_nothing_of_itself(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    first = Rows(pa.array(["a", "b", "c"]), np.array([0.1, 0.2, 0.3], np.float32), np.array([0, 0, 0], np.int16))
+    second = Rows(pa.array(["b", "c", "d"]), np.array([0.4, 0.5, 0.6], np.float32), np.array([0, 1, 1], np.int16))
+    third = Rows(pa.array(["e"]), np.array([0.7], np.float32), np.array([1], np.int16))
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=7)
+        stage_chunk(store.url, run, "chunk-a", sqlite_image(first))
+        with pytest.raises(DuplicateEntityError) as err:
+            stage_chunk(store.url, run, "chunk-b", sqlite_image(second))
+        assert "chunk-b: entity id(s) 'b', 'c' appear more than once in the partition" in str(err.value)
+        assert err.value.entity_ids == ("b", "c")
+        # Nothing of chunk-b was kept, and the connection goes on: its image was detached.
+        assert [r[0] for r in _stored(sqlite_url, run)] == ["a", "b", "c"]
+        assert _ledger(sqlite_url, run) == [("chunk-a", 3)]
+        assert "nightshift_chunk" not in _attached(store.url)
+        stage_chunk(store.url, run, "chunk-c", sqlite_image(third))
+    assert [r[0] for r in _stored(sqlite_url, run)] == ["a", "b", "c", "e"]
+    store.dispose()
+
+
+def test_an_image_the_store_refuses_fails_in_one_line_and_keeps_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    store = Store(sqlite_url)
+    rows = _rows("binary", 5)
+    with store.run_lock("m", DS, 5):
+        run = store.start_run("m", 1, DS, input_rows=5)
+    # Another connection holds the write lock past the (shortened) busy timeout: SQLite refuses the chunk.
+    path = sqlite_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    from nightshift.db.staging import _staging_connection
+
+    _staging_connection(store.url).execute("PRAGMA busy_timeout=50")
+    try:
+        with pytest.raises(StoreError) as err:
+            stage_chunk(store.url, run, "chunk-a", sqlite_image(rows))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert str(err.value).startswith(f"SQLite refused chunk-a of run {run} (5 rows), nothing of it was kept: ")
+    assert "\n" not in str(err.value)
+    assert _stored(sqlite_url, run) == []
+    # The refused connection was dropped; the retry attaches afresh and stages the chunk.
+    assert stage_chunk(store.url, run, "chunk-a", sqlite_image(rows)) == 5
+    assert len(_stored(sqlite_url, run)) == 5
+    store.dispose()
+
+
+def test_an_image_is_for_sqlite_only() -> None:
+    image = sqlite_image(_rows("binary", 2))
+    with pytest.raises(TypeError, match="chunk-a: a SQLite image cannot be staged into postgresql"):
+        stage_chunk("postgresql://nobody@127.0.0.1:1/none", 1, "chunk-a", image)
