@@ -27,7 +27,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("SQLite image on the worker (staging.sqlite_image)", ("sqlite_image (nightshift/db/staging.py",)),
     ("SQLite inserts (staging._stage_sqlite)", ("_stage_sqlite (nightshift/db/staging.py",)),
-    ("sort ids for SQLite (pyarrow sort_indices)", ("sort_indices (pyarrow/",)),
+    ("sort ids for SQLite (chunk._sort_by_id)", ("_sort_by_id (nightshift/scoring/chunk.py",)),
     ("rest of score_chunk", ("(nightshift/scoring/chunk.py",)),
     ("commit (store.commit_run)", ("commit_run (nightshift/db/store.py",)),
     ("Dask worker machinery", ("distributed/",)),

@@ -21,13 +21,19 @@ DS = date(2026, 11, 20)
 
 
 def _stored(url: str, run: int) -> list[tuple[object, ...]]:
+    """Each stored row as SQLite holds it: every value's storage class and exact text (REAL as its 17
+    significant digits, BLOBs as hex), so an INTEGER stored as a REAL, or a float rounded, differs."""
     path = url.removeprefix("sqlite:///")
+    exact = ", ".join(
+        f"typeof({c}), {'hex' if c in ('probs', 'reasons') else 'quote'}({c})"
+        for c in ("entity_id", "score", "label", "value", "probs", "reasons")
+    )
     with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT entity_id, score, label, value, probs, reasons FROM predictions WHERE run_id = ? "
-            "ORDER BY entity_id",
-            (run,),
-        ).fetchall()
+        return conn.execute(f"SELECT {exact} FROM predictions WHERE run_id = ? ORDER BY entity_id", (run,)).fetchall()
+
+
+def _ids(url: str, run: int) -> list[object]:
+    return [r[1] for r in _stored(url, run)]
 
 
 def _ledger(url: str, run: int) -> list[tuple[object, ...]]:
@@ -95,11 +101,11 @@ def test_an_image_repeating_another_chunks_ids_fails_by_name_and_keeps_nothing_o
         assert "chunk-b: entity id(s) 'b', 'c' appear more than once in the partition" in str(err.value)
         assert err.value.entity_ids == ("b", "c")
         # Nothing of chunk-b was kept, and the connection goes on: its image was detached.
-        assert [r[0] for r in _stored(sqlite_url, run)] == ["a", "b", "c"]
+        assert _ids(sqlite_url, run) == ["'a'", "'b'", "'c'"]
         assert _ledger(sqlite_url, run) == [("chunk-a", 3)]
         assert "nightshift_chunk" not in _attached(store.url)
         stage_chunk(store.url, run, "chunk-c", sqlite_image(third))
-    assert [r[0] for r in _stored(sqlite_url, run)] == ["a", "b", "c", "e"]
+    assert _ids(sqlite_url, run) == ["'a'", "'b'", "'c'", "'e'"]
     store.dispose()
 
 
@@ -134,3 +140,59 @@ def test_an_image_is_for_sqlite_only() -> None:
     image = sqlite_image(_rows("binary", 2))
     with pytest.raises(TypeError, match="chunk-a: a SQLite image cannot be staged into postgresql"):
         stage_chunk("postgresql://nobody@127.0.0.1:1/none", 1, "chunk-a", image)
+
+
+def test_an_image_bound_in_slices_holds_every_row_in_key_order(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nightshift.db.staging as staging
+
+    monkeypatch.setattr(staging, "_IMAGE_SLICE_ROWS", 3)  # 10 rows: slices of 3, 3, 3 and 1
+    rows = _with_reasons(_rows("multiclass", 10))
+    store = Store(sqlite_url)
+    runs = []
+    for version, staged in ((1, rows), (2, sqlite_image(rows))):
+        with store.run_lock("m", DS, 5):
+            run = store.start_run("m", version, DS, input_rows=len(rows))
+            stage_chunk(store.url, run, "chunk-a", staged)
+            store.commit_run(run, len(rows))
+        runs.append(run)
+    assert len(_stored(sqlite_url, runs[1])) == 10
+    assert _stored(sqlite_url, runs[1]) == _stored(sqlite_url, runs[0])
+    store.dispose()
+
+
+FORK_WAITS = """
+import os, sys, threading, time
+from nightshift.db import staging
+
+forked = threading.Event()
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    forked.set()
+    os.waitpid(pid, 0)
+
+with staging._in_sqlite:  # the driver inside SQLite, staging a chunk
+    t = threading.Thread(target=fork)
+    t.start()
+    time.sleep(0.5)
+    assert not forked.is_set(), "the fork did not wait for SQLite"
+t.join(10)
+assert forked.is_set(), "the fork never happened"
+with staging._in_sqlite:  # released in the parent after the fork
+    pass
+print("ok")
+"""
+
+
+def test_a_fork_waits_while_the_driver_is_inside_sqlite() -> None:
+    # In a fresh interpreter: this one runs threads, and a fork from it could inherit a held lock.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORK_WAITS], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

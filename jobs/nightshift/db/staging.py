@@ -3,14 +3,16 @@
 One chunk (a file, or a range of its row groups) is written in ONE transaction together with
 its `run_chunks` ledger row, so a chunk Dask recomputes after a worker died is never written
 twice. PostgreSQL: binary COPY into the run's own table, streamed batch by batch (`chunk_writer`).
-SQLite: the worker packs a chunk's rows, in key order, into a small in-memory SQLite database and sends
-its image (`SqliteImage`); the driver, SQLite's one writer, merges it into the one predictions table with
-`INSERT … SELECT`, in C (`stage_chunk`). Rows passed as `Rows` are inserted by executemany.
+SQLite: on a cluster of two or more worker threads, the worker packs a chunk's rows, in key order, into a
+small in-memory SQLite database and sends its image (`SqliteImage`); the driver, SQLite's one writer, merges it
+into the one predictions table with `INSERT … SELECT`, in C (`stage_chunk`). With one worker thread the rows
+come as `Rows`, which the driver inserts by executemany.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -142,6 +144,13 @@ class SqliteImage:
 
 #: The attached schema a `SqliteImage` is opened as, on the driver's connection.
 _IMAGE_SCHEMA = "nightshift_chunk"
+#: Rows bound into an image per executemany: the Python objects of one slice at a time, not of a whole chunk.
+_IMAGE_SLICE_ROWS = 65_536
+
+
+def can_pack_sqlite() -> bool:
+    """Whether this Python's sqlite3 can build an image (`Connection.serialize`: SQLite built with it)."""
+    return hasattr(sqlite3.Connection, "serialize")
 
 
 def sqlite_image(rows: Rows) -> SqliteImage:
@@ -152,14 +161,35 @@ def sqlite_image(rows: Rows) -> SqliteImage:
         conn.execute("PRAGMA journal_mode=OFF")  # a private image built in one go: nothing to roll back
         conn.execute(f"CREATE TABLE rows ({', '.join(columns)})")
         conn.execute("BEGIN")
-        conn.executemany(
-            f"INSERT INTO rows VALUES ({', '.join('?' * len(columns))})",
-            _sqlite_tuples(None, rows),
-        )
+        insert = f"INSERT INTO rows VALUES ({', '.join('?' * len(columns))})"
+        for start in range(0, len(rows), _IMAGE_SLICE_ROWS):
+            conn.executemany(insert, _sqlite_tuples(None, rows, start, start + _IMAGE_SLICE_ROWS))
         conn.execute("COMMIT")
         return SqliteImage(conn.serialize(), len(rows), columns)
     finally:
         conn.close()
+
+
+#: Held while the driver is inside SQLite staging a chunk. A fork waits for it (`os.register_at_fork`): a Dask
+#: nanny starting or restarting a local worker by `fork` must not copy SQLite's mutexes while one is held, or the
+#: child, which builds SQLite images, blocks forever on the first (the reason a worker-side flock was dropped).
+_in_sqlite = threading.Lock()
+
+
+def _before_fork() -> None:
+    _in_sqlite.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _in_sqlite.release()
+
+
+def _after_fork_in_child() -> None:
+    global _in_sqlite
+    _in_sqlite = threading.Lock()  # the copy is held by the thread that forked, which the child does not have
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 _conn_cache: dict[tuple[int, str, int], Any] = {}
@@ -229,16 +259,16 @@ def stage_chunk(
 ) -> int:
     """Write one chunk's predictions under `run_id`, exactly once. Returns the chunk's row count.
 
-    Pass a `Rows`, a `SqliteImage` (SQLite only), or (ids, scores, labels) for a binary model. A second attempt
-    for the same
-    (run_id, chunk) — a Dask task recomputed after its worker died after writing — finds the
-    ledger row and writes nothing.
+    Pass a `Rows`, a `SqliteImage` (SQLite only), or (ids, scores, labels) for a binary model. A second
+    attempt for the same (run_id, chunk) — a Dask task recomputed after its worker died after writing —
+    finds the ledger row and writes nothing.
     """
     rows = ids if isinstance(ids, Rows | SqliteImage) else Rows(ids, scores, labels)  # type: ignore[arg-type]
     url = normalize_url(url)
     try:
         if make_url(url).get_backend_name() == "sqlite":
-            return _stage_sqlite(url, run_id, chunk, rows)
+            with _in_sqlite:
+                return _stage_sqlite(url, run_id, chunk, rows)
         if isinstance(rows, SqliteImage):
             raise TypeError(f"{chunk}: a SQLite image cannot be staged into {redact(url)}")
         return _stage_postgres(url, run_id, chunk, rows)
@@ -250,8 +280,13 @@ def stage_chunk(
         raise
 
 
-def _sqlite_tuples(run_id: int | None, rows: Rows) -> Iterator[tuple[Any, ...]]:
-    """The rows as executemany's tuples, in `rows.columns` order (without `run_id` when it is None)."""
+def _sqlite_tuples(
+    run_id: int | None, rows: Rows, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Rows [start, stop) as executemany's tuples, in `rows.columns` order (without `run_id` when it is None)."""
+    stop = len(rows) if stop is None else min(stop, len(rows))
+    if start or stop != len(rows):
+        rows = _slice(rows, start, stop)
     n = len(rows)
     columns: list[Any] = [] if run_id is None else [[run_id] * n]
     columns += [rows.ids.to_pylist(), rows.scores.tolist()]
@@ -268,6 +303,23 @@ def _sqlite_tuples(run_id: int | None, rows: Rows) -> Iterator[tuple[Any, ...]]:
         flat = packed.tobytes()
         columns.append([flat[i : i + width] for i in range(0, len(flat), width)])
     return zip(*columns, strict=True)
+
+
+def _slice(rows: Rows, start: int, stop: int) -> Rows:
+    """Rows [start, stop), as views (no copy)."""
+
+    def cut(a: Any) -> Any:
+        return None if a is None else a[start:stop]
+
+    return Rows(
+        rows.ids.slice(start, stop - start),
+        rows.scores[start:stop],
+        cut(rows.labels),
+        cut(rows.values),
+        cut(rows.probs),
+        cut(rows.reason_features),
+        cut(rows.reason_contributions),
+    )
 
 
 def reasons_dtype(k: int, prefix: list[Any] | None = None) -> np.dtype:
@@ -292,7 +344,7 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows | SqliteImage) -
     n = len(rows)
     image = rows if isinstance(rows, SqliteImage) else None
     try:
-        if image is not None:  # outside the transaction: SQLite attaches nothing inside one
+        if image is not None:  # attached before the chunk's transaction, detached after it
             conn.execute(f"ATTACH DATABASE ':memory:' AS {_IMAGE_SCHEMA}")
             conn.deserialize(image.data, name=_IMAGE_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")  # inside: a locked file (after the busy timeout) is a StoreError too
@@ -304,7 +356,7 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows | SqliteImage) -
             if isinstance(rows, SqliteImage):
                 stored = conn.execute(
                     f"INSERT INTO main.predictions (run_id, {', '.join(rows.columns)}) "
-                    f"SELECT ?, {', '.join(rows.columns)} FROM {_IMAGE_SCHEMA}.rows",
+                    f"SELECT ?, {', '.join(rows.columns)} FROM {_IMAGE_SCHEMA}.rows ORDER BY rowid",  # key order
                     (run_id,),
                 ).rowcount
             else:

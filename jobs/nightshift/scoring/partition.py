@@ -433,7 +433,7 @@ def _score(
                         except NightshiftError as exc:
                             target.error = exc
                             continue
-                        part.write_s += time.perf_counter() - t  # the worker's packing, and the merge
+                        part.write_s = time.perf_counter() - t  # the driver's staging; the workers' packing is pack_s
                         part.data = None
                     target.staged += part.rows
                     target.totals["read_s"] += res.read_s / len(res.models)
@@ -441,6 +441,8 @@ def _score(
                     if target.explain is not None:
                         target.totals["explain_s"] = target.totals.get("explain_s", 0.0) + part.explain_s
                     target.totals["write_s"] += part.write_s
+                    if part.pack_s:
+                        target.totals["pack_s"] = target.totals.get("pack_s", 0.0) + part.pack_s
                 peak = max(peak, res.peak_rss_bytes)
                 done_rows += max((p.rows for p in res.models.values()), default=0)
                 if progress:

@@ -157,8 +157,10 @@ def e2e_gate(
         part = score_chunk(chunk).of(0)
         if part.error is not None:
             raise part.error
-        if not isinstance(part.data, Rows):  # never packed: the task leaves pack_for_sqlite off
+        if part.data is None:
             raise RuntimeError("the end-to-end run returned no rows")
+        if not isinstance(part.data, Rows):  # the task leaves pack_for_sqlite off: never an image
+            raise RuntimeError(f"the end-to-end run returned {type(part.data).__name__}, not its rows")
         # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
         file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
         got = dict(zip(part.data.ids.to_pylist(), part.data.scores.tolist(), strict=True))
