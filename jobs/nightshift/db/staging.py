@@ -3,16 +3,12 @@
 One chunk (a file, or a range of its row groups) is written in ONE transaction together with
 its `run_chunks` ledger row, so a chunk Dask recomputes after a worker died is never written
 twice. PostgreSQL: binary COPY into the run's own table, streamed batch by batch (`chunk_writer`).
-SQLite: on a cluster of two or more worker threads, the worker packs a chunk's rows, in key order, into a
-small in-memory SQLite database and sends its image (`SqliteImage`); the driver, SQLite's one writer, merges it
-into the one predictions table with `INSERT … SELECT`, in C (`stage_chunk`). With one worker thread the rows
-come as `Rows`, which the driver inserts by executemany.
+SQLite: executemany in key order into the one predictions table (`stage_chunk`, from the driver).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -126,72 +122,6 @@ class Rows:
         )
 
 
-@dataclass(frozen=True)
-class SqliteImage:
-    """One chunk's rows for a SQLite store, packed by the worker that scored them: the serialized image of an
-    in-memory SQLite database whose table `rows` holds `columns` (the predictions columns after `run_id`) in
-    key order. The driver merges it with one `INSERT … SELECT` (`stage_chunk`): SQLite's C code does the work
-    that binding Python tuples one by one (executemany) did on the driver, its one writer. Building the tuples
-    and the image moves to the workers, which run in parallel."""
-
-    data: bytes
-    rows: int
-    columns: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return self.rows
-
-
-#: The attached schema a `SqliteImage` is opened as, on the driver's connection.
-_IMAGE_SCHEMA = "nightshift_chunk"
-#: Rows bound into an image per executemany: the Python objects of one slice at a time, not of a whole chunk.
-_IMAGE_SLICE_ROWS = 65_536
-
-
-def can_pack_sqlite() -> bool:
-    """Whether this Python's sqlite3 can build an image (`Connection.serialize`: SQLite built with it)."""
-    return hasattr(sqlite3.Connection, "serialize")
-
-
-def sqlite_image(rows: Rows) -> SqliteImage:
-    """Pack `rows` (already in key order) for the driver: see `SqliteImage`."""
-    columns = rows.columns[1:]  # run_id: the driver's, bound once
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=OFF")  # a private image built in one go: nothing to roll back
-        conn.execute(f"CREATE TABLE rows ({', '.join(columns)})")
-        conn.execute("BEGIN")
-        insert = f"INSERT INTO rows VALUES ({', '.join('?' * len(columns))})"
-        for start in range(0, len(rows), _IMAGE_SLICE_ROWS):
-            conn.executemany(insert, _sqlite_tuples(None, rows, start, start + _IMAGE_SLICE_ROWS))
-        conn.execute("COMMIT")
-        return SqliteImage(conn.serialize(), len(rows), columns)
-    finally:
-        conn.close()
-
-
-#: Held while the driver is inside SQLite staging a chunk. A fork waits for it (`os.register_at_fork`): a Dask
-#: nanny starting or restarting a local worker by `fork` must not copy SQLite's mutexes while one is held, or the
-#: child, which builds SQLite images, blocks forever on the first (the reason a worker-side flock was dropped).
-_in_sqlite = threading.Lock()
-
-
-def _before_fork() -> None:
-    _in_sqlite.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _in_sqlite.release()
-
-
-def _after_fork_in_child() -> None:
-    global _in_sqlite
-    _in_sqlite = threading.Lock()  # the copy is held by the thread that forked, which the child does not have
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
-
-
 _conn_cache: dict[tuple[int, str, int], Any] = {}
 _conn_lock = threading.Lock()
 
@@ -253,24 +183,21 @@ def stage_chunk(
     url: str,
     run_id: int,
     chunk: str,
-    ids: pa.Array | Rows | SqliteImage,
+    ids: pa.Array | Rows,
     scores: np.ndarray | None = None,
     labels: np.ndarray | None = None,
 ) -> int:
     """Write one chunk's predictions under `run_id`, exactly once. Returns the chunk's row count.
 
-    Pass a `Rows`, a `SqliteImage` (SQLite only), or (ids, scores, labels) for a binary model. A second
-    attempt for the same (run_id, chunk) — a Dask task recomputed after its worker died after writing —
-    finds the ledger row and writes nothing.
+    Pass a `Rows`, or (ids, scores, labels) for a binary model. A second attempt for the same
+    (run_id, chunk) — a Dask task recomputed after its worker died after writing — finds the
+    ledger row and writes nothing.
     """
-    rows = ids if isinstance(ids, Rows | SqliteImage) else Rows(ids, scores, labels)  # type: ignore[arg-type]
+    rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
     url = normalize_url(url)
     try:
         if make_url(url).get_backend_name() == "sqlite":
-            with _in_sqlite:
-                return _stage_sqlite(url, run_id, chunk, rows)
-        if isinstance(rows, SqliteImage):
-            raise TypeError(f"{chunk}: a SQLite image cannot be staged into {redact(url)}")
+            return _stage_sqlite(url, run_id, chunk, rows)
         return _stage_postgres(url, run_id, chunk, rows)
     except DuplicateEntityError:
         raise
@@ -280,16 +207,9 @@ def stage_chunk(
         raise
 
 
-def _sqlite_tuples(
-    run_id: int | None, rows: Rows, start: int = 0, stop: int | None = None
-) -> Iterator[tuple[Any, ...]]:
-    """Rows [start, stop) as executemany's tuples, in `rows.columns` order (without `run_id` when it is None)."""
-    stop = len(rows) if stop is None else min(stop, len(rows))
-    if start or stop != len(rows):
-        rows = _slice(rows, start, stop)
+def _sqlite_tuples(run_id: int, rows: Rows) -> Iterator[tuple[Any, ...]]:
     n = len(rows)
-    columns: list[Any] = [] if run_id is None else [[run_id] * n]
-    columns += [rows.ids.to_pylist(), rows.scores.tolist()]
+    columns: list[Any] = [[run_id] * n, rows.ids.to_pylist(), rows.scores.tolist()]
     if rows.layout == "regression":
         columns.append(rows.values.tolist())  # type: ignore[union-attr]
     else:
@@ -303,23 +223,6 @@ def _sqlite_tuples(
         flat = packed.tobytes()
         columns.append([flat[i : i + width] for i in range(0, len(flat), width)])
     return zip(*columns, strict=True)
-
-
-def _slice(rows: Rows, start: int, stop: int) -> Rows:
-    """Rows [start, stop), as views (no copy)."""
-
-    def cut(a: Any) -> Any:
-        return None if a is None else a[start:stop]
-
-    return Rows(
-        rows.ids.slice(start, stop - start),
-        rows.scores[start:stop],
-        cut(rows.labels),
-        cut(rows.values),
-        cut(rows.probs),
-        cut(rows.reason_features),
-        cut(rows.reason_contributions),
-    )
 
 
 def reasons_dtype(k: int, prefix: list[Any] | None = None) -> np.dtype:
@@ -339,37 +242,27 @@ def pack_reasons(features: np.ndarray, contributions: np.ndarray) -> np.ndarray:
     return packed
 
 
-def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows | SqliteImage) -> int:
+def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
     conn: sqlite3.Connection = _staging_connection(url)
-    n = len(rows)
-    image = rows if isinstance(rows, SqliteImage) else None
+    ids = rows.ids
+    n = len(ids)
+    columns = rows.columns
     try:
-        if image is not None:  # attached before the chunk's transaction, detached after it
-            conn.execute(f"ATTACH DATABASE ':memory:' AS {_IMAGE_SCHEMA}")
-            conn.deserialize(image.data, name=_IMAGE_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")  # inside: a locked file (after the busy timeout) is a StoreError too
         row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
         if row is not None:
             conn.execute("ROLLBACK")
             return int(row[0])
         try:
-            if isinstance(rows, SqliteImage):
-                stored = conn.execute(
-                    f"INSERT INTO main.predictions (run_id, {', '.join(rows.columns)}) "
-                    f"SELECT ?, {', '.join(rows.columns)} FROM {_IMAGE_SCHEMA}.rows ORDER BY rowid",  # key order
-                    (run_id,),
-                ).rowcount
-            else:
-                marks = ", ".join("?" * len(rows.columns))
-                stored = conn.executemany(
-                    f"INSERT INTO predictions ({', '.join(rows.columns)}) VALUES ({marks})",
-                    _sqlite_tuples(run_id, rows),
-                ).rowcount
+            stored = conn.executemany(
+                f"INSERT INTO predictions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                _sqlite_tuples(run_id, rows),
+            ).rowcount
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
             conn.execute("ROLLBACK")
-            dupes = _existing_ids_sqlite(conn, run_id, rows)
+            dupes = _existing_ids_sqlite(conn, run_id, ids)
             raise DuplicateEntityError(
                 f"{chunk}: entity id(s) {', '.join(map(repr, dupes[:5]))} appear more than once in the partition "
                 "(also in another file); duplicate entity ids are an error",
@@ -391,34 +284,12 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows | SqliteImage) -
                 f"(store {redact(url)})"
             ) from exc
         raise
-    finally:
-        if image is not None:
-            _detach_image(url, conn)
     return n
 
 
-def _detach_image(url: str, conn: sqlite3.Connection) -> None:
-    """Free a chunk's image; a connection that cannot detach it is dropped, so the next chunk attaches afresh."""
-    try:
-        if any(r[1] == _IMAGE_SCHEMA for r in conn.execute("PRAGMA database_list")):
-            conn.execute(f"DETACH DATABASE {_IMAGE_SCHEMA}")
-    except sqlite3.Error:  # closed already (dropped above), or busy
-        _drop_staging_connection(url)
-
-
-def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, rows: Rows | SqliteImage) -> list[str]:
-    """Up to 5 of the chunk's entity ids another chunk of the run already stored."""
-    if isinstance(rows, SqliteImage):
-        return [
-            r[0]
-            for r in conn.execute(
-                f"SELECT c.entity_id FROM {_IMAGE_SCHEMA}.rows AS c WHERE EXISTS (SELECT 1 FROM main.predictions "
-                "AS p WHERE p.run_id = ? AND p.entity_id = c.entity_id) LIMIT 5",
-                (run_id,),
-            )
-        ]
+def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, ids: pa.Array) -> list[str]:
     found: list[str] = []
-    values = rows.ids.to_pylist()
+    values = ids.to_pylist()
     for i in range(0, len(values), 500):
         part = values[i : i + 500]
         marks = ",".join("?" * len(part))
