@@ -44,7 +44,7 @@ soak:  ## the long run left out of `make test`: a 5-minute soak of the real API 
 chaos:  ## the month of chaos left out of `make test`: 30 nights of faults (NIGHTSHIFT_CHAOS_NIGHTS, _SEED, _REPORT)
 	$(RUN) pytest -p no:xdist -s -m chaos tests/reliability/test_chaos.py $(PYTEST_ARGS)
 
-extra:  ## the long variants left out of `make test` (marker extra): the SQLite run of the brought-model group DAG
+extra:  ## the second variants left out of `make test` (marker extra): the SQLite group DAG run, one store of tests above the store (tests/conftest.py ONE_STORE)
 	$(RUN) pytest $(PYTEST_XDIST) -m extra $(PYTEST_ARGS)
 
 sql:  ## regenerate the readable DDL in sql/ from the migrations

@@ -362,6 +362,69 @@ _LONGEST_FIRST = (
 )
 
 
+#: One store's variant of tests whose subject sits above the store goes to `make extra` (marker `extra`): the
+#: default run keeps the other. The store layer itself runs on both stores (tests/db, integration/test_store.py,
+#: test_scoring.py, reliability/), as do the API's readers (tests/api) and every test not listed here.
+#: file -> (the store variant left out, the tests it applies to: None for all, the tests kept on both).
+#: Why: CI runs on 2 busy cores within 15 minutes, and these doubled ~200 s of test time.
+ONE_STORE: dict[str, tuple[str, frozenset[str] | None, frozenset[str]]] = {
+    # Gates, promotion, rollback, canary, shadow: decision logic over the Store API. The atomic switch for
+    # concurrent readers is the store's own and stays on both.
+    "tests/integration/test_rollout.py": (
+        "sqlite",
+        None,
+        frozenset({"test_the_blue_green_switch_is_atomic_for_concurrent_readers"}),
+    ),
+    "tests/integration/test_rollout_regression.py": ("sqlite", None, frozenset()),
+    "tests/outcomes/test_decisions.py": ("sqlite", None, frozenset()),
+    # Nightly decisions; scoring several models in one read stays on both (the driver stages SQLite's rows).
+    "tests/integration/test_nightly.py": (
+        "sqlite",
+        None,
+        frozenset({"test_models_sharing_a_dataset_are_scored_in_one_read_and_each_fails_alone"}),
+    ),
+    # TreeSHAP against the library: arithmetic; stored reasons round-trip on both stores in tests/db.
+    "tests/integration/test_reasons.py": (
+        "sqlite",
+        frozenset({"test_tree_reasons_are_the_librarys_treeshap_and_sum_to_the_raw_margin"}),
+        frozenset(),
+    ),
+    # The OpenAPI contract under generated requests; both stores' readers are tested in tests/api.
+    "tests/api/test_schemathesis.py": ("sqlite", None, frozenset()),
+    # Brought models through the CLI: each flavour once on SQLite; on PostgreSQL the ONNX one (the group DAG
+    # test scores every flavour there). Refusals and contract inference happen before any store write.
+    "tests/cli/test_bring_cli.py": (
+        "postgresql",
+        frozenset(
+            {
+                "test_a_brought_model_is_registered_scored_and_read_back_through_the_cli[postgresql-skops]",
+                "test_a_brought_model_is_registered_scored_and_read_back_through_the_cli[postgresql-catboost]",
+                "test_refusals_name_the_file_and_the_cause_and_register_nothing",
+                "test_contract_infer_prints_a_block_tomllib_parses_naming_the_models_inputs",
+            }
+        ),
+        frozenset(),
+    ),
+}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks `extra` the store variants ONE_STORE leaves to `make extra` (before `-m` selects)."""
+    try:
+        path = item.path.relative_to(item.config.rootpath).as_posix()
+    except ValueError:
+        return
+    rule = ONE_STORE.get(path)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if rule is None or params.get("store_url", params.get("store")) != rule[0]:
+        return
+    _store, only, kept = rule
+    names = {item.name, getattr(item, "originalname", item.name)}
+    if names & kept or (only is not None and not names & only):
+        return
+    item.add_marker(pytest.mark.extra)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
     root = config.rootpath
