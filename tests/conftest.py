@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -365,8 +366,10 @@ _LONGEST_FIRST = (
 #: One store's variant of tests whose subject sits above the store goes to `make extra` (marker `extra`): the
 #: default run keeps the other. The store layer itself runs on both stores (tests/db, integration/test_store.py,
 #: test_scoring.py, reliability/), as do the API's readers (tests/api) and every test not listed here.
-#: file -> (the store variant left out, the tests it applies to: None for all, the tests kept on both).
-#: Why: CI runs on 2 busy cores within 15 minutes, and these doubled ~200 s of test time.
+#: file -> (the store variant left out, the tests it applies to: None for all, the tests kept on both); a test is
+#: named by its function or by its full id (`name[params]`). A name that matches no test fails the run.
+#: Why: CI runs on 2 busy cores within 15 minutes, and these doubled ~200 s of test time. Where PostgreSQL does
+#: not run (no server, not CI), nothing is left out: the SQLite variants are then the only ones.
 ONE_STORE: dict[str, tuple[str, frozenset[str] | None, frozenset[str]]] = {
     # Gates, promotion, rollback, canary, shadow: decision logic over the Store API. The atomic switch for
     # concurrent readers is the store's own and stays on both.
@@ -383,6 +386,9 @@ ONE_STORE: dict[str, tuple[str, frozenset[str] | None, frozenset[str]]] = {
         None,
         frozenset({"test_models_sharing_a_dataset_are_scored_in_one_read_and_each_fails_alone"}),
     ),
+    # The brought-model group DAG: every flavour on PostgreSQL here; on SQLite the CLI's bring tests, the brought
+    # DAG test (tests/airflow/test_dag_run_brought.py) and test_reasons' brought boosters score them.
+    "tests/airflow/test_dag_run_group.py": ("sqlite", None, frozenset()),
     # TreeSHAP against the library: arithmetic; stored reasons round-trip on both stores in tests/db.
     "tests/integration/test_reasons.py": (
         "sqlite",
@@ -408,6 +414,12 @@ ONE_STORE: dict[str, tuple[str, frozenset[str] | None, frozenset[str]]] = {
 }
 
 
+@functools.cache
+def _postgres_runs() -> bool:
+    """Whether the PostgreSQL tests run (CI, or a reachable server), probed once per process."""
+    return IN_CI or _pg_reachable() is None
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Marks `extra` the store variants ONE_STORE leaves to `make extra` (before `-m` selects)."""
     try:
@@ -418,6 +430,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     params = getattr(getattr(item, "callspec", None), "params", {})
     if rule is None or params.get("store_url", params.get("store")) != rule[0]:
         return
+    if rule[0] == "sqlite" and not _postgres_runs():
+        return  # the PostgreSQL variant would skip: the SQLite one is the only one
     _store, only, kept = rule
     names = {item.name, getattr(item, "originalname", item.name)}
     if names & kept or (only is not None and not names & only):
@@ -428,6 +442,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
     root = config.rootpath
+    _check_one_store(root, items)
 
     def key(item: pytest.Item) -> int:
         try:
@@ -437,6 +452,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return rank.get(path, len(rank))
 
     items.sort(key=key)  # stable: every file keeps its own order, the rest keep theirs
+
+
+def _check_one_store(root: Path, items: list[pytest.Item]) -> None:
+    """Every test ONE_STORE names exists (in the files collected): a renamed test must not silently change what
+    the default run keeps."""
+    names: dict[str, set[str]] = {}
+    for item in items:
+        try:
+            path = item.path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if path in ONE_STORE:
+            names.setdefault(path, set()).update({item.name, getattr(item, "originalname", item.name)})
+    for path, found in names.items():
+        _store, only, kept = ONE_STORE[path]
+        for name in sorted((only or frozenset()) | kept):
+            if name not in found:
+                raise pytest.UsageError(f"tests/conftest.py ONE_STORE: {name} matches no test in {path}")
 
 
 #: Test files that share one real Airflow (the `airflow_server` fixture, a whole `airflow standalone`):

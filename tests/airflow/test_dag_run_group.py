@@ -154,10 +154,8 @@ def brought(af_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.mark.timeout(420)
-# The SQLite run repeats what the CLI's bring tests cover on that store (43 s): `make extra` runs it.
-@pytest.mark.parametrize(
-    "store", [pytest.param("sqlite", marks=pytest.mark.extra), pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+# The SQLite run (43 s) goes to `make extra` where PostgreSQL runs: tests/conftest.py ONE_STORE says why.
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_every_kind_of_brought_model_is_scored_in_one_group_dag_run(
     tmp_path: Path,
     af_data: Path,

@@ -1,7 +1,8 @@
 """`nightshift models register` and `nightshift contract infer` as users run them: subprocesses, real files.
 
 An ONNX file (a scikit-learn pipeline converted with skl2onnx), a scikit-learn pipeline saved with skops and a
-CatBoost model (.cbm) are registered through the CLI on SQLite and PostgreSQL, scored with `nightshift score`
+CatBoost model (.cbm) are registered through the CLI on SQLite (on PostgreSQL the ONNX one; the others with
+`make extra`: tests/conftest.py ONE_STORE), scored with `nightshift score`
 and read back with `nightshift predictions`, each as the original library predicts it. The refusals (an
 operator ONNX Runtime does not have, a step skl2onnx cannot convert, a pickle without --trust-pickle) exit 1
 with one line naming the file and the cause, and register nothing. `nightshift contract infer` prints a
