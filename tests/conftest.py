@@ -420,13 +420,18 @@ def _postgres_runs() -> bool:
     return IN_CI or _pg_reachable() is None
 
 
+def _test_path(item: pytest.Item) -> str | None:
+    """The item's file relative to the repository (tests/...), or None for one outside it."""
+    try:
+        return item.path.relative_to(item.config.rootpath).as_posix()
+    except ValueError:
+        return None
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Marks `extra` the store variants ONE_STORE leaves to `make extra` (before `-m` selects)."""
-    try:
-        path = item.path.relative_to(item.config.rootpath).as_posix()
-    except ValueError:
-        return
-    rule = ONE_STORE.get(path)
+    path = _test_path(item)
+    rule = ONE_STORE.get(path) if path else None
     params = getattr(getattr(item, "callspec", None), "params", {})
     if rule is None or params.get("store_url", params.get("store")) != rule[0]:
         return
@@ -441,34 +446,23 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
-    root = config.rootpath
-    _check_one_store(root, items)
+    _check_one_store(items)
 
     def key(item: pytest.Item) -> int:
-        try:
-            path = item.path.relative_to(root).as_posix()
-        except ValueError:
-            return len(rank)
-        return rank.get(path, len(rank))
+        path = _test_path(item)
+        return rank.get(path, len(rank)) if path else len(rank)
 
     items.sort(key=key)  # stable: every file keeps its own order, the rest keep theirs
 
 
-def _check_one_store(root: Path, items: list[pytest.Item]) -> None:
-    """Every test ONE_STORE names exists (in the files collected): a renamed test must not silently change what
-    the default run keeps."""
-    names: dict[str, set[str]] = {}
-    for item in items:
-        try:
-            path = item.path.relative_to(root).as_posix()
-        except ValueError:
-            continue
-        if path in ONE_STORE:
-            names.setdefault(path, set()).update({item.name, getattr(item, "originalname", item.name)})
-    for path, found in names.items():
+def _check_one_store(items: list[pytest.Item]) -> None:
+    """Every test function ONE_STORE names exists in its module (of the files collected, whatever the selection):
+    a renamed test must not silently change what the default run keeps."""
+    modules = {path: getattr(item, "module", None) for item in items if (path := _test_path(item)) in ONE_STORE}
+    for path, module in modules.items():
         _store, only, kept = ONE_STORE[path]
         for name in sorted((only or frozenset()) | kept):
-            if name not in found:
+            if module is not None and not callable(getattr(module, name.split("[", 1)[0], None)):
                 raise pytest.UsageError(f"tests/conftest.py ONE_STORE: {name} matches no test in {path}")
 
 
