@@ -808,8 +808,10 @@ def case_api(plan: Plan) -> None:
 
 def case_monitor(plan: Plan) -> None:
     """`bench.monitor_bench` (detector quality over simulated nights; cost on 1M rows vs direct scipy and
-    Evidently); fewer nights and 250k rows at size small. Writes monitor_bench.md/.json into the results folder."""
+    Evidently; the rate on a 10M-row night); fewer nights, 250k and 2.5M rows at size small. Writes
+    monitor_bench.md/.json into the results folder."""
     from bench import monitor_bench
 
     small = ["--clean-nights", "8", "--nights-per-size", "2", "--big-rows", "250000", "--work", "small"]
+    small += ["--rate-rows", "2500000"]
     monitor_bench.main([*(small if plan.size.name == "small" else []), "--out", str(plan.out)])

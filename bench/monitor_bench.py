@@ -1,7 +1,10 @@
-"""Monitoring benchmark: detector quality on demo nights with injected shifts, and the 1M-row cost vs plain scipy.
+"""Monitoring benchmark: detector quality on demo nights with injected shifts, the 1M-row cost vs plain scipy,
+and the rate on a 10M-row night.
 
-    uv run python -m bench.monitor_bench                 # both parts (data cached in bench/results/monitor/)
-    uv run python -m bench.monitor_bench --skip-timing   # detection table only
+    uv run python -m bench.monitor_bench                 # all three parts (data cached in bench/results/monitor/)
+    uv run python -m bench.monitor_bench --skip-detection --rate-rows 0   # the 1M-row cost only
+    uv run python -m bench.monitor_bench --skip-timing --rate-rows 0   # detection table only
+    uv run python -m bench.monitor_bench --skip-detection --skip-timing   # the 10M-row rate only
     uv run python -m bench.monitor_bench --evidently-full  # also Evidently's DataDriftPreset on all rows
     uv run python -m bench.monitor_bench --weekly 0 --trend 0 --ref-days 2   # the flat data of the first bench
 
@@ -15,6 +18,8 @@ a weekly cycle of the usage features (±15%, weekend high) and a slow trend of p
 "weekly"`, nightshift.monitoring.seasonal). Part 2 commits a 1M-row partition to SQLite and times
 `monitor_partition` (each run in a fresh process, peak RSS from the kernel) against a direct
 pandas/scipy implementation of the same tests on every row.
+Part 3 commits a 10M-row night (`--rate-rows`; 0 skips it) and measures `monitor_partition`'s rate and peak
+RSS against the target of >= 2M rows/s within 1 GiB.
 Results: bench/results/monitor_bench.{json,md}.
 """
 
@@ -528,6 +533,46 @@ def timing(args: argparse.Namespace, config: Path, data: Path) -> dict[str, Any]
     return {"rows": info["rows"], "contenders": summary}
 
 
+# -- part 3: the rate on a large night (issue 18's target) -------------------------------------
+
+#: Monitoring a 10M-row partition at >= 2M rows/s within 1 GiB (issue 18).
+RATE_GOAL_ROWS_S = 2_000_000
+RATE_GOAL_RSS_MIB = 1024
+
+
+def rate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """`monitor_partition` alone (every row profiled, the sample's committed scores, the checks, the stored
+    verdict; the report is the report task's) on a `--rate-rows` night in 4 files, each run a fresh process:
+    rows/s and the process's peak RSS, imports included. Its own folder, so the 1M-row night stays cached."""
+    rwork = work.parent / f"{work.name}-rate-{args.rate_rows}"
+    rwork.mkdir(parents=True, exist_ok=True)
+    data = rwork / "data"
+    config = write_project(rwork, data, args.max_missing_increase)
+    info = prepare_big(argparse.Namespace(**{**vars(args), "big_rows": args.rate_rows}), config, data)
+    log(f"rate: {info['rows']:,} committed rows; {args.runs} fresh-process run(s)")
+    run_child("ours", str(config), "0")  # warm-up, untimed: the bytecode and page caches
+    runs = []
+    for i in range(args.runs):
+        res = run_child("ours", str(config), "0")
+        runs.append(res)
+        log(
+            f"  run {i + 1}: {res['seconds']:.2f}s ({info['rows'] / res['seconds'] / 1e6:.2f}M rows/s), "
+            f"peak RSS {res['peak_rss_mib']:.0f} MiB, profile {res['timings']['profile_s']:.2f}s"
+        )
+    rates = [info["rows"] / r["seconds"] for r in runs]
+    peak = max(r["peak_rss_mib"] for r in runs)
+    return {
+        "rows": info["rows"],
+        "files": 4,
+        "rows_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
+        "peak_rss_mib": peak,
+        "goal_rows_per_s": RATE_GOAL_ROWS_S,
+        "goal_rss_mib": RATE_GOAL_RSS_MIB,
+        "passed": min(rates) >= RATE_GOAL_ROWS_S and peak <= RATE_GOAL_RSS_MIB,
+        "runs": [{k: v for k, v in r.items() if k != "failed"} for r in runs],
+    }
+
+
 # -- output ---------------------------------------------------------------------------------
 
 
@@ -614,6 +659,22 @@ def markdown(result: dict[str, Any]) -> str:
         ours = tim["contenders"]["nightshift monitor_partition + Evidently HTML report"]["runs"]
         imp = statistics.median(r["evidently_import_s"] for r in ours)
         lines += ["", f"Importing Evidently (once per process, not in the times above): {imp:.1f}s.", ""]
+    rt = result.get("rate")
+    if rt:
+        r = rt["rows_per_s"]
+        phases = ("profile_s", "scores_s", "checks_s")
+        med = {k: statistics.median(x["timings"][k] for x in rt["runs"]) for k in phases}
+        lines += [
+            f"## Monitoring a {rt['rows']:,}-row partition: the rate",
+            "",
+            f"`monitor_partition` without the report, {len(rt['runs'])} fresh processes after a warm-up: "
+            f"**{r['median'] / 1e6:.2f}M rows/s** [{r['min'] / 1e6:.2f}–{r['max'] / 1e6:.2f}], peak RSS "
+            f"**{rt['peak_rss_mib']:.0f} MiB** (goal ≥ {rt['goal_rows_per_s'] / 1e6:g}M rows/s in every run, ≤ "
+            f"{rt['goal_rss_mib']} MiB: **{'pass' if rt['passed'] else 'FAIL'}**). Medians per phase: "
+            + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in med.items())
+            + ".",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -631,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--rate-rows", type=int, default=10_000_000, help="rows of the night whose monitoring rate is timed (0 skips)"
+    )
     parser.add_argument("--skip-detection", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--evidently-full", action="store_true", help="also time DataDriftPreset on every row")
@@ -667,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         result["detection"] = detection(args, settings, data)
     if not args.skip_timing:
         result["timing"] = timing(args, config, data)
+    if args.rate_rows:
+        result["rate"] = rate(args, work)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "monitor_bench" if args.work == "default" else f"monitor_bench-{args.work}"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))

@@ -623,9 +623,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def targets_table(res: Results) -> list[str]:
+def monitor_targets(folder: Path) -> list[Target]:
+    """The monitoring rate's target, from `monitor_bench*.json` (the `monitor` case writes it beside the rest)."""
+    out = []
+    for path in sorted(folder.glob("monitor_bench*.json")):
+        rate = json.loads(path.read_text()).get("rate")
+        if not rate:
+            continue
+        r = rate["rows_per_s"]
+        out.append(
+            Target(
+                f"monitoring a {rate['rows'] / 1e6:g}M-row partition ≥ {rate['goal_rows_per_s'] / 1e6:g}M rows/s "
+                f"within {rate['goal_rss_mib'] / 1024:g} GiB",
+                "linear",
+                f"{r['median'] / 1e6:.2f}M [{r['min'] / 1e6:.2f}–{r['max'] / 1e6:.2f}] rows/s, peak "
+                f"{rate['peak_rss_mib']:.0f} MiB",
+                None,
+                "every run",
+                bool(rate["passed"]),
+            )
+        )
+    return out
+
+
+def targets_table(res: Results, extra: list[Target] | None = None) -> list[str]:
     rows = []
-    for t in targets(res):
+    for t in [*targets(res), *(extra or [])]:
         verdict = "—" if t.passed is None else ("**pass**" if t.passed else "**FAIL**")
         if t.note.startswith("info"):
             verdict = f"({t.note})" if t.note.startswith("info: bound") else "(info)"
@@ -762,7 +785,7 @@ def write(folder: Path) -> str:
         "",
         "## Targets",
         "",
-        *targets_table(res),
+        *targets_table(res, monitor_targets(folder)),
         "",
     ]
     for model in MODELS:

@@ -62,6 +62,39 @@ def test_sample_cap_is_respected_on_a_large_partition(tmp_path: Path) -> None:
     assert len(set(other_seed.sample.column("id").to_pylist()) & set(ids)) < 500
 
 
+def test_threads_and_row_groups_change_nothing_in_a_profile(tmp_path: Path) -> None:
+    """The pass over files in parallel (whole files, or row groups where files are few) counts exactly what the
+    one-thread pass counts and keeps the same sample; categoricals are counted as the dictionaries they are read
+    as, integers as floats; a column the files lack counts as missing on every row."""
+    contract = FeatureContract(
+        entity_id="id",
+        columns=(
+            *CONTRACT.columns,
+            Column(name="k", type=ColumnType.int64, min=1, max=2),
+            Column(name="absent", type=ColumnType.float64),
+        ),
+    )
+    rows = 120_000
+    table = _big(rows, seed=5)
+    k = np.random.default_rng(1).integers(0, 4, rows)
+    table = table.append_column("k", pa.array(k)).append_column("y", pa.array(np.zeros(rows)))
+    for i, start in enumerate(range(0, rows, 40_000)):  # 3 files of 4 row groups each
+        pq.write_table(table.slice(start, 40_000), tmp_path / f"part-{i}.parquet", row_group_size=10_000)
+    files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
+    one = profile_files(files, contract, cap=3_000, seed=7, threads=1)
+    for threads in (2, 4):  # 4 threads: files < 2 × threads, so each row group is a unit of its own
+        many = profile_files(files, contract, cap=3_000, seed=7, threads=threads)
+        assert many.rows == one.rows == rows
+        assert {n: c.as_dict() for n, c in many.columns.items()} == {n: c.as_dict() for n, c in one.columns.items()}
+        assert many.sample.to_pandas().equals(one.sample.to_pandas())  # NaN where NaN
+    assert one.columns["c"].categories == {v: int((table.column("c").to_numpy() == v).sum()) for v in "abc"}
+    assert (one.columns["k"].below_min, one.columns["k"].above_max) == (int((k < 1).sum()), int((k > 2).sum()))
+    assert one.columns["absent"].missing == rows
+    assert one.columns["x"].missing == int(np.isnan(table.column("x").to_numpy()).sum())
+    assert one.sample.schema.field("c").type == pa.string()  # the sample is normalised: no dictionaries
+    assert one.sample.column("absent").null_count == one.sampled_rows == 3_000
+
+
 def test_string_and_integer_ids_hash_deterministically() -> None:
     ints = pa.array([1, 2, 3, 1], pa.int64())
     strings = pa.array(["1", "2", "3", "1"])

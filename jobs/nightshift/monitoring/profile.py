@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nightshift.contracts import Column, FeatureContract
-from nightshift.monitoring.sampling import HashSampler, SamplePolicy
+from nightshift.monitoring.sampling import HashSampler, SamplePolicy, entity_hashes
 
 #: Rows per Arrow batch read: memory per batch stays a few tens of MiB whatever the partition size.
 BATCH_ROWS = 65_536
@@ -137,6 +139,68 @@ def normalise(batch: pa.RecordBatch | pa.Table, contract: FeatureContract) -> pa
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _count_column(prof: ColumnProfile, col: pa.Array, spec: Column) -> None:
+    """Add one batch's column to its counts, on the column as read (the sample alone is normalised)."""
+    if prof.categorical:
+        if pa.types.is_dictionary(col.type) and pa.types.is_string(col.type.value_type):
+            _count_categorical(prof, col)  # value_counts of a dictionary counts its indices: no decoding
+        else:
+            _count_categorical(prof, _as_string(_plain(col)))
+    else:
+        _count_numeric(prof, _as_float(_plain(col)), spec)
+
+
+class _Pass:
+    """The counts and the kept sample rows of some batches; passes over disjoint parts of a partition merge."""
+
+    def __init__(self, contract: FeatureContract, cutoff: np.uint64, seed: int) -> None:
+        self.contract = contract
+        self.specs = {c.name: c for c in contract.columns}
+        self.columns = {c.name: ColumnProfile(c.name, c.type.is_categorical) for c in contract.columns}
+        self.cutoff = cutoff
+        self.seed = seed
+        self.rows = 0
+        self.kept: list[tuple[pa.Table, np.ndarray]] = []
+
+    def add(self, raw: pa.RecordBatch | pa.Table) -> None:
+        n = raw.num_rows
+        self.rows += n
+        names = set(raw.schema.names)
+        for name, prof in self.columns.items():
+            if name in names:
+                _count_column(prof, _plain(raw.column(name)), self.specs[name])
+            else:  # a column the files lack: every row missing
+                prof.rows += n
+                prof.missing += n
+        if n == 0:
+            return
+        hashes = entity_hashes(raw.column(self.contract.entity_id), self.seed)
+        keep = hashes <= self.cutoff
+        if keep.any():
+            rows = raw if keep.all() else raw.filter(pa.array(keep))
+            self.kept.append((normalise(rows, self.contract), hashes[keep]))
+
+    def merge(self, other: _Pass) -> None:
+        self.rows += other.rows
+        for name, prof in self.columns.items():
+            o = other.columns[name]
+            prof.rows += o.rows
+            prof.missing += o.missing
+            prof.below_min += o.below_min
+            prof.above_max += o.above_max
+            for value, count in o.categories.items():
+                prof.categories[value] = prof.categories.get(value, 0) + count
+        self.kept += other.kept
+
+    def finish(self, cap: int) -> PartitionProfile:
+        sampler = HashSampler(cap, 0, self.seed)
+        for table, hashes in self.kept:
+            sampler.add(table, hashes)
+        sample, _hashes = sampler.finish(sample_schema(self.contract))
+        policy = SamplePolicy(cap=cap, seed=self.seed, key=self.contract.entity_id)
+        return PartitionProfile(rows=self.rows, columns=self.columns, sample=sample, policy=policy)
+
+
 def profile_batches(
     batches: Iterable[pa.RecordBatch | pa.Table],
     contract: FeatureContract,
@@ -146,28 +210,22 @@ def profile_batches(
     seed: int,
 ) -> PartitionProfile:
     """Count every row and keep the hash sample: the one code path for nightly runs, references and the bench."""
-    specs = {c.name: c for c in contract.columns}
-    columns = {c.name: ColumnProfile(c.name, c.type.is_categorical) for c in contract.columns}
-    sampler = HashSampler(cap, expected_rows, seed)
-    rows = 0
+    one = _Pass(contract, HashSampler(cap, expected_rows, seed).cutoff, seed)
     for raw in batches:
-        batch = normalise(raw, contract)
-        rows += batch.num_rows
-        for name, prof in columns.items():
-            col = _plain(batch.column(name))
-            if prof.categorical:
-                _count_categorical(prof, col)
-            else:
-                _count_numeric(prof, col, specs[name])
-        sampler.offer(batch, batch.column(contract.entity_id))
-    sample, _hashes = sampler.finish(sample_schema(contract))
-    return PartitionProfile(
-        rows=rows, columns=columns, sample=sample, policy=SamplePolicy(cap=cap, seed=seed, key=contract.entity_id)
-    )
+        one.add(raw)
+    return one.finish(cap)
 
 
-def iter_file_batches(uris: Sequence[str], contract: FeatureContract, batch_rows: int = BATCH_ROWS) -> Iterable[Any]:
-    """Record batches of the contract's columns from Parquet files, one file at a time."""
+def iter_file_batches(
+    uris: Sequence[str],
+    contract: FeatureContract,
+    batch_rows: int = BATCH_ROWS,
+    *,
+    row_groups: Sequence[int] | None = None,
+    use_threads: bool = True,
+) -> Iterable[Any]:
+    """Record batches of the contract's columns from Parquet files, one file at a time (or some row groups of
+    one file)."""
     from nightshift.data import open_parquet
 
     wanted = contract.read_columns
@@ -175,7 +233,9 @@ def iter_file_batches(uris: Sequence[str], contract: FeatureContract, batch_rows
     for uri in uris:
         pf = open_parquet(uri, read_dictionary=categorical)
         present = [c for c in wanted if c in pf.schema_arrow.names]
-        yield from pf.iter_batches(batch_size=batch_rows, columns=present, use_threads=True)
+        yield from pf.iter_batches(
+            batch_size=batch_rows, columns=present, row_groups=row_groups, use_threads=use_threads
+        )
 
 
 def file_rows(uris: Sequence[str]) -> int:
@@ -185,11 +245,51 @@ def file_rows(uris: Sequence[str]) -> int:
     return sum(int(open_parquet(u).metadata.num_rows) for u in uris)
 
 
-def profile_files(uris: Sequence[str], contract: FeatureContract, *, cap: int, seed: int) -> PartitionProfile:
-    """profile_batches over Parquet files (a partition, or all training partitions of a version)."""
-    return profile_batches(
-        iter_file_batches(uris, contract), contract, expected_rows=file_rows(uris), cap=cap, seed=seed
-    )
+def _units(uris: Sequence[str], threads: int) -> tuple[list[tuple[str, list[int] | None]], int]:
+    """(the parts a parallel pass reads: whole files, or single row groups where files are fewer than the
+    threads' work needs, and the rows in all of them)."""
+    from nightshift.data import open_parquet
+
+    units: list[tuple[str, list[int] | None]] = []
+    rows = 0
+    for uri in uris:
+        meta = open_parquet(uri).metadata
+        rows += int(meta.num_rows)
+        if len(uris) >= 2 * threads or meta.num_row_groups <= 1:
+            units.append((uri, None))
+        else:
+            units += [(uri, [g]) for g in range(meta.num_row_groups)]
+    return units, rows
+
+
+def profile_files(
+    uris: Sequence[str], contract: FeatureContract, *, cap: int, seed: int, threads: int | None = None
+) -> PartitionProfile:
+    """profile_batches over Parquet files (a partition, or all training partitions of a version), the files (or
+    their row groups) counted by `threads` threads at once (default: one per core, at most 8): Arrow's reads and
+    kernels release the GIL. The result does not depend on the threads: counts add up, and the sample is the
+    bottom `cap` hashes of every row."""
+    threads = max(1, threads if threads is not None else min(8, os.cpu_count() or 1))
+    units, rows = _units(uris, threads)
+    cutoff = HashSampler(cap, rows, seed).cutoff
+
+    def one(unit: tuple[str, list[int] | None]) -> _Pass:
+        part = _Pass(contract, cutoff, seed)
+        uri, groups = unit
+        for raw in iter_file_batches([uri], contract, row_groups=groups, use_threads=threads == 1):
+            part.add(raw)
+        return part
+
+    whole = _Pass(contract, cutoff, seed)
+    if threads == 1 or len(units) <= 1:
+        parts: Iterable[_Pass] = map(one, units)
+        for part in parts:
+            whole.merge(part)
+        return whole.finish(cap)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nightshift-profile") as pool:
+        for part in pool.map(one, units):  # in the units' order: the categories' order is the sequential one
+            whole.merge(part)
+    return whole.finish(cap)
 
 
 def numeric_values(table: pa.Table, column: str) -> np.ndarray:

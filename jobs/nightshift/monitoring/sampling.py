@@ -98,7 +98,11 @@ class HashSampler:
         if not keep.all():
             table = table.filter(pa.array(keep))
             hashes = hashes[keep]
-        self._batches.append(table)
+        self.add(table, hashes)
+
+    def add(self, rows: pa.Table, hashes: np.ndarray) -> None:
+        """Keep rows already chosen (their hashes under the cut-off), e.g. by passes over other parts."""
+        self._batches.append(rows)
         self._hashes.append(hashes)
 
     def finish(self, schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
