@@ -4,7 +4,7 @@ and the rate on a 10M-row night.
     uv run python -m bench.monitor_bench                 # all three parts (data cached in bench/results/monitor/)
     uv run python -m bench.monitor_bench --skip-detection --rate-rows 0   # the 1M-row cost only
     uv run python -m bench.monitor_bench --skip-timing --rate-rows 0   # detection table only
-    uv run python -m bench.monitor_bench --skip-detection --skip-timing   # the 10M-row rate only
+    uv run python -m bench.monitor_bench --skip-detection --skip-timing   # the 10M-row rate only (…-rate.md)
     uv run python -m bench.monitor_bench --evidently-full  # also Evidently's DataDriftPreset on all rows
     uv run python -m bench.monitor_bench --weekly 0 --trend 0 --ref-days 2   # the flat data of the first bench
 
@@ -48,6 +48,7 @@ REF_START = date(2026, 1, 5)
 REF_DAYS = [REF_START, REF_START + timedelta(days=1)]  # part 2's (the timing's) training days
 FIRST_NIGHT = date(2026, 2, 1)
 BIG_NIGHT = date(2026, 6, 1)
+BIG_FILES = 4
 #: The two ways a night is checked: one reference of every reference day, or the days of its own weekday.
 MODES = ("all reference days", "same weekday")
 
@@ -360,17 +361,17 @@ def prepare_big(args: argparse.Namespace, config: Path, data: Path) -> dict[str,
 
     for day in REF_DAYS:
         _generate_day(data, day, args.ref_rows, 2, [])
-    _generate_day(data, BIG_NIGHT, args.big_rows, 4, [])
+    _generate_day(data, BIG_NIGHT, args.big_rows, BIG_FILES, [])
     settings = load_settings(config)
     store = open_store(settings, check=False)
     store.upgrade()
     registry = open_registry(settings, store)
     if not registry.versions("churn"):
-        log("timing: training and registering the model on the reference days")
+        log("training and registering the model on the reference days")
         train_and_register(settings, "churn", REF_DAYS[-1])
     mv = registry.resolve("churn")
     if store.partition("churn", mv.version, BIG_NIGHT) is None:
-        log(f"timing: scoring the {args.big_rows:,}-row night into SQLite")
+        log(f"scoring the {args.big_rows:,}-row night into SQLite")
         score_partition(settings, "churn", BIG_NIGHT)
     part = store.partition("churn", mv.version, BIG_NIGHT)
     assert part is not None
@@ -563,7 +564,7 @@ def rate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peak = max(r["peak_rss_mib"] for r in runs)
     return {
         "rows": info["rows"],
-        "files": 4,
+        "files": BIG_FILES,
         "rows_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
         "peak_rss_mib": peak,
         "goal_rows_per_s": RATE_GOAL_ROWS_S,
@@ -599,14 +600,14 @@ def markdown(result: dict[str, Any]) -> str:
         for mode, m in det["modes"].items():
             t, c = m["table"], m["clean"]
 
-            def rate(kind: str, size: str, t: dict[str, Any] = t) -> str:
+            def shown_rate(kind: str, size: str, t: dict[str, Any] = t) -> str:
                 row = t.get(kind, {}).get(size)
                 return f"{row['night_failed']:.0%} of {row['nights']}" if row else "—"
 
             lines.append(
                 f"| {mode} | {c['nights']} | {c['false_alarm_nights']} ({c['night_false_alarm_rate']:.1%}) "
-                f"| {rate('mean_shift', '0.25')} | {rate('variance_change', '1.25')} | {rate('new_category', '0.01')} "
-                f"| {rate('missing_spike', '0.053')} |"
+                f"| {shown_rate('mean_shift', '0.25')} | {shown_rate('variance_change', '1.25')} "
+                f"| {shown_rate('new_category', '0.01')} | {shown_rate('missing_spike', '0.053')} |"
             )
         for mode, m in det["modes"].items():
             lines += [
@@ -713,9 +714,13 @@ def main(argv: list[str] | None = None) -> int:
             out = child_evidently_full(rest[0], rest[1])
         print(json.dumps(out, default=str))
         return 0
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     work = WORK / args.work
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
+    if args.fresh:
+        for folder in (work, *WORK.glob(f"{args.work}-rate-*")):
+            if folder.exists():
+                shutil.rmtree(folder)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     config = write_project(work, data, args.max_missing_increase)
@@ -735,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
         result["rate"] = rate(args, work)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "monitor_bench" if args.work == "default" else f"monitor_bench-{args.work}"
+    if args.skip_detection and args.skip_timing:  # the rate alone: never over a whole run's results
+        name += "-rate"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     md = markdown(result)
     (args.out / f"{name}.md").write_text(md)

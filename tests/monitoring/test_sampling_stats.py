@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nightshift.contracts import Column, ColumnType, FeatureContract
+from nightshift.errors import NightshiftError
 from nightshift.monitoring import stats
 from nightshift.monitoring.profile import profile_batches, profile_files
 from nightshift.monitoring.sampling import entity_hashes
@@ -78,11 +79,11 @@ def test_threads_and_row_groups_change_nothing_in_a_profile(tmp_path: Path) -> N
     table = _big(rows, seed=5)
     k = np.random.default_rng(1).integers(0, 4, rows)
     table = table.append_column("k", pa.array(k)).append_column("y", pa.array(np.zeros(rows)))
-    for i, start in enumerate(range(0, rows, 40_000)):  # 3 files of 4 row groups each
-        pq.write_table(table.slice(start, 40_000), tmp_path / f"part-{i}.parquet", row_group_size=10_000)
+    for i, start in enumerate(range(0, rows, 20_000)):  # 6 files of 2 row groups each
+        pq.write_table(table.slice(start, 20_000), tmp_path / f"part-{i}.parquet", row_group_size=10_000)
     files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
     one = profile_files(files, contract, cap=3_000, seed=7, threads=1)
-    for threads in (2, 4):  # 4 threads: files < 2 × threads, so each row group is a unit of its own
+    for threads in (2, 4):  # 2 threads: a file per part; 4: files < 2 × threads, so a row group per part
         many = profile_files(files, contract, cap=3_000, seed=7, threads=threads)
         assert many.rows == one.rows == rows
         assert {n: c.as_dict() for n, c in many.columns.items()} == {n: c.as_dict() for n, c in one.columns.items()}
@@ -93,6 +94,20 @@ def test_threads_and_row_groups_change_nothing_in_a_profile(tmp_path: Path) -> N
     assert one.columns["x"].missing == int(np.isnan(table.column("x").to_numpy()).sum())
     assert one.sample.schema.field("c").type == pa.string()  # the sample is normalised: no dictionaries
     assert one.sample.column("absent").null_count == one.sampled_rows == 3_000
+    assert profile_files([], contract, cap=3_000, seed=7).rows == 0
+
+
+def test_an_unreadable_file_fails_the_pass_naming_it(tmp_path: Path) -> None:
+    table = _big(40_000)
+    for i in range(4):
+        pq.write_table(table, tmp_path / f"part-{i}.parquet", row_group_size=10_000)
+    files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
+    bad = tmp_path / "part-2.parquet"
+    data = bad.read_bytes()
+    bad.write_bytes(data[:4] + b"\0" * 4096 + data[4100:])  # the first pages overwritten, the footer intact
+    for threads in (1, 2):
+        with pytest.raises(NightshiftError, match=r"monitoring could not read .*part-2\.parquet"):
+            profile_files(files, CONTRACT, cap=1_000, seed=0, threads=threads)
 
 
 def test_string_and_integer_ids_hash_deterministically() -> None:

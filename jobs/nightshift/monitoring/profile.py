@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nightshift.contracts import Column, FeatureContract
+from nightshift.errors import NightshiftError
 from nightshift.monitoring.sampling import HashSampler, SamplePolicy, entity_hashes
 
 #: Rows per Arrow batch read: memory per batch stays a few tens of MiB whatever the partition size.
@@ -139,10 +140,18 @@ def normalise(batch: pa.RecordBatch | pa.Table, contract: FeatureContract) -> pa
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _count_column(prof: ColumnProfile, col: pa.Array, spec: Column) -> None:
+def _count_column(prof: ColumnProfile, col: pa.Array | pa.ChunkedArray, spec: Column) -> None:
     """Add one batch's column to its counts, on the column as read (the sample alone is normalised)."""
+    if isinstance(col, pa.ChunkedArray):  # a table's chunks may carry different dictionaries: count each
+        for chunk in col.chunks:
+            _count_column(prof, chunk, spec)
+        return
     if prof.categorical:
-        if pa.types.is_dictionary(col.type) and pa.types.is_string(col.type.value_type):
+        if (
+            pa.types.is_dictionary(col.type)
+            and pa.types.is_string(col.type.value_type)
+            and col.dictionary.null_count == 0  # a null among the values would not show in the array's nulls
+        ):
             _count_categorical(prof, col)  # value_counts of a dictionary counts its indices: no decoding
         else:
             _count_categorical(prof, _as_string(_plain(col)))
@@ -168,7 +177,7 @@ class _Pass:
         names = set(raw.schema.names)
         for name, prof in self.columns.items():
             if name in names:
-                _count_column(prof, _plain(raw.column(name)), self.specs[name])
+                _count_column(prof, raw.column(name), self.specs[name])
             else:  # a column the files lack: every row missing
                 prof.rows += n
                 prof.missing += n
@@ -209,7 +218,8 @@ def profile_batches(
     cap: int,
     seed: int,
 ) -> PartitionProfile:
-    """Count every row and keep the hash sample: the one code path for nightly runs, references and the bench."""
+    """Count every row and keep the hash sample, one batch after another (profile_files does the same work on
+    several parts of a partition at once)."""
     one = _Pass(contract, HashSampler(cap, expected_rows, seed).cutoff, seed)
     for raw in batches:
         one.add(raw)
@@ -266,30 +276,47 @@ def profile_files(
     uris: Sequence[str], contract: FeatureContract, *, cap: int, seed: int, threads: int | None = None
 ) -> PartitionProfile:
     """profile_batches over Parquet files (a partition, or all training partitions of a version), the files (or
-    their row groups) counted by `threads` threads at once (default: one per core, at most 8): Arrow's reads and
-    kernels release the GIL. The result does not depend on the threads: counts add up, and the sample is the
-    bottom `cap` hashes of every row."""
-    threads = max(1, threads if threads is not None else min(8, os.cpu_count() or 1))
+    their row groups) counted by `threads` threads at once (default: one per core this process may use, at most 8):
+    Arrow's reads and kernels release the GIL; each thread holds one batch and its file's buffers. The result
+    does not depend on the threads: counts add up, and the sample is the bottom `cap` hashes of every row."""
+    threads = max(1, threads if threads is not None else min(8, _cores()))
     units, rows = _units(uris, threads)
     cutoff = HashSampler(cap, rows, seed).cutoff
 
     def one(unit: tuple[str, list[int] | None]) -> _Pass:
         part = _Pass(contract, cutoff, seed)
         uri, groups = unit
-        for raw in iter_file_batches([uri], contract, row_groups=groups, use_threads=threads == 1):
-            part.add(raw)
+        try:
+            for raw in iter_file_batches([uri], contract, row_groups=groups, use_threads=threads == 1):
+                part.add(raw)
+        except NightshiftError:
+            raise
+        except Exception as exc:
+            where = f"{uri}" + (f" (row group {groups[0]})" if groups else "")
+            raise NightshiftError(f"monitoring could not read {where}: {type(exc).__name__}: {exc}") from exc
         return part
 
     whole = _Pass(contract, cutoff, seed)
     if threads == 1 or len(units) <= 1:
-        parts: Iterable[_Pass] = map(one, units)
-        for part in parts:
-            whole.merge(part)
+        for unit in units:
+            whole.merge(one(unit))
         return whole.finish(cap)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nightshift-profile") as pool:
-        for part in pool.map(one, units):  # in the units' order: the categories' order is the sequential one
-            whole.merge(part)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nightshift-profile")
+    try:
+        futures = [pool.submit(one, unit) for unit in units]
+        for future in futures:  # in the units' order: the categories' order is the sequential one
+            whole.merge(future.result())
+    finally:  # a failed part fails the pass now: the parts not started are dropped, not read
+        pool.shutdown(wait=True, cancel_futures=True)
     return whole.finish(cap)
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def numeric_values(table: pa.Table, column: str) -> np.ndarray:

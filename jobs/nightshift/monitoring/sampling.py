@@ -2,7 +2,8 @@
 
 The same entities are sampled every night (as long as they are in the partition), whatever the
 file layout or the order rows are read in; a smaller sample (the report's) is the prefix of a
-larger one; memory stays bounded by the sample size plus one batch, however big the partition.
+larger one; memory stays bounded by the sample size plus one batch (per thread reading), however big the
+partition.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class HashSampler:
         self.add(table, hashes)
 
     def add(self, rows: pa.Table, hashes: np.ndarray) -> None:
-        """Keep rows already chosen (their hashes under the cut-off), e.g. by passes over other parts."""
+        """Keep rows already chosen by the caller (their hashes under this sampler's cut-off, not checked again),
+        e.g. by passes over other parts of a partition; `seen` is the caller's to count."""
         self._batches.append(rows)
         self._hashes.append(hashes)
 
