@@ -322,11 +322,12 @@ WHAT = {
     "SQLite bulk insert": "executemany of prebuilt tuples in key order, one transaction, nightshift's table shape",
     SQLITE_BULK_CHUNKS: "the same executemany, in nightshift's order: each file's rows (sorted) in a transaction of "
     "their own, file after file (as text the files' ids interleave, so each chunk inserts across the whole key)",
-    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores, "
-    "the driver inserts, an adaptive window of chunks in flight",
+    "nightshift -> SQLite, fresh cluster": "score_partition() into SQLite: one worker per core scores and (two or "
+    "more workers) packs each chunk into a SQLite image the driver merges (INSERT ... SELECT), an adaptive window "
+    "of chunks in flight",
     "nightshift -> SQLite, pre-started cluster": "the same on an already running 2-worker cluster",
     "nightshift -> SQLite, 1 worker": "score_partition() into SQLite with dask.n_workers = 1 (a core kept for "
-    "the driver)",
+    "the driver, which binds the rows the worker sends: executemany)",
     "naive peer -> SQLite": "pandas.read_parquet -> predict_proba -> DataFrame.to_sql into SQLite (first files only)",
 }
 

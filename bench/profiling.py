@@ -25,6 +25,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "COPY to PostgreSQL (staging.ChunkWriter)",
         ("ChunkWriter.", "chunk_writer (nightshift/db/staging.py", "_stage_postgres (nightshift/db/staging.py"),
     ),
+    ("SQLite image on the worker (staging.sqlite_image)", ("sqlite_image (nightshift/db/staging.py",)),
     ("SQLite inserts (staging._stage_sqlite)", ("_stage_sqlite (nightshift/db/staging.py",)),
     ("sort ids for SQLite (chunk._sort_by_id)", ("_sort_by_id (nightshift/scoring/chunk.py",)),
     ("rest of score_chunk", ("(nightshift/scoring/chunk.py",)),

@@ -33,7 +33,7 @@ def test_every_stage_key_of_nightshift_names_a_function_in_its_module() -> None:
 def test_a_sample_counts_for_the_innermost_stage_it_is_in() -> None:
     stacks = Counter(
         {
-            ("score_chunk (nightshift/scoring/chunk.py:200)", "_sort_by_id (nightshift/scoring/chunk.py:340)"): 3,
+            ("score_chunk (nightshift/scoring/chunk.py:200)", "sqlite_image (nightshift/db/staging.py:120)"): 3,
             ("score_chunk (nightshift/scoring/chunk.py:200)", "run (onnxruntime/capi/x.py:1)"): 1,
             ("_stage_sqlite (nightshift/db/staging.py:300)",): 4,
         }
@@ -41,6 +41,6 @@ def test_a_sample_counts_for_the_innermost_stage_it_is_in() -> None:
     stages = stage_breakdown(stacks)["stages"]
     assert stages == {
         "SQLite inserts (staging._stage_sqlite)": 0.5,
-        "sort ids for SQLite (chunk._sort_by_id)": 0.375,
+        "SQLite image on the worker (staging.sqlite_image)": 0.375,
         "ONNX Runtime (session.run)": 0.125,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -389,24 +390,56 @@ print("pandas" in sys.modules)
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize(
+    ("threads", "processes", "staged"),
+    [(1, False, "Rows"), (2, False, "Rows"), (2, True, "SqliteImage")],
+    ids=["one-thread", "threads-of-the-driver", "worker-processes"],
+)
 def test_sqlite_with_more_chunks_than_the_in_flight_window_commits_every_row(
-    sqlite_url: str, make_settings: Any, registered: Any, data_root: Path, trained_model: Any
+    sqlite_url: str,
+    make_settings: Any,
+    registered: Any,
+    data_root: Path,
+    trained_model: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    threads: int,
+    processes: bool,
+    staged: str,
 ) -> None:
-    """The driver keeps at most 2 chunks per worker thread in flight; later chunks go out as earlier ones land."""
+    """The driver keeps at most 2 chunks per worker thread in flight; later chunks go out as earlier ones land.
+    One worker thread, or workers that are threads of the driver, send their rows for the driver to bind; two or
+    more worker threads in a process of their own pack them into SQLite images the driver merges
+    (`staging.SqliteImage`): the same rows are committed either way."""
     _split_files(data_root, 3)
     from distributed import Client, LocalCluster
 
+    import nightshift.scoring.partition as partition
+
+    kinds: list[str] = []
+    stage = partition.stage_chunk
+
+    def recording_stage(url: str, run_id: int, chunk: str, rows: Any) -> int:
+        kinds.append(type(rows).__name__)
+        return stage(url, run_id, chunk, rows)
+
+    monkeypatch.setattr(partition, "stage_chunk", recording_stage)
     settings = make_settings(sqlite_url, dask="task_min_rows = 1\n")  # a task per file
     registered(settings)
     seen: list[int] = []
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        if processes:  # the session's two worker processes (one thread each), from a forkserver
+            client = request.getfixturevalue("dask_client")
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address="127.0.0.1:0")
+            )
+            client = stack.enter_context(Client(cluster))
         summary = score_partition(
             settings, "churn", SCORE_DS, client=client, progress=lambda done, total: seen.append(done)
         )
-    assert summary.tasks == 3 * DEMO_FILES > 2  # a window of 2: one worker with one thread
+    assert summary.tasks == 3 * DEMO_FILES > 2 * threads  # a window of 2 chunks per worker thread
+    assert kinds == [staged] * summary.tasks
     assert summary.rows == DEMO_ROWS
     assert seen == sorted(seen)
     assert seen[-1] == DEMO_ROWS

@@ -3,7 +3,11 @@
 One chunk (a file, or a range of its row groups) is written in ONE transaction together with
 its `run_chunks` ledger row, so a chunk Dask recomputes after a worker died is never written
 twice. PostgreSQL: binary COPY into the run's own table, streamed batch by batch (`chunk_writer`).
-SQLite: executemany in key order into the one predictions table (`stage_chunk`, from the driver).
+SQLite: on a cluster of two or more worker threads in processes of their own, the worker packs a chunk's rows,
+in key order, into a small in-memory SQLite database (APSW's) and sends its image (`SqliteImage`); the driver,
+SQLite's one writer, merges it into the one predictions table with `INSERT … SELECT`, in C (`stage_chunk`).
+Otherwise (one worker thread, workers that are threads of the driver) the rows come as `Rows`, which the driver
+inserts by executemany.
 """
 
 from __future__ import annotations
@@ -122,6 +126,65 @@ class Rows:
         )
 
 
+@dataclass(frozen=True)
+class SqliteImage:
+    """One chunk's rows for a SQLite store, packed by the worker process that scored them: the serialized image
+    of an in-memory SQLite database whose table `rows` holds `columns` (the predictions columns after `run_id`)
+    in key order. The driver merges it with one `INSERT … SELECT` (`stage_chunk`): SQLite's C code does the work
+    that binding Python tuples one by one (executemany) did on the driver, its one writer. Building the tuples
+    and the image moves to the workers, which run in parallel."""
+
+    data: bytes
+    rows: int
+    columns: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+#: The attached schema a `SqliteImage` is opened as, on the driver's connection.
+_IMAGE_SCHEMA = "nightshift_chunk"
+#: Rows bound into an image per executemany: the Python objects of one slice at a time, not of a whole chunk.
+_IMAGE_SLICE_ROWS = 65_536
+
+
+def can_pack_sqlite() -> bool:
+    """Whether this process can build an image: APSW, whose SQLite is its own copy (see `sqlite_image`)."""
+    try:
+        import apsw  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sqlite_image(rows: Rows) -> SqliteImage:
+    """Pack `rows` (already in key order) for the driver: see `SqliteImage`.
+
+    Built with APSW, never with Python's `sqlite3`: APSW compiles its own SQLite into its extension (no symbol
+    of it exported, no libsqlite3 loaded), so its mutexes are not the ones the driver's threads hold. A Dask
+    worker that a nanny forked from the driver while another thread of it was inside `sqlite3` inherits those
+    mutexes locked; building the image with the same library there hung a worker on its first one (the kill
+    test did, once in two runs). The driver only reads images (`sqlite3.Connection.deserialize`), and never
+    builds one itself (`ChunkTask.pack_for_sqlite`), so APSW's SQLite is only ever used in processes that were
+    forked before it was loaded and never fork themselves."""
+    import apsw
+
+    columns = rows.columns[1:]  # run_id: the driver's, bound once
+    conn = apsw.Connection(":memory:")
+    try:
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=OFF")  # a private image built in one go: nothing to roll back
+        cur.execute(f"CREATE TABLE rows ({', '.join(columns)})")
+        cur.execute("BEGIN")
+        insert = f"INSERT INTO rows VALUES ({', '.join('?' * len(columns))})"
+        for start in range(0, len(rows), _IMAGE_SLICE_ROWS):
+            cur.executemany(insert, _sqlite_tuples(None, rows, start, start + _IMAGE_SLICE_ROWS))
+        cur.execute("COMMIT")
+        return SqliteImage(conn.serialize("main"), len(rows), columns)
+    finally:
+        conn.close()
+
+
 _conn_cache: dict[tuple[int, str, int], Any] = {}
 _conn_lock = threading.Lock()
 
@@ -183,21 +246,23 @@ def stage_chunk(
     url: str,
     run_id: int,
     chunk: str,
-    ids: pa.Array | Rows,
+    ids: pa.Array | Rows | SqliteImage,
     scores: np.ndarray | None = None,
     labels: np.ndarray | None = None,
 ) -> int:
     """Write one chunk's predictions under `run_id`, exactly once. Returns the chunk's row count.
 
-    Pass a `Rows`, or (ids, scores, labels) for a binary model. A second attempt for the same
-    (run_id, chunk) — a Dask task recomputed after its worker died after writing — finds the
-    ledger row and writes nothing.
+    Pass a `Rows`, a `SqliteImage` (SQLite only), or (ids, scores, labels) for a binary model. A second
+    attempt for the same (run_id, chunk) — a Dask task recomputed after its worker died after writing —
+    finds the ledger row and writes nothing.
     """
-    rows = ids if isinstance(ids, Rows) else Rows(ids, scores, labels)  # type: ignore[arg-type]
+    rows = ids if isinstance(ids, Rows | SqliteImage) else Rows(ids, scores, labels)  # type: ignore[arg-type]
     url = normalize_url(url)
     try:
         if make_url(url).get_backend_name() == "sqlite":
             return _stage_sqlite(url, run_id, chunk, rows)
+        if isinstance(rows, SqliteImage):
+            raise TypeError(f"{chunk}: a SQLite image cannot be staged into {redact(url)}")
         return _stage_postgres(url, run_id, chunk, rows)
     except DuplicateEntityError:
         raise
@@ -207,9 +272,16 @@ def stage_chunk(
         raise
 
 
-def _sqlite_tuples(run_id: int, rows: Rows) -> Iterator[tuple[Any, ...]]:
+def _sqlite_tuples(
+    run_id: int | None, rows: Rows, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Rows [start, stop) as executemany's tuples, in `rows.columns` order (without `run_id` when it is None)."""
+    stop = len(rows) if stop is None else min(stop, len(rows))
+    if start or stop != len(rows):
+        rows = _slice(rows, start, stop)
     n = len(rows)
-    columns: list[Any] = [[run_id] * n, rows.ids.to_pylist(), rows.scores.tolist()]
+    columns: list[Any] = [] if run_id is None else [[run_id] * n]
+    columns += [rows.ids.to_pylist(), rows.scores.tolist()]
     if rows.layout == "regression":
         columns.append(rows.values.tolist())  # type: ignore[union-attr]
     else:
@@ -223,6 +295,23 @@ def _sqlite_tuples(run_id: int, rows: Rows) -> Iterator[tuple[Any, ...]]:
         flat = packed.tobytes()
         columns.append([flat[i : i + width] for i in range(0, len(flat), width)])
     return zip(*columns, strict=True)
+
+
+def _slice(rows: Rows, start: int, stop: int) -> Rows:
+    """Rows [start, stop), as views (no copy)."""
+
+    def cut(a: Any) -> Any:
+        return None if a is None else a[start:stop]
+
+    return Rows(
+        rows.ids.slice(start, stop - start),
+        rows.scores[start:stop],
+        cut(rows.labels),
+        cut(rows.values),
+        cut(rows.probs),
+        cut(rows.reason_features),
+        cut(rows.reason_contributions),
+    )
 
 
 def reasons_dtype(k: int, prefix: list[Any] | None = None) -> np.dtype:
@@ -242,27 +331,37 @@ def pack_reasons(features: np.ndarray, contributions: np.ndarray) -> np.ndarray:
     return packed
 
 
-def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
+def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows | SqliteImage) -> int:
     conn: sqlite3.Connection = _staging_connection(url)
-    ids = rows.ids
-    n = len(ids)
-    columns = rows.columns
+    n = len(rows)
+    image = rows if isinstance(rows, SqliteImage) else None
     try:
+        if image is not None:  # attached before the chunk's transaction, detached after it
+            conn.execute(f"ATTACH DATABASE ':memory:' AS {_IMAGE_SCHEMA}")
+            conn.deserialize(image.data, name=_IMAGE_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")  # inside: a locked file (after the busy timeout) is a StoreError too
         row = conn.execute("SELECT rows FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)).fetchone()
         if row is not None:
             conn.execute("ROLLBACK")
             return int(row[0])
         try:
-            stored = conn.executemany(
-                f"INSERT INTO predictions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                _sqlite_tuples(run_id, rows),
-            ).rowcount
+            if isinstance(rows, SqliteImage):
+                stored = conn.execute(
+                    f"INSERT INTO main.predictions (run_id, {', '.join(rows.columns)}) "
+                    f"SELECT ?, {', '.join(rows.columns)} FROM {_IMAGE_SCHEMA}.rows ORDER BY rowid",  # key order
+                    (run_id,),
+                ).rowcount
+            else:
+                marks = ", ".join("?" * len(rows.columns))
+                stored = conn.executemany(
+                    f"INSERT INTO predictions ({', '.join(rows.columns)}) VALUES ({marks})",
+                    _sqlite_tuples(run_id, rows),
+                ).rowcount
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
             conn.execute("ROLLBACK")
-            dupes = _existing_ids_sqlite(conn, run_id, ids)
+            dupes = _existing_ids_sqlite(conn, run_id, rows)
             raise DuplicateEntityError(
                 f"{chunk}: entity id(s) {', '.join(map(repr, dupes[:5]))} appear more than once in the partition "
                 "(also in another file); duplicate entity ids are an error",
@@ -284,12 +383,34 @@ def _stage_sqlite(url: str, run_id: int, chunk: str, rows: Rows) -> int:
                 f"(store {redact(url)})"
             ) from exc
         raise
+    finally:
+        if image is not None:
+            _detach_image(url, conn)
     return n
 
 
-def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, ids: pa.Array) -> list[str]:
+def _detach_image(url: str, conn: sqlite3.Connection) -> None:
+    """Free a chunk's image; a connection that cannot detach it is dropped, so the next chunk attaches afresh."""
+    try:
+        if any(r[1] == _IMAGE_SCHEMA for r in conn.execute("PRAGMA database_list")):
+            conn.execute(f"DETACH DATABASE {_IMAGE_SCHEMA}")
+    except sqlite3.Error:  # closed already (dropped above), or busy
+        _drop_staging_connection(url)
+
+
+def _existing_ids_sqlite(conn: sqlite3.Connection, run_id: int, rows: Rows | SqliteImage) -> list[str]:
+    """Up to 5 of the chunk's entity ids another chunk of the run already stored."""
+    if isinstance(rows, SqliteImage):
+        return [
+            r[0]
+            for r in conn.execute(
+                f"SELECT c.entity_id FROM {_IMAGE_SCHEMA}.rows AS c WHERE EXISTS (SELECT 1 FROM main.predictions "
+                "AS p WHERE p.run_id = ? AND p.entity_id = c.entity_id) LIMIT 5",
+                (run_id,),
+            )
+        ]
     found: list[str] = []
-    values = ids.to_pylist()
+    values = rows.ids.to_pylist()
     for i in range(0, len(values), 500):
         part = values[i : i + 500]
         marks = ",".join("?" * len(part))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightshift.contracts import FeatureContract
 from nightshift.data import TaskSlice, iter_batches
-from nightshift.db.staging import Rows
+from nightshift.db.staging import Rows, SqliteImage, can_pack_sqlite, sqlite_image
 from nightshift.errors import ContractError, DuplicateEntityError, NightshiftError
 from nightshift.scoring.outputs import OutputReader
 from nightshift.scoring.reasons import ExplainSpec
@@ -61,6 +61,11 @@ class ChunkTask:
     batch_rows: int
     #: Set: the worker stages its rows itself (PostgreSQL). None: rows go back to the driver (SQLite).
     store_url: str | None
+    #: Rows that go back to the driver go as a SQLite image the driver merges in C (`staging.SqliteImage`),
+    #: not as `Rows` (which the end-to-end gate reads) — by a worker in a process other than the driver's
+    #: (`driver_pid`) only: the driver itself never loads the library that builds images (`staging.sqlite_image`).
+    pack_for_sqlite: bool = False
+    driver_pid: int = 0
 
     @property
     def rows(self) -> int:
@@ -115,10 +120,12 @@ class ModelChunk:
     #: Seconds spent on reasons (`[models.explain]`): every feature's contribution and the top k.
     explain_s: float = 0.0
     write_s: float = 0.0
+    #: Seconds the worker spent packing the rows into a SQLite image for the driver (`pack_for_sqlite`).
+    pack_s: float = 0.0
     #: Why this model's part failed (the original exception: it pickles back to the driver), or None.
     error: NightshiftError | None = None
-    #: The rows for the driver to stage (SQLite), sorted by entity id.
-    data: Rows | None = None
+    #: The rows for the driver to stage (SQLite), sorted by entity id: packed when the task says so.
+    data: Rows | SqliteImage | None = None
     #: The worker's explainer of this model (built on first use; never sent back: see `score_chunk`).
     explainer: Any = None
 
@@ -326,14 +333,18 @@ def _score_for_driver(
                     "duplicate entity ids are an error",
                     tuple(str(d) for d in dupes),
                 )
-        part.rows, part.data = len(rows), rows
+        if task.pack_for_sqlite and os.getpid() != task.driver_pid and can_pack_sqlite():
+            t = time.perf_counter()
+            part.rows, part.data = len(rows), sqlite_image(rows)
+            part.pack_s += time.perf_counter() - t
+        else:
+            part.rows, part.data = len(rows), rows
     return _result(task, clock, parts)
 
 
 def _sort_by_id(rows: Rows) -> Rows:
-    """The rows in entity-id order: the driver inserts them into SQLite's B-tree (in key order the inserts
-    append), and neighbours after the sort show a repeated id. (A function of its own so the benchmark's profile
-    can name the stage.)"""
+    """The rows in entity-id order: the driver inserts them into SQLite's B-tree, and neighbours after the sort
+    show a repeated id. (A function of its own so the benchmark's profile can name the stage.)"""
     import pyarrow.compute as pc
 
     from nightshift.data.features import numpy_values

@@ -136,6 +136,7 @@ def e2e_gate(
     """(b) The registered artifact, loaded and hash-checked by the production scoring code, reproduces the
     expected scores of the model's end-to-end set."""
     from nightshift.data import TaskSlice, open_parquet
+    from nightshift.db.staging import Rows
     from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
 
     try:
@@ -158,6 +159,8 @@ def e2e_gate(
             raise part.error
         if part.data is None:
             raise RuntimeError("the end-to-end run returned no rows")
+        if not isinstance(part.data, Rows):  # the task leaves pack_for_sqlite off: never an image
+            raise RuntimeError(f"the end-to-end run returned {type(part.data).__name__}, not its rows")
         # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
         file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
         got = dict(zip(part.data.ids.to_pylist(), part.data.scores.tolist(), strict=True))
