@@ -20,7 +20,8 @@
 #     off), `zipf-memory` (the per-worker LRU, the default), `zipf-redis` (LRU off, the Redis tier
 #     alone, at NIGHTSHIFT_BENCH_REDIS_URL, default redis://127.0.0.1:6379/14; skipped without Redis
 #     or the `redis` package), with the hit rate from the server's /metrics;
-#   * `batch`: the defaults, POST `--batch-size` uniformly random ids per request; `batch-zipf-nocache`
+#   * `batch`: the defaults, POST `--batch-size` uniformly random ids per request (`batch-nocache`: the
+#     answer cache off); `batch-zipf-nocache`
 #     and `batch-zipf-memory`: Zipf-drawn ids, cache off and on.
 # Load comes from wrk (C, epoll, one thread: it costs the server little of the 2 cores); a small
 # asyncio client in a separate process stands in when wrk is not installed. Variants are
@@ -846,6 +847,7 @@ def write_markdown(path: Path, plan: Plan, summary: dict[str, Any], meta: dict[s
         "zipf-memory": "API single lookup, Zipf ids, per-worker LRU (default)",
         "zipf-redis": "API single lookup, Zipf ids, Redis tier alone (LRU off)",
         "batch": f"API batch of {plan.batch_size} uniform ids (defaults)",
+        "batch-nocache": f"API batch of {plan.batch_size} uniform ids, answer cache off",
         "batch-zipf-nocache": f"API batch of {plan.batch_size} Zipf ids, answer cache off",
         "batch-zipf-memory": f"API batch of {plan.batch_size} Zipf ids, per-worker LRU",
     }
@@ -897,6 +899,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8, help="concurrent clients")
     ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument(
+        "--only",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=[],
+        help="comma-separated load variants to run (e.g. ceiling,single,batch,batch-nocache); default: all",
+    )
     ap.add_argument("--zipf-s", type=float, default=0.99, help="Zipf exponent of the skewed workload")
     ap.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--quick", action="store_true", help="100k rows, 1 round of 3 s: a smoke run")
@@ -962,10 +970,11 @@ def main(argv: list[str] | None = None) -> None:
                 "zipf-memory": ("api", zipf),
                 "zipf-redis": ("api-redis", zipf),
                 "batch": ("api", uniform_batch),
+                "batch-nocache": ("api-nocache", uniform_batch),
                 "batch-zipf-nocache": ("api-nocache", zipf_batch),
                 "batch-zipf-memory": ("api", zipf_batch),
             }
-            http = {k: v for k, v in http.items() if v[0] in srv}
+            http = {k: v for k, v in http.items() if v[0] in srv and (not args.only or k in args.only)}
             warm = min(2.0, args.seconds)
             for name in srv:  # warm-up: connections, prepared statements (not the caches: uniform ids)
                 run_http(plan, srv[name], key, uniform, workdir=workdir, seconds=warm)
