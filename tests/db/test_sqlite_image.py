@@ -163,7 +163,7 @@ def test_an_image_bound_in_slices_holds_every_row_in_key_order(
 
 
 FORK_STRESS = """
-import os, sqlite3, sys, threading
+import os, signal, sqlite3, sys, threading
 import numpy as np, pyarrow as pa
 from nightshift.db import staging
 
@@ -185,6 +185,7 @@ try:
     for _ in range(int(sys.argv[1])):
         pid = os.fork()
         if pid == 0:  # a worker a nanny forked: it builds an image at once
+            signal.alarm(20)  # a child stuck on a mutex dies, failing the test, rather than outliving it
             try:
                 staging.sqlite_image(rows)
             except BaseException as exc:
@@ -217,3 +218,43 @@ def test_a_worker_forked_while_the_driver_is_inside_sqlite3_still_builds_images(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_images_need_apsw_with_its_own_sqlite_and_a_process_other_than_the_drivers() -> None:
+    """`can_pack_sqlite` holds only for an APSW with SQLite compiled in; the driver's token is not a forked
+    child's (nor a process's on another host: no pid is compared)."""
+    import subprocess
+    import sys
+
+    from nightshift.db import staging
+
+    assert staging.can_pack_sqlite()
+    assert staging.can_merge_sqlite()
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\nfrom nightshift.db import staging\nparent = staging.process_token()\n"
+            "r, w = os.pipe()\npid = os.fork()\nif pid == 0:\n    os.write(w, staging.process_token().encode())\n"
+            "    os._exit(0)\nos.waitpid(pid, 0)\nprint(parent != os.read(r, 64).decode())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.stdout.strip() == "True", child.stderr
+    assert staging.process_token() == staging.process_token()  # stable within a process
+
+
+def test_a_chunk_whose_image_cannot_be_built_sends_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nightshift.scoring.chunk as chunk
+
+    def broken(rows: Rows) -> SqliteImage:
+        raise MemoryError("no room for the image")
+
+    monkeypatch.setattr(chunk, "sqlite_image", broken)
+    rows = _rows("binary", 4)
+    part = chunk.ModelChunk(run_id=1)
+    chunk._pack(part, rows, "other-process", "f.parquet")
+    assert part.data is rows

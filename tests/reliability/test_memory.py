@@ -102,7 +102,7 @@ def test_a_partition_larger_than_a_workers_memory_limit_is_scored_in_bounded_pie
 ) -> None:
     # PostgreSQL: there the workers also build and send the COPY of their rows in 16k-row batches.
     # (On SQLite they pack a chunk's sorted rows into a SQLite image for the driver, binding 64k rows
-    # at a time: the image itself, ~25 bytes a row, is what a chunk adds; scoring is the same.)
+    # at a time: the image itself, ~19 bytes a row plus the id, is what a chunk adds; scoring is the same.)
     import pyarrow.parquet as pq
 
     (file,) = sorted(partition_dir(big_root).glob("*.parquet"))

@@ -13,8 +13,11 @@ inserts by executemany.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -148,25 +151,52 @@ _IMAGE_SCHEMA = "nightshift_chunk"
 _IMAGE_SLICE_ROWS = 65_536
 
 
+@functools.cache
 def can_pack_sqlite() -> bool:
-    """Whether this process can build an image: APSW, whose SQLite is its own copy (see `sqlite_image`)."""
+    """Whether this process can build an image: APSW with SQLite compiled into it (the amalgamation), so its
+    SQLite is its own copy, not the libsqlite3 Python's `sqlite3` uses (see `sqlite_image`). An APSW built
+    against the system's SQLite (a distribution's package) shares that library, and so its mutexes: never
+    used."""
     try:
-        import apsw  # noqa: F401
+        import apsw
     except ImportError:
         return False
-    return True
+    return bool(getattr(apsw, "using_amalgamation", False))
+
+
+def can_merge_sqlite() -> bool:
+    """Whether this process's `sqlite3` can open an image (`Connection.deserialize`: SQLite ≥ 3.36, built
+    with it): the driver asks for images only then."""
+    return hasattr(sqlite3.Connection, "deserialize")
+
+
+_process_token = uuid.uuid4().hex
+
+
+def _new_process_token() -> None:
+    global _process_token
+    _process_token = uuid.uuid4().hex
+
+
+os.register_at_fork(after_in_child=_new_process_token)
+
+
+def process_token() -> str:
+    """This process's identity, different in every process (a forked child draws its own): unlike a pid, not
+    shared by processes on other hosts or in other PID namespaces."""
+    return _process_token
 
 
 def sqlite_image(rows: Rows) -> SqliteImage:
     """Pack `rows` (already in key order) for the driver: see `SqliteImage`.
 
     Built with APSW, never with Python's `sqlite3`: APSW compiles its own SQLite into its extension (no symbol
-    of it exported, no libsqlite3 loaded), so its mutexes are not the ones the driver's threads hold. A Dask
-    worker that a nanny forked from the driver while another thread of it was inside `sqlite3` inherits those
-    mutexes locked; building the image with the same library there hung a worker on its first one (the kill
-    test did, once in two runs). The driver only reads images (`sqlite3.Connection.deserialize`), and never
-    builds one itself (`ChunkTask.pack_for_sqlite`), so APSW's SQLite is only ever used in processes that were
-    forked before it was loaded and never fork themselves."""
+    of it exported, no libsqlite3 loaded; `can_pack_sqlite` checks), so its mutexes are not the ones the
+    driver's threads hold. A Dask worker that a nanny forked from the driver while another thread of it was
+    inside `sqlite3` inherits those mutexes locked; building the image with the same library there hung a
+    worker on its first one (the kill test did, once in two runs). The driver only reads images
+    (`sqlite3.Connection.deserialize`) and never builds one itself (`ChunkTask.driver_token`), so no thread of
+    a process that forks workers is ever inside APSW's SQLite."""
     import apsw
 
     columns = rows.columns[1:]  # run_id: the driver's, bound once

@@ -11,6 +11,7 @@ go on; a failure of the data itself (an unreadable page) fails the chunk for all
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightshift.contracts import FeatureContract
 from nightshift.data import TaskSlice, iter_batches
-from nightshift.db.staging import Rows, SqliteImage, can_pack_sqlite, sqlite_image
+from nightshift.db.staging import Rows, SqliteImage, can_pack_sqlite, process_token, sqlite_image
 from nightshift.errors import ContractError, DuplicateEntityError, NightshiftError
 from nightshift.scoring.outputs import OutputReader
 from nightshift.scoring.reasons import ExplainSpec
@@ -29,6 +30,8 @@ from nightshift.scoring.sessions import ModelHandle, get_session
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime as ort
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,10 @@ class ChunkTask:
     batch_rows: int
     #: Set: the worker stages its rows itself (PostgreSQL). None: rows go back to the driver (SQLite).
     store_url: str | None
-    #: Rows that go back to the driver go as a SQLite image the driver merges in C (`staging.SqliteImage`),
-    #: not as `Rows` (which the end-to-end gate reads) — by a worker in a process other than the driver's
-    #: (`driver_pid`) only: the driver itself never loads the library that builds images (`staging.sqlite_image`).
-    pack_for_sqlite: bool = False
-    driver_pid: int = 0
+    #: Set: rows that go back to the driver go as a SQLite image the driver merges in C (`staging.SqliteImage`),
+    #: not as `Rows` (which the end-to-end gate reads) — by a worker in a process other than the driver's, whose
+    #: `staging.process_token()` this is: the driver never loads the library that builds images.
+    driver_token: str | None = None
 
     @property
     def rows(self) -> int:
@@ -120,7 +122,7 @@ class ModelChunk:
     #: Seconds spent on reasons (`[models.explain]`): every feature's contribution and the top k.
     explain_s: float = 0.0
     write_s: float = 0.0
-    #: Seconds the worker spent packing the rows into a SQLite image for the driver (`pack_for_sqlite`).
+    #: Seconds the worker spent packing the rows into a SQLite image for the driver (`ChunkTask.driver_token`).
     pack_s: float = 0.0
     #: Why this model's part failed (the original exception: it pickles back to the driver), or None.
     error: NightshiftError | None = None
@@ -333,13 +335,29 @@ def _score_for_driver(
                     "duplicate entity ids are an error",
                     tuple(str(d) for d in dupes),
                 )
-        if task.pack_for_sqlite and os.getpid() != task.driver_pid and can_pack_sqlite():
-            t = time.perf_counter()
-            part.rows, part.data = len(rows), sqlite_image(rows)
-            part.pack_s += time.perf_counter() - t
-        else:
-            part.rows, part.data = len(rows), rows
+        part.rows = len(rows)
+        _pack(part, rows, task.driver_token, source)
     return _result(task, clock, parts)
+
+
+def _pack(part: ModelChunk, rows: Rows, driver_token: str | None, source: str) -> None:
+    """Set `part.data`: a SQLite image of the rows where the driver asked for one (`ChunkTask.driver_token`) and
+    this is not the driver's process; else (or if packing fails) the rows themselves, for the driver to bind."""
+    part.data = rows
+    if driver_token is None or driver_token == process_token() or not can_pack_sqlite():
+        return
+    t = time.perf_counter()
+    try:
+        part.data = sqlite_image(rows)
+    except Exception as exc:  # noqa: BLE001 - the rows still go, the driver binds them
+        log.warning(
+            "%s: packing %s rows as a SQLite image failed (%s: %s); sending the rows",
+            source,
+            len(rows),
+            type(exc).__name__,
+            exc,
+        )
+    part.pack_s += time.perf_counter() - t
 
 
 def _sort_by_id(rows: Rows) -> Rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from nightshift.config import DaskSettings, Settings
 from nightshift.contracts import FeatureContract
 from nightshift.data import bundle_slices, inspect_partition
-from nightshift.db.staging import stage_chunk
+from nightshift.db.staging import can_merge_sqlite, process_token, stage_chunk
 from nightshift.db.store import CommitResult, Store
 from nightshift.errors import ContractError, DuplicateEntityError, ModelSchemaError, NightshiftError
 from nightshift.models.registry import ModelVersion, Registry, read_artifact
@@ -371,7 +370,7 @@ def _score(
 
             def submit(i: int) -> Any:
                 key = f"nightshift-score-{name}-r{group[0].run_id}-{token}-{i}"
-                task = tasks[i] if staged_by_workers else replace(tasks[i], pack_for_sqlite=pack, driver_pid=driver)
+                task = tasks[i] if staged_by_workers else replace(tasks[i], driver_token=driver if pack else None)
                 fut = c.submit(score_chunk, task, key=key, pure=False)
                 by_key[fut.key] = tasks[i]
                 outstanding.add(fut)
@@ -389,10 +388,11 @@ def _score(
             # With two or more worker threads, the driver (SQLite's one writer) is the bottleneck of a cheap model:
             # the workers pack the rows into SQLite images it merges in C (`staging.SqliteImage`), about half its
             # work per row. One worker would then become the bottleneck: it sends the rows, the driver binds them.
-            # (Measured, 4M rows, 2 cores: 13.6 -> 12.2 s with 2 workers, 14.0 -> 16.0 s with one. Switching with
-            # the window's signal instead flipped at every chunk and was no faster.)
-            pack = worker_threads >= 2
-            driver = os.getpid()  # a worker that is a thread of this process sends rows (`ChunkTask.driver_pid`)
+            # (Measured, 4M rows, 2 cores, docs/performance.md: 6.61-6.88 -> 5.48-5.52 s with 2 workers; with one,
+            # which sends rows, 6.28-6.42 s. With sqlite3 images, one worker that packed was 14.0 -> 16.0 s.
+            # Switching with the window's signal instead flipped at every chunk and was no faster.)
+            pack = worker_threads >= 2 and can_merge_sqlite()
+            driver = process_token()  # a worker that is a thread of this process sends rows
             pending = as_completed([submit(i) for i in range(min(window, len(tasks)))])
             next_task = len(outstanding)
             results = iter(pending)

@@ -159,7 +159,7 @@ def e2e_gate(
             raise part.error
         if part.data is None:
             raise RuntimeError("the end-to-end run returned no rows")
-        if not isinstance(part.data, Rows):  # the task leaves pack_for_sqlite off: never an image
+        if not isinstance(part.data, Rows):  # the task sets no driver_token: never an image
             raise RuntimeError(f"the end-to-end run returned {type(part.data).__name__}, not its rows")
         # score_chunk returns rows sorted by entity id for the driver; align with the file's order.
         file_ids = table.column(contract.entity_id).cast(pa.string()).to_pylist()
