@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from starlette.responses import Response
 
 from nightshift.api.reader import Hit, ModelStatus, Partition
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: The batch answer's encoder (C): the standard library's took a fifth of the server's CPU on 1,000-id batches.
+#: It writes a non-finite float as null where the standard one refuses it, so `batch` refuses those itself.
+_encode = msgspec.json.Encoder().encode
 
 
 class JsonBytes(Response):
@@ -144,6 +148,8 @@ def batch(
         if hit is None:
             missing.append(entity_id)
         else:
+            if not math.isfinite(hit[0]) or (isinstance(hit[2], float) and not math.isfinite(hit[2])):
+                raise ValueError(f"a prediction of {entity_id!r} in run {answered_by.run_id} is not finite: {hit!r}")
             item = {"entity_id": entity_id, "score": hit[0], "label": hit[1], "version": version}
             if answered_by.task != "binary":
                 item.update(_outputs(answered_by, hit[1], hit[2]))
@@ -155,7 +161,7 @@ def batch(
     body["canary"] = _partition(canary[0], now) if canary else None
     if as_of is not None:
         body["as_of"] = as_of.isoformat()
-    return json_response(body)
+    return JsonBytes(_encode(body))
 
 
 def models(statuses: Sequence[ModelStatus]) -> JsonBytes:
