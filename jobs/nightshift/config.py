@@ -27,6 +27,12 @@ _toml_path: ContextVar[Path | None] = ContextVar("nightshift_toml_path", default
 _MODEL_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what a container's cpuset allows), else the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores)
+
+
 class DaskSettings(BaseModel):
     """Where scoring runs: a local cluster (default) or an existing scheduler."""
 
@@ -79,8 +85,7 @@ class DaskSettings(BaseModel):
         """How many local workers to start (see n_workers)."""
         if self.n_workers is not None:
             return self.n_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores)
+        return usable_cores()
 
     @field_validator("scheduler_address")
     @classmethod

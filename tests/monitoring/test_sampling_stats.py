@@ -97,6 +97,23 @@ def test_threads_and_row_groups_change_nothing_in_a_profile(tmp_path: Path) -> N
     assert profile_files([], contract, cap=3_000, seed=7).rows == 0
 
 
+def test_samplers_merge_only_with_the_same_cut_off_and_seed() -> None:
+    from nightshift.monitoring.sampling import HashSampler
+
+    table = _big(1_000)
+    a, b = HashSampler(100, 1_000, seed=1), HashSampler(100, 1_000, seed=1)
+    a.offer(table.slice(0, 500), table.column("id").slice(0, 500))
+    b.offer(table.slice(500), table.column("id").slice(500))
+    a.merge(b)
+    whole = HashSampler(100, 1_000, seed=1)
+    whole.offer(table, table.column("id"))
+    assert a.seen == whole.seen == 1_000
+    assert a.finish(table.schema)[0].column("id").to_pylist() == whole.finish(table.schema)[0].column("id").to_pylist()
+    for other in (HashSampler(100, 1_000, seed=2), HashSampler(100, 50_000, seed=1)):
+        with pytest.raises(ValueError, match="different cut-offs or seeds"):
+            a.merge(other)
+
+
 def test_an_unreadable_file_fails_the_pass_naming_it(tmp_path: Path) -> None:
     table = _big(40_000)
     for i in range(4):

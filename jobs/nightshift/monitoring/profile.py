@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nightshift.config import usable_cores
 from nightshift.contracts import Column, FeatureContract
 from nightshift.errors import NightshiftError
-from nightshift.monitoring.sampling import HashSampler, SamplePolicy, entity_hashes
+from nightshift.monitoring.sampling import HashSampler, SamplePolicy
 
 #: Rows per Arrow batch read: memory per batch stays a few tens of MiB whatever the partition size.
 BATCH_ROWS = 65_536
@@ -162,14 +162,12 @@ def _count_column(prof: ColumnProfile, col: pa.Array | pa.ChunkedArray, spec: Co
 class _Pass:
     """The counts and the kept sample rows of some batches; passes over disjoint parts of a partition merge."""
 
-    def __init__(self, contract: FeatureContract, cutoff: np.uint64, seed: int) -> None:
+    def __init__(self, contract: FeatureContract, *, cap: int, expected_rows: int, seed: int) -> None:
         self.contract = contract
         self.specs = {c.name: c for c in contract.columns}
         self.columns = {c.name: ColumnProfile(c.name, c.type.is_categorical) for c in contract.columns}
-        self.cutoff = cutoff
-        self.seed = seed
+        self.sampler = HashSampler(cap, expected_rows, seed)
         self.rows = 0
-        self.kept: list[tuple[pa.Table, np.ndarray]] = []
 
     def add(self, raw: pa.RecordBatch | pa.Table) -> None:
         n = raw.num_rows
@@ -181,13 +179,7 @@ class _Pass:
             else:  # a column the files lack: every row missing
                 prof.rows += n
                 prof.missing += n
-        if n == 0:
-            return
-        hashes = entity_hashes(raw.column(self.contract.entity_id), self.seed)
-        keep = hashes <= self.cutoff
-        if keep.any():
-            rows = raw if keep.all() else raw.filter(pa.array(keep))
-            self.kept.append((normalise(rows, self.contract), hashes[keep]))
+        self.sampler.offer(raw, raw.column(self.contract.entity_id), lambda kept: normalise(kept, self.contract))
 
     def merge(self, other: _Pass) -> None:
         self.rows += other.rows
@@ -199,14 +191,12 @@ class _Pass:
             prof.above_max += o.above_max
             for value, count in o.categories.items():
                 prof.categories[value] = prof.categories.get(value, 0) + count
-        self.kept += other.kept
+        self.sampler.merge(other.sampler)
 
-    def finish(self, cap: int) -> PartitionProfile:
-        sampler = HashSampler(cap, 0, self.seed)
-        for table, hashes in self.kept:
-            sampler.add(table, hashes)
-        sample, _hashes = sampler.finish(sample_schema(self.contract))
-        policy = SamplePolicy(cap=cap, seed=self.seed, key=self.contract.entity_id)
+    def finish(self) -> PartitionProfile:
+        sample, _hashes = self.sampler.finish(sample_schema(self.contract))
+        s = self.sampler
+        policy = SamplePolicy(cap=s.cap, seed=s.seed, key=self.contract.entity_id)
         return PartitionProfile(rows=self.rows, columns=self.columns, sample=sample, policy=policy)
 
 
@@ -220,10 +210,10 @@ def profile_batches(
 ) -> PartitionProfile:
     """Count every row and keep the hash sample, one batch after another (profile_files does the same work on
     several parts of a partition at once)."""
-    one = _Pass(contract, HashSampler(cap, expected_rows, seed).cutoff, seed)
+    one = _Pass(contract, cap=cap, expected_rows=expected_rows, seed=seed)
     for raw in batches:
         one.add(raw)
-    return one.finish(cap)
+    return one.finish()
 
 
 def iter_file_batches(
@@ -279,12 +269,11 @@ def profile_files(
     their row groups) counted by `threads` threads at once (default: one per core this process may use, at most 8):
     Arrow's reads and kernels release the GIL; each thread holds one batch and its file's buffers. The result
     does not depend on the threads: counts add up, and the sample is the bottom `cap` hashes of every row."""
-    threads = max(1, threads if threads is not None else min(8, _cores()))
+    threads = max(1, threads if threads is not None else min(8, usable_cores()))
     units, rows = _units(uris, threads)
-    cutoff = HashSampler(cap, rows, seed).cutoff
 
     def one(unit: tuple[str, list[int] | None]) -> _Pass:
-        part = _Pass(contract, cutoff, seed)
+        part = _Pass(contract, cap=cap, expected_rows=rows, seed=seed)
         uri, groups = unit
         try:
             for raw in iter_file_batches([uri], contract, row_groups=groups, use_threads=threads == 1):
@@ -296,11 +285,11 @@ def profile_files(
             raise NightshiftError(f"monitoring could not read {where}: {type(exc).__name__}: {exc}") from exc
         return part
 
-    whole = _Pass(contract, cutoff, seed)
+    whole = _Pass(contract, cap=cap, expected_rows=rows, seed=seed)
     if threads == 1 or len(units) <= 1:
         for unit in units:
             whole.merge(one(unit))
-        return whole.finish(cap)
+        return whole.finish()
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nightshift-profile")
     try:
         futures = [pool.submit(one, unit) for unit in units]
@@ -308,15 +297,7 @@ def profile_files(
             whole.merge(future.result())
     finally:  # a failed part fails the pass now: the parts not started are dropped, not read
         pool.shutdown(wait=True, cancel_futures=True)
-    return whole.finish(cap)
-
-
-def _cores() -> int:
-    """The cores this process may run on (its affinity, as a container's cpuset sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return whole.finish()
 
 
 def numeric_values(table: pa.Table, column: str) -> np.ndarray:

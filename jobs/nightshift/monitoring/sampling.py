@@ -9,6 +9,7 @@ partition.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,14 @@ class HashSampler:
         self._hashes: list[np.ndarray] = []
         self.seen = 0
 
-    def offer(self, batch: pa.Table | pa.RecordBatch, ids: pa.Array | pa.ChunkedArray) -> None:
+    def offer(
+        self,
+        batch: pa.Table | pa.RecordBatch,
+        ids: pa.Array | pa.ChunkedArray,
+        prepare: Callable[[pa.Table], pa.Table] | None = None,
+    ) -> None:
+        """Keep the batch's rows whose hashes are under the cut-off; `prepare` turns the kept rows into what is
+        stored (e.g. the sample's schema), so a batch's other rows are never converted."""
         self.seen += batch.num_rows
         if batch.num_rows == 0:
             return
@@ -99,13 +107,17 @@ class HashSampler:
         if not keep.all():
             table = table.filter(pa.array(keep))
             hashes = hashes[keep]
-        self.add(table, hashes)
-
-    def add(self, rows: pa.Table, hashes: np.ndarray) -> None:
-        """Keep rows already chosen by the caller (their hashes under this sampler's cut-off, not checked again),
-        e.g. by passes over other parts of a partition; `seen` is the caller's to count."""
-        self._batches.append(rows)
+        self._batches.append(table if prepare is None else prepare(table))
         self._hashes.append(hashes)
+
+    def merge(self, other: HashSampler) -> None:
+        """Take the rows another sampler of the same cut-off and seed kept (a pass over another part of the same
+        partition): the bottom `cap` of both is the bottom `cap` of the whole."""
+        if (other.cutoff, other.seed) != (self.cutoff, self.seed):
+            raise ValueError("samplers of different cut-offs or seeds do not merge")
+        self.seen += other.seen
+        self._batches += other._batches
+        self._hashes += other._hashes
 
     def finish(self, schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
         """(rows sorted by hash, their hashes): at most `cap` rows."""
