@@ -12,17 +12,17 @@
 #     (the database's own point-lookup rate);
 #   * `ceiling`: a bare FastAPI app under the same uvicorn settings answering a pre-encoded
 #     constant of the same shape (the HTTP ceiling: no auth, no metrics, no database);
-#   * `single`: `nightshift api` (1 worker, its defaults: coalescing and the answer cache on), GET one
-#     uniformly random entity; `single-nocache` with the answer cache off, `single-cache` with the
-#     resolution cache on (1 s), `single-nocoalesce` with coalescing off;
+#   * `single`: `nightshift api` (1 worker, its defaults: coalescing on, the answer cache off), GET one
+#     uniformly random entity; `single-lru` with the per-worker answer cache on (100,000 entries),
+#     `single-cache` with the resolution cache on (1 s), `single-nocoalesce` with coalescing off;
 #   * `zipf-*`: GET one entity drawn from a Zipf law over the partition (rank r asked with weight
-#     r^-s, `--zipf-s`, 0.99 as YCSB; ranks shuffled over the ids): `zipf-nocache` (answer cache
-#     off), `zipf-memory` (the per-worker LRU, the default), `zipf-redis` (LRU off, the Redis tier
+#     r^-s, `--zipf-s`, 0.99 as YCSB; ranks shuffled over the ids): `zipf-nocache` (the defaults:
+#     answer cache off), `zipf-memory` (the per-worker LRU), `zipf-redis` (LRU off, the Redis tier
 #     alone, at NIGHTSHIFT_BENCH_REDIS_URL, default redis://127.0.0.1:6379/14; skipped without Redis
 #     or the `redis` package), with the hit rate from the server's /metrics;
-#   * `batch`: the defaults, POST `--batch-size` uniformly random ids per request (`batch-nocache`: the
-#     answer cache off); `batch-zipf-nocache`
-#     and `batch-zipf-memory`: Zipf-drawn ids, cache off and on.
+#   * `batch`: the defaults, POST `--batch-size` uniformly random ids per request (`batch-lru`: the
+#     per-worker answer cache on); `batch-zipf-nocache` and `batch-zipf-memory`: Zipf-drawn ids, cache
+#     off and on.
 # Load comes from wrk (C, epoll, one thread: it costs the server little of the 2 cores); a small
 # asyncio client in a separate process stands in when wrk is not installed. Variants are
 # interleaved round by round so drift on a shared machine hits them alike; medians are reported
@@ -551,8 +551,8 @@ def drop_redis_keys(url: str, prefix: str) -> None:
 
 #: The `nightshift api` servers: name → environment overrides of the API settings.
 API_SERVERS: dict[str, dict[str, str]] = {
-    "api": {},
-    "api-nocache": {"NIGHTSHIFT_API__CACHE_ENTRIES": "0"},
+    "api": {},  # the defaults: coalescing on, the answer cache off
+    "api-lru": {"NIGHTSHIFT_API__CACHE_ENTRIES": "100000"},
     "api-cache": {"NIGHTSHIFT_API__RESOLVE_CACHE_TTL_S": "1"},
     "api-nocoalesce": {"NIGHTSHIFT_API__COALESCE_LOOKUPS": "false"},
 }
@@ -775,12 +775,13 @@ def summarise(plan: Plan) -> dict[str, Any]:
     ratios = {
         "single_vs_ceiling": per_round("single", "ceiling"),
         "single_vs_db": per_round("single", "db"),
-        "single_nocache_vs_ceiling": per_round("single-nocache", "ceiling"),
+        "single_lru_vs_ceiling": per_round("single-lru", "ceiling"),
         "single_cache_vs_ceiling": per_round("single-cache", "ceiling"),
         "single_nocoalesce_vs_ceiling": per_round("single-nocoalesce", "ceiling"),
         "cache_speedup": per_round("single-cache", "single"),
         "coalesce_speedup": per_round("single", "single-nocoalesce"),
-        "answer_cache_uniform_vs_nocache": per_round("single", "single-nocache"),
+        "answer_cache_uniform_vs_nocache": per_round("single-lru", "single"),
+        "answer_cache_uniform_batch_vs_nocache": per_round("batch-lru", "batch"),
         "zipf_memory_vs_nocache": per_round("zipf-memory", "zipf-nocache"),
         "zipf_redis_vs_nocache": per_round("zipf-redis", "zipf-nocache"),
         "zipf_memory_vs_ceiling": per_round("zipf-memory", "ceiling"),
@@ -839,15 +840,15 @@ def write_markdown(path: Path, plan: Plan, summary: dict[str, Any], meta: dict[s
     names = {
         "db": "PostgreSQL prepared PK lookup (pgbench)",
         "ceiling": "FastAPI constant, no DB (HTTP ceiling)",
-        "single": "API single lookup, uniform ids (defaults: coalescing, answer cache)",
-        "single-nocache": "API single lookup, uniform ids, answer cache off",
+        "single": "API single lookup, uniform ids (defaults: coalescing on, answer cache off)",
+        "single-lru": "API single lookup, uniform ids, per-worker LRU",
         "single-cache": "API single lookup, uniform ids, resolution cache on (1 s)",
         "single-nocoalesce": "API single lookup, uniform ids, coalescing off",
-        "zipf-nocache": "API single lookup, Zipf ids, answer cache off",
-        "zipf-memory": "API single lookup, Zipf ids, per-worker LRU (default)",
+        "zipf-nocache": "API single lookup, Zipf ids, answer cache off (default)",
+        "zipf-memory": "API single lookup, Zipf ids, per-worker LRU",
         "zipf-redis": "API single lookup, Zipf ids, Redis tier alone (LRU off)",
         "batch": f"API batch of {plan.batch_size} uniform ids (defaults)",
-        "batch-nocache": f"API batch of {plan.batch_size} uniform ids, answer cache off",
+        "batch-lru": f"API batch of {plan.batch_size} uniform ids, per-worker LRU",
         "batch-zipf-nocache": f"API batch of {plan.batch_size} Zipf ids, answer cache off",
         "batch-zipf-memory": f"API batch of {plan.batch_size} Zipf ids, per-worker LRU",
     }
@@ -881,7 +882,8 @@ def write_markdown(path: Path, plan: Plan, summary: dict[str, Any], meta: dict[s
         f"Redis tier alone vs no cache {r['zipf_redis_vs_nocache']:.2f}x; LRU {r['zipf_memory_vs_ceiling']:.2f}x "
         f"the ceiling (no cache {r['zipf_nocache_vs_ceiling']:.2f}x); batches of Zipf ids "
         f"{r['batch_zipf_memory_vs_nocache']:.2f}x",
-        f"- uniform ids (low hit rate): answer cache on vs off {r['answer_cache_uniform_vs_nocache']:.2f}x",
+        f"- uniform ids (low hit rate): answer cache on vs off {r['answer_cache_uniform_vs_nocache']:.2f}x "
+        f"(batches {r['answer_cache_uniform_batch_vs_nocache']:.2f}x)",
         f"- single lookup vs the database's own point query: {r['single_vs_db']:.3f}x; resolution cache on vs off "
         f"{r['cache_speedup']:.2f}x; coalescing on vs off {r['coalesce_speedup']:.2f}x",
         "",
@@ -903,7 +905,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
         default=[],
-        help="comma-separated load variants to run (e.g. ceiling,single,batch,batch-nocache); default: all",
+        help="comma-separated load variants to run (e.g. ceiling,single,batch,batch-lru); default: all",
     )
     ap.add_argument("--zipf-s", type=float, default=0.99, help="Zipf exponent of the skewed workload")
     ap.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
@@ -963,16 +965,16 @@ def main(argv: list[str] | None = None) -> None:
             http: dict[str, tuple[str, Workload]] = {
                 "ceiling": ("ceiling", uniform),
                 "single": ("api", uniform),
-                "single-nocache": ("api-nocache", uniform),
+                "single-lru": ("api-lru", uniform),
                 "single-cache": ("api-cache", uniform),
                 "single-nocoalesce": ("api-nocoalesce", uniform),
-                "zipf-nocache": ("api-nocache", zipf),
-                "zipf-memory": ("api", zipf),
+                "zipf-nocache": ("api", zipf),
+                "zipf-memory": ("api-lru", zipf),
                 "zipf-redis": ("api-redis", zipf),
                 "batch": ("api", uniform_batch),
-                "batch-nocache": ("api-nocache", uniform_batch),
-                "batch-zipf-nocache": ("api-nocache", zipf_batch),
-                "batch-zipf-memory": ("api", zipf_batch),
+                "batch-lru": ("api-lru", uniform_batch),
+                "batch-zipf-nocache": ("api", zipf_batch),
+                "batch-zipf-memory": ("api-lru", zipf_batch),
             }
             http = {k: v for k, v in http.items() if v[0] in srv and (not args.only or k in args.only)}
             warm = min(2.0, args.seconds)

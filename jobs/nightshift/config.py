@@ -492,11 +492,12 @@ class ApiSettings(BaseModel):
         default=True, description="concurrent single lookups of one partition share one statement"
     )
     cache_entries: int = Field(
-        default=100_000,
+        default=0,
         ge=0,
         le=50_000_000,
-        description="answers cached per worker process, keyed by committed run and entity (LRU; 0: off); "
-        "the run that answers is still resolved per request, so a commit is seen at once",
+        description="answers cached per worker process, keyed by committed run and entity (LRU; 0, the default: "
+        "off; it pays only on skewed batch traffic, docs/api.md); the run that answers is still resolved per "
+        "request, so a commit is seen at once",
     )
     redis_url: str | None = Field(
         default=None,

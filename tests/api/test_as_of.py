@@ -170,7 +170,7 @@ def _batch(c: httpx.Client, ids: list[str], **params: Any) -> httpx.Response:
 def test_every_recorded_moment_is_answered_as_it_was_then(history: History, serve: Any) -> None:
     """Each step's live answers (single and batch, every selection, found and missing entities, 404s) are
     what `as_of=<that step>` answers afterwards, with the cache on or off."""
-    for api in (serve(history.url, cache_entries=0), serve(history.url)):
+    for api in (serve(history.url, cache_entries=0), serve(history.url, cache_entries=100_000)):
         with api.client(history.key) as c:
             for step in history.steps:
                 at = step.at.isoformat()
@@ -495,7 +495,7 @@ def test_a_night_re_run_after_a_promotion_answers_what_served_it_at_each_moment(
     assert version_of == {"scored": 1, "promoted": 1, "re-run": 2}  # what the live API answered
     assert by_name["promoted"].singles[("challenger", "42")].json()["version"] == 2  # v2's shadow run of D
 
-    for server in (serve(store_url, cache_entries=0), serve(store_url)):
+    for server in (serve(store_url, cache_entries=0), serve(store_url, cache_entries=100_000)):
         with server.client(key) as c:
             for step in steps:
                 at = step.at.isoformat()
