@@ -199,20 +199,17 @@ end
 
 
 def _wrk_batch(rows: int, key: str, batch: int) -> str:
+    """POST `batch` ids drawn afresh for every request, uniformly over the partition. (A fixed set of
+    bodies cycled would repeat its ids, and an answer cache would then answer nearly all of them.)"""
     return (
         f"""
 math.randomseed(os.time())
-local bodies = {{}}
-for b = 1, 64 do
-  local ids = {{}}
-  for i = 1, {batch} do ids[i] = '"' .. math.random(1, {rows}) .. '"' end
-  bodies[b] = '{{"ids":[' .. table.concat(ids, ",") .. ']}}'
-end
 local headers = {{["X-API-Key"] = "{key}", ["Content-Type"] = "application/json"}}
-local n = 0
+local ids = {{}}
 request = function()
-  n = n % 64 + 1
-  return wrk.format("POST", "/v1/models/{MODEL}/predictions/batch", headers, bodies[n])
+  for i = 1, {batch} do ids[i] = '"' .. math.random(1, {rows}) .. '"' end
+  return wrk.format("POST", "/v1/models/{MODEL}/predictions/batch", headers,
+                    '{{"ids":[' .. table.concat(ids, ",") .. ']}}')
 end
 """
         + _WRK_COMMON
