@@ -134,11 +134,17 @@ def build(dialect: str) -> Queries:
     # Reasons (`?explain=true`) are one more column of the same row: the same statement, the same snapshot.
     reasons = ", p.reasons"
 
+    # The run reaches the prediction rows as a scalar subquery (an InitPlan on PostgreSQL), never as a join
+    # column: `p.run_id = <param>` is then an index condition, and the generic plan prunes `predictions` to
+    # that run's partition when it executes. Joined on `c.run_id`, PostgreSQL probed the index of EVERY
+    # partition (every retained run of every model) and filtered the other runs' rows out afterwards.
+    run = "p.run_id = (SELECT c1.run_id FROM c c1)"
+
     def one_of(kind: Kind, more: str = "") -> str:
         return (
+            f"WITH c AS ({_resolution(kind)}) "
             f"SELECT c.version, c.ds, c.run_id, c.committed_at, p.score, p.label, p.value, p.probs{more} "
-            f"FROM ({_resolution(kind)}) c "
-            "LEFT JOIN predictions p ON p.run_id = c.run_id AND p.entity_id = :entity_id"
+            f"FROM c LEFT JOIN predictions p ON {run} AND p.entity_id = :entity_id"
         )
 
     # The partition's columns come once (first branch), not repeated on each of up to 1000 rows:
@@ -149,8 +155,8 @@ def build(dialect: str) -> Queries:
             f"WITH c AS ({_resolution(kind)}) "
             f"SELECT c.version, c.ds, c.run_id, c.committed_at{nulls} FROM c "
             "UNION ALL "
-            f"SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs{more} FROM c "
-            f"JOIN predictions p ON p.run_id = c.run_id AND p.entity_id {in_ids}"
+            f"SELECT NULL, NULL, NULL, NULL, p.entity_id, p.score, p.label, p.value, p.probs{more} "
+            f"FROM predictions p WHERE {run} AND p.entity_id {in_ids}"
         )
 
     one = {kind: one_of(kind) for kind in _KINDS}
