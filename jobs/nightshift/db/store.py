@@ -614,6 +614,7 @@ class Store:
         if not entity_ids:
             return []
         p, c = schema.predictions, schema.partitions
+        where = (c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
         q = (
             sa.select(
                 p.c.entity_id,
@@ -628,13 +629,7 @@ class Store:
                 c.c.committed_at,
             )
             .select_from(c.join(p, p.c.run_id == c.c.run_id))
-            .where(
-                c.c.model == model,
-                c.c.version == version,
-                c.c.ds == ds,
-                c.c.status == "committed",
-                p.c.entity_id.in_(list(entity_ids)),
-            )
+            .where(*where, _one_run(p, where), p.c.entity_id.in_(list(entity_ids)))
         )
         with self.connect() as conn:
             return [
@@ -659,11 +654,9 @@ class Store:
         Read in one snapshot through the catalog; meant for comparisons and reports, not lookups.
         """
         p, c = schema.predictions, schema.partitions
-        q = (
-            sa.select(p.c.entity_id, p.c.score)
-            .select_from(c.join(p, p.c.run_id == c.c.run_id))
-            .where(c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
-        )
+        where = (c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
+        q = sa.select(p.c.entity_id, p.c.score).select_from(c.join(p, p.c.run_id == c.c.run_id)).where(*where)
+        q = q.where(_one_run(p, where))
         with self.begin() as conn:
             committed = conn.execute(
                 sa.select(c.c.run_id).where(
@@ -684,6 +677,14 @@ class Store:
         """Rows stored under a run, staged or committed (0 once its rows are gone)."""
         with self.connect() as conn:
             return self.backend.count_rows(conn, run_id)
+
+
+def _one_run(p: sa.Table, where: tuple[Any, ...]) -> Any:
+    """`predictions.run_id = (the catalog's run)`, as a scalar subquery: PostgreSQL then prunes `predictions`
+    to that run's partition when the statement executes. Joined on the catalog row alone, it scans or probes
+    every partition (every retained run of every model) and drops the other runs' rows after the join."""
+    c = schema.partitions
+    return p.c.run_id == sa.select(c.c.run_id).where(*where).scalar_subquery()
 
 
 def _replaced_before(r: sa.Table, days: float) -> Any:
