@@ -19,6 +19,8 @@ PG_ADMIN_URL = os.environ.get("NIGHTSHIFT_BENCH_PG_URL", "postgresql://root@127.
 
 #: The SQLite baseline in nightshift's order (`limits.sqlite_bulk_insert_chunks`): its name in results and report.
 SQLITE_BULK_CHUNKS = "SQLite bulk insert, one chunk per file"
+#: The pipelined limit + primary key run a second time in each PostgreSQL round: the noise floor of a paired ratio.
+LIMIT_PK_AGAIN = "pipelined limit + primary key, again"
 
 
 @dataclass
