@@ -235,14 +235,32 @@ def run_wrk(url: str, script: str, *, connections: int, seconds: float, workdir:
 # -- the fallback load generator: asyncio, raw HTTP/1.1 keep-alive, in its own process ----------
 
 
+def _uniform_request(key: str, rows: int, batch: int | None, rng: random.Random) -> bytes:
+    """One request of ids drawn afresh, uniformly over 1..rows (a fixed list cycled would repeat its ids,
+    and an answer cache would answer them)."""
+    if batch is None:
+        return _raw_requests(key, None, [rng.randint(1, rows)])[0].encode("latin-1")
+    return _raw_requests(key, batch, [rng.randint(1, rows) for _ in range(batch)])[0].encode("latin-1")
+
+
 async def _py_client(
-    host: str, port: int, requests: list[bytes], deadline: float, lat: list[float], errors: list[int]
+    host: str,
+    port: int,
+    requests: list[bytes],
+    deadline: float,
+    lat: list[float],
+    errors: list[int],
+    uniform: dict[str, Any] | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    i = random.randrange(len(requests))
+    i = random.randrange(len(requests)) if requests else 0
+    rng = random.Random()
     while time.perf_counter() < deadline:
-        req = requests[i % len(requests)]
-        i += 1
+        if uniform is not None:
+            req = _uniform_request(uniform["key"], uniform["rows"], uniform["batch"], rng)
+        else:
+            req = requests[i % len(requests)]
+            i += 1
         t0 = time.perf_counter()
         writer.write(req)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -268,7 +286,10 @@ def _py_load_main(spec_path: str) -> None:
         t0 = time.perf_counter()
         deadline = t0 + spec["seconds"]
         await asyncio.gather(
-            *(_py_client(spec["host"], spec["port"], reqs, deadline, lat, errors) for _ in range(spec["connections"]))
+            *(
+                _py_client(spec["host"], spec["port"], reqs, deadline, lat, errors, spec.get("uniform"))
+                for _ in range(spec["connections"])
+            )
         )
         return time.perf_counter() - t0
 
@@ -287,13 +308,28 @@ def _py_load_main(spec_path: str) -> None:
 
 
 def run_python_load(
-    url: str, requests: list[str], *, connections: int, seconds: float, workdir: Path
+    url: str,
+    requests: list[str],
+    *,
+    connections: int,
+    seconds: float,
+    workdir: Path,
+    uniform: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The Python load client: `requests` cycled from a random start per connection, or, with `uniform`
+    ({"key", "rows", "batch"}), each request's ids drawn afresh."""
     host, port = url.removeprefix("http://").split(":")
     spec = workdir / f"load-{uuid.uuid4().hex[:6]}.json"
     spec.write_text(
         json.dumps(
-            {"host": host, "port": int(port), "requests": requests, "connections": connections, "seconds": seconds}
+            {
+                "host": host,
+                "port": int(port),
+                "requests": requests,
+                "connections": connections,
+                "seconds": seconds,
+                "uniform": uniform,
+            }
         )
     )
     out = subprocess.run(
@@ -546,6 +582,22 @@ def drop_redis_keys(url: str, prefix: str) -> None:
     client.close()
 
 
+#: The load variants, in the order each round runs them (`--only` picks among them; pgbench's `db` always runs).
+VARIANTS = (
+    "ceiling",
+    "single",
+    "single-lru",
+    "single-cache",
+    "single-nocoalesce",
+    "zipf-nocache",
+    "zipf-memory",
+    "zipf-redis",
+    "batch",
+    "batch-lru",
+    "batch-zipf-nocache",
+    "batch-zipf-memory",
+)
+
 #: The `nightshift api` servers: name → environment overrides of the API settings.
 API_SERVERS: dict[str, dict[str, str]] = {
     "api": {},  # the defaults: coalescing on, the answer cache off
@@ -691,12 +743,14 @@ def run_http(plan: Plan, server: Server, key: str, work: Workload, *, workdir: P
             script = _wrk_single_ids(work.ids, key)
         load = run_wrk(server.url, script, connections=plan.connections, seconds=seconds, workdir=workdir)
     else:
+        uniform = work.name == "uniform"  # drawn per request, like wrk's script
         load = run_python_load(
             server.url,
-            _raw_requests(key, work.batch, work.ids),
+            [] if uniform else _raw_requests(key, work.batch, work.ids),
             connections=plan.connections,
             seconds=seconds,
             workdir=workdir,
+            uniform={"key": key, "rows": plan.rows, "batch": work.batch} if uniform else None,
         )
     load["server_cpu_s"] = _cpu_seconds(server.pid) - cpu0
     after = _counters(server)
@@ -911,6 +965,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for api_bench.jsonl and api_bench.md")
     ap.add_argument("--_load", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    unknown = [v for v in args.only if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; the variants are {', '.join(VARIANTS)}")
     if args._load:
         _py_load_main(args._load)
         return
@@ -973,11 +1030,13 @@ def main(argv: list[str] | None = None) -> None:
                 "batch-zipf-nocache": ("api", zipf_batch),
                 "batch-zipf-memory": ("api-lru", zipf_batch),
             }
+            assert tuple(http) == VARIANTS
             http = {k: v for k, v in http.items() if v[0] in srv and (not args.only or k in args.only)}
             warm = min(2.0, args.seconds)
             for name in srv:  # warm-up: connections, prepared statements (not the caches: uniform ids)
                 run_http(plan, srv[name], key, uniform, workdir=workdir, seconds=warm)
-            run_http(plan, srv["api"], key, uniform_batch, workdir=workdir, seconds=warm)
+            for name in ("api", "api-lru"):  # and the batch path
+                run_http(plan, srv[name], key, uniform_batch, workdir=workdir, seconds=warm)
             for rnd in range(1, args.rounds + 1):
                 load = run_pgbench(
                     url, run_id, args.rows, connections=args.connections, seconds=args.seconds, workdir=workdir

@@ -14,10 +14,10 @@
 * **lookups** (`feast`): the predictions nightshift committed, exported as they are and materialized into
   Feast's online store (PostgreSQL, the same server nightshift serves from; and Redis, Feast's fastest
   store, when one answers on 127.0.0.1), served by `feast serve` (1 worker, on 127.0.0.1) against
-  `nightshift api` (1 worker; as it ships, and with its answer cache off) on the committed store. One id per
-  request, `--connections` concurrent clients, the same load generator as `bench.api_bench` (its Python
-  client) and the same id mix (uniform over 1..rows, `random.Random(7)`, 512 requests cycled). Servers
-  interleaved round by round.
+  `nightshift api` (1 worker; as it ships, answer cache off, and with its per-worker answer cache on) on the
+  committed store. One id per request, `--connections` concurrent clients, the same load generator as
+  `bench.api_bench` (its Python client) and the same id mix (uniform over 1..rows, `random.Random(7)`, 512
+  requests cycled). Servers interleaved round by round.
 
 The peers run in their own environment (bench/peers_env, a separate uv project) as subprocesses
 (bench/peers_env/runner.py); nothing from it is imported here. Results: bench/results/<time>-<size>-peers/
@@ -521,7 +521,7 @@ def redis_available(conn: str) -> str | None:
 
 #: nightshift's API as it ships (its answer cache off: every lookup reads the store, as Feast's does) and with
 #: the per-worker answer cache on (the id mix cycles 512 ids, so nearly every lookup is a hit after the warm-up).
-NS_SERVERS = {"nightshift": "", "nightshift-cache": "cache_entries = 100000\n"}
+NS_SERVERS = {"nightshift": "", "nightshift-lru": "cache_entries = 100000\n"}
 
 
 def _nightshift_server(
@@ -912,10 +912,10 @@ def write_report(out: Path) -> str:
                 f"- {pair}: **{t['median']:.2f}×** lookups/s [{t['min']:.2f}–{t['max']:.2f}] (per round); "
                 f"p99 {v['p99_ms'][ns]:.2f} ms vs {v['p99_ms'][peer]:.2f} ms"
             )
-        if "nightshift-cache" in summary["lookups"]:
+        if "nightshift-lru" in summary["lookups"]:
             lines.append(
                 "- nightshift: its API as it ships (answer cache off: every lookup reads the store; concurrent "
-                "lookups coalesced into one statement); nightshift-cache: `[api] cache_entries = 100000`, the "
+                "lookups coalesced into one statement); nightshift-lru: `[api] cache_entries = 100000`, the "
                 "512 ids cycled are nearly all hits after the warm-up"
             )
         mats = [r for r in records if r.get("kind") == "peers-feast-materialize"]

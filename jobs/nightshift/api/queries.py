@@ -136,8 +136,9 @@ def build(dialect: str) -> Queries:
 
     # The run reaches the prediction rows as a scalar subquery (an InitPlan on PostgreSQL), never as a join
     # column: `p.run_id = <param>` is then an index condition, and the generic plan prunes `predictions` to
-    # that run's partition when it executes. Joined on `c.run_id`, PostgreSQL probed the index of EVERY
-    # partition (every retained run of every model) and filtered the other runs' rows out afterwards.
+    # that run's partition when it executes, whatever the tables' statistics. Joined on `c.run_id`, the plan
+    # depended on them: batches probed the index of every partition (every retained run of every model) and
+    # filtered the other runs' rows out afterwards; single lookups did too over large partitions.
     run = "p.run_id = (SELECT c1.run_id FROM c c1)"
 
     def one_of(kind: Kind, more: str = "") -> str:

@@ -613,24 +613,7 @@ class Store:
         """Committed predictions of some entities, from one (model, version, ds), in one query."""
         if not entity_ids:
             return []
-        p, c = schema.predictions, schema.partitions
-        where = (c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
-        q = (
-            sa.select(
-                p.c.entity_id,
-                p.c.score,
-                p.c.label,
-                p.c.value,
-                p.c.probs,
-                p.c.reasons,
-                c.c.ds,
-                c.c.version,
-                c.c.run_id,
-                c.c.committed_at,
-            )
-            .select_from(c.join(p, p.c.run_id == c.c.run_id))
-            .where(*where, _one_run(p, where), p.c.entity_id.in_(list(entity_ids)))
-        )
+        q = lookup_statement(model, version, ds, entity_ids)
         with self.connect() as conn:
             return [
                 Prediction(
@@ -653,10 +636,8 @@ class Store:
 
         Read in one snapshot through the catalog; meant for comparisons and reports, not lookups.
         """
-        p, c = schema.predictions, schema.partitions
-        where = (c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
-        q = sa.select(p.c.entity_id, p.c.score).select_from(c.join(p, p.c.run_id == c.c.run_id)).where(*where)
-        q = q.where(_one_run(p, where))
+        c = schema.partitions
+        q = partition_statement(model, version, ds)
         with self.begin() as conn:
             committed = conn.execute(
                 sa.select(c.c.run_id).where(
@@ -679,12 +660,47 @@ class Store:
             return self.backend.count_rows(conn, run_id)
 
 
-def _one_run(p: sa.Table, where: tuple[Any, ...]) -> Any:
-    """`predictions.run_id = (the catalog's run)`, as a scalar subquery: PostgreSQL then prunes `predictions`
-    to that run's partition when the statement executes. Joined on the catalog row alone, it scans or probes
-    every partition (every retained run of every model) and drops the other runs' rows after the join."""
-    c = schema.partitions
-    return p.c.run_id == sa.select(c.c.run_id).where(*where).scalar_subquery()
+def _committed_run(model: str, version: int, ds: date) -> Any:
+    """`predictions.run_id = (the catalog's committed run of (model, version, ds))`, as an uncorrelated scalar
+    subquery: PostgreSQL then prunes `predictions` to that run's partition when the statement executes.
+    Joined on the catalog row alone, the plan may scan or probe every partition (every retained run of every
+    model) and drop the other runs' rows after the join (it did, for whole-partition reads and batches)."""
+    c1 = schema.partitions.alias("c1")
+    run = (
+        sa.select(c1.c.run_id)
+        .where(c1.c.model == model, c1.c.version == version, c1.c.ds == ds, c1.c.status == "committed")
+        .correlate(None)
+        .scalar_subquery()
+    )
+    return schema.predictions.c.run_id == run
+
+
+def lookup_statement(model: str, version: int, ds: date, entity_ids: Sequence[str]) -> Any:
+    """Committed predictions of some entities of (model, version, ds), with the partition's columns (Store.lookup)."""
+    p, c = schema.predictions, schema.partitions
+    return (
+        sa.select(
+            p.c.entity_id,
+            p.c.score,
+            p.c.label,
+            p.c.value,
+            p.c.probs,
+            p.c.reasons,
+            c.c.ds,
+            c.c.version,
+            c.c.run_id,
+            c.c.committed_at,
+        )
+        .select_from(c.join(p, p.c.run_id == c.c.run_id))
+        .where(c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
+        .where(_committed_run(model, version, ds), p.c.entity_id.in_(list(entity_ids)))
+    )
+
+
+def partition_statement(model: str, version: int, ds: date) -> Any:
+    """Every committed (entity id, score) of (model, version, ds) (Store.read_partition)."""
+    p = schema.predictions
+    return sa.select(p.c.entity_id, p.c.score).where(_committed_run(model, version, ds))
 
 
 def _replaced_before(r: sa.Table, days: float) -> Any:
