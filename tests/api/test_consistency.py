@@ -20,8 +20,13 @@ def salt_of(score: float) -> int:
     return round(score * 1_000_000) // 1000
 
 
-def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> None:
-    api = serve(seeded.url, resolve_cache_ttl_s=0.05)
+#: The answer cache off (the default) and on: neither may show a mix or lose an answer.
+ANSWER_CACHE = pytest.mark.parametrize("cache_entries", [0, 100_000], ids=["cache-off", "cache-on"])
+
+
+@ANSWER_CACHE
+def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any, cache_entries: int) -> None:
+    api = serve(seeded.url, resolve_cache_ttl_s=0.05, cache_entries=cache_entries)
     key = make_key(seeded.store, "churn")
     run_salt: dict[int, int] = {
         seeded.runs[("churn", 1, DS2)]: 12,
@@ -103,13 +108,16 @@ def test_readers_see_old_or_new_set_never_a_mix(seeded: Seeded, serve: Any) -> N
     assert (final["version"], salt_of(final["score"])) == (2, SALT_V2)
 
 
-def test_lookups_answer_throughout_a_promotion_to_a_version_without_predictions(seeded: Seeded, serve: Any) -> None:
+@ANSWER_CACHE
+def test_lookups_answer_throughout_a_promotion_to_a_version_without_predictions(
+    seeded: Seeded, serve: Any, cache_entries: int
+) -> None:
     """A champion promoted before it has a committed partition must not take the API down: the version it
     replaced keeps answering (and /readyz stays ready) until the new champion's first partition commits."""
     from tests.api.conftest import register_version
 
     key = make_key(seeded.store, "churn")
-    api = serve(seeded.url)
+    api = serve(seeded.url, cache_entries=cache_entries)
     v3 = register_version(seeded.registry, "churn")
     statuses: list[tuple[int, int | None]] = []
     ready: list[int] = []
