@@ -103,14 +103,40 @@ class Contender:
     after: Callable[[], None] | None = None
 
 
+#: Set by the suite for the cases it spawns: the PostgreSQL server `quiesce` checkpoints ("" for none).
+QUIESCE_ENV = "NIGHTSHIFT_BENCH_QUIESCE_PG_URL"
+
+
+def quiesce() -> None:
+    """Let the storage settle before a timed run: PostgreSQL writes its dirty buffers (CHECKPOINT), the
+    kernel its dirty pages (sync).
+
+    Without it a run paid for the writes of the run before it. The pipelined limit leaves its table
+    for the kernel to write back while the next contender runs; a nightshift run drops its database
+    afterwards (untimed), and pages of a deleted file are never written. So nightshift, timed right
+    after the limit, paid for the limit's writes: its commit (the primary key's build) took 1.3-1.6 s
+    there against 1.0-1.1 s after a sync, the limit's own key 1.0-1.1 s (4M rows, 2026-12-05).
+    """
+    url = os.environ.get(QUIESCE_ENV, PG_ADMIN_URL)
+    if url:
+        with contextlib.suppress(Exception):  # no server, or no right to checkpoint: the sync still helps
+            import psycopg
+
+            with psycopg.connect(libpq(url), autocommit=True, connect_timeout=5) as conn:
+                conn.execute("CHECKPOINT")
+    os.sync()
+
+
 def interleave(contenders: dict[str, Contender], repeats: int) -> dict[str, tuple[list[float], list[dict[str, Any]]]]:
     """Time each contender `repeats` times, round-robin (A B C A B C ...) so that load drift on a
-    shared machine hits all of them alike. Returns, per name, the wall times and the extras."""
+    shared machine hits all of them alike, each run from settled storage (`quiesce`, untimed).
+    Returns, per name, the wall times and the extras."""
     out: dict[str, tuple[list[float], list[dict[str, Any]]]] = {name: ([], []) for name in contenders}
     for round_no in range(repeats):
         for name, c in contenders.items():
             if c.setup is not None:
                 c.setup()
+            quiesce()
             t = time.perf_counter()
             extra = dict(c.run() or {})
             seconds = time.perf_counter() - t

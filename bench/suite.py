@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cases, report
-from bench.common import PG_ADMIN_URL, Recorder, pg_available
+from bench.common import PG_ADMIN_URL, QUIESCE_ENV, Recorder, pg_available
 from bench.data import DATA_ROOT, Dataset, dataset, describe, parse_rows, train_brought, train_model
 from bench.peers import dask_ml_available
 from bench.profiling import py_spy
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder(out / "results.jsonl")
     recorder.write(environment(size, argv))
     plan = make_plan(size, out, args.pg_url, profile="profile" in selected, selected=selected)
+    os.environ[QUIESCE_ENV] = plan.pg_url or ""  # the spawned cases checkpoint this server before each timed run
     recorder.write(
         {
             "kind": "plan",
