@@ -344,11 +344,6 @@ def run_python_load(
     return result
 
 
-def uniform_ids(rows: int, n: int, seed: int = 7) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randint(1, rows) for _ in range(n)]
-
-
 def zipf_ids(rows: int, n: int, s: float, seed: int = 7) -> list[int]:
     """n entity ids drawn from a Zipf law over `rows` ids: rank r with weight r^-s, ranks shuffled over the ids."""
     import numpy as np
@@ -582,21 +577,22 @@ def drop_redis_keys(url: str, prefix: str) -> None:
     client.close()
 
 
-#: The load variants, in the order each round runs them (`--only` picks among them; pgbench's `db` always runs).
-VARIANTS = (
-    "ceiling",
-    "single",
-    "single-lru",
-    "single-cache",
-    "single-nocoalesce",
-    "zipf-nocache",
-    "zipf-memory",
-    "zipf-redis",
-    "batch",
-    "batch-lru",
-    "batch-zipf-nocache",
-    "batch-zipf-memory",
-)
+#: The load variants → (server, workload), in the order each round runs them (`--only` picks among them;
+#: pgbench's `db` always runs). Workloads: uniform or Zipf ids, one a request or `--batch-size` a request.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "ceiling": ("ceiling", "uniform"),
+    "single": ("api", "uniform"),
+    "single-lru": ("api-lru", "uniform"),
+    "single-cache": ("api-cache", "uniform"),
+    "single-nocoalesce": ("api-nocoalesce", "uniform"),
+    "zipf-nocache": ("api", "zipf"),
+    "zipf-memory": ("api-lru", "zipf"),
+    "zipf-redis": ("api-redis", "zipf"),
+    "batch": ("api", "uniform-batch"),
+    "batch-lru": ("api-lru", "uniform-batch"),
+    "batch-zipf-nocache": ("api", "zipf-batch"),
+    "batch-zipf-memory": ("api-lru", "zipf-batch"),
+}
 
 #: The `nightshift api` servers: name → environment overrides of the API settings.
 API_SERVERS: dict[str, dict[str, str]] = {
@@ -677,7 +673,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Workload:
-    """What a load run asks: single or batch requests, over which ids (drawn once, in order)."""
+    """What a load run asks: single or batch requests, over which ids: "uniform" draws them afresh for every
+    request (over 1..rows, `ids` unused), others replay `ids` (drawn once) in order."""
 
     name: str
     ids: list[int]
@@ -1001,8 +998,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     url, dbname, run_id, total = create_store(args.rows, args.partitions, workdir / "models")
     print(f"  {total:,} rows committed in {time.perf_counter() - t0:.1f}s", flush=True)
-    uniform = Workload("uniform", uniform_ids(args.rows, SINGLE_REQUESTS))
-    uniform_batch = Workload("uniform", uniform_ids(args.rows, BATCH_REQUESTS * args.batch_size), args.batch_size)
+    uniform = Workload("uniform", [])
+    uniform_batch = Workload("uniform", [], args.batch_size)
     zipf = Workload("zipf", zipf_ids(args.rows, SINGLE_REQUESTS, args.zipf_s))
     zipf_batch = Workload(
         "zipf", zipf_ids(args.rows, BATCH_REQUESTS * args.batch_size, args.zipf_s, seed=8), args.batch_size
@@ -1015,23 +1012,13 @@ def main(argv: list[str] | None = None) -> None:
         key = KeyManager(store).create("bench", "*", created_by="bench")[1]
         store.dispose()
         with servers(url, workdir, redis_prefix) as srv:
+            workloads = {"uniform": uniform, "zipf": zipf, "uniform-batch": uniform_batch, "zipf-batch": zipf_batch}
             # variant → (server, workload); interleaved in this order every round.
-            http: dict[str, tuple[str, Workload]] = {
-                "ceiling": ("ceiling", uniform),
-                "single": ("api", uniform),
-                "single-lru": ("api-lru", uniform),
-                "single-cache": ("api-cache", uniform),
-                "single-nocoalesce": ("api-nocoalesce", uniform),
-                "zipf-nocache": ("api", zipf),
-                "zipf-memory": ("api-lru", zipf),
-                "zipf-redis": ("api-redis", zipf),
-                "batch": ("api", uniform_batch),
-                "batch-lru": ("api-lru", uniform_batch),
-                "batch-zipf-nocache": ("api", zipf_batch),
-                "batch-zipf-memory": ("api-lru", zipf_batch),
+            http = {
+                name: (server, workloads[work])
+                for name, (server, work) in VARIANTS.items()
+                if server in srv and (not args.only or name in args.only)
             }
-            assert tuple(http) == VARIANTS
-            http = {k: v for k, v in http.items() if v[0] in srv and (not args.only or k in args.only)}
             warm = min(2.0, args.seconds)
             for name in srv:  # warm-up: connections, prepared statements (not the caches: uniform ids)
                 run_http(plan, srv[name], key, uniform, workdir=workdir, seconds=warm)

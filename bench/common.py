@@ -118,13 +118,19 @@ def quiesce() -> None:
     there against 1.0-1.1 s after a sync, the limit's own key 1.0-1.1 s (4M rows, 2026-12-05).
     """
     url = os.environ.get(QUIESCE_ENV, PG_ADMIN_URL)
-    if url:
-        with contextlib.suppress(Exception):  # no server, or no right to checkpoint: the sync still helps
+    if url and url not in _NO_CHECKPOINT:
+        try:
             import psycopg
 
             with psycopg.connect(libpq(url), autocommit=True, connect_timeout=5) as conn:
                 conn.execute("CHECKPOINT")
+        except Exception as exc:  # no server, or no right to checkpoint: the sync still helps
+            _NO_CHECKPOINT.add(url)  # said once, not tried again in this process
+            print(f"bench: CHECKPOINT before timed runs skipped ({type(exc).__name__}: {exc}); sync only", flush=True)
     os.sync()
+
+
+_NO_CHECKPOINT: set[str] = set()
 
 
 def interleave(contenders: dict[str, Contender], repeats: int) -> dict[str, tuple[list[float], list[dict[str, Any]]]]:

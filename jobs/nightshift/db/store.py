@@ -565,15 +565,7 @@ class Store:
     def partition(self, model: str, version: int, ds: date) -> PartitionInfo | None:
         p = schema.partitions
         with self.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(p).where(
-                        p.c.model == model, p.c.version == version, p.c.ds == ds, p.c.status == "committed"
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = conn.execute(sa.select(p).where(*_committed(p, model, version, ds))).mappings().first()
         return _partition_info(row) if row else None
 
     def latest_partition(self, model: str, version: int) -> PartitionInfo | None:
@@ -639,11 +631,7 @@ class Store:
         c = schema.partitions
         q = partition_statement(model, version, ds)
         with self.begin() as conn:
-            committed = conn.execute(
-                sa.select(c.c.run_id).where(
-                    c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed"
-                )
-            ).scalar()
+            committed = conn.execute(sa.select(c.c.run_id).where(*_committed(c, model, version, ds))).scalar()
             if committed is None:
                 return None
             ids: list[str] = []
@@ -660,18 +648,18 @@ class Store:
             return self.backend.count_rows(conn, run_id)
 
 
+def _committed(c: Any, model: str, version: int, ds: date) -> tuple[Any, ...]:
+    """The conditions that pick the committed catalog row of (model, version, ds) in `c` (partitions, or an alias)."""
+    return (c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
+
+
 def _committed_run(model: str, version: int, ds: date) -> Any:
     """`predictions.run_id = (the catalog's committed run of (model, version, ds))`, as an uncorrelated scalar
     subquery: PostgreSQL then prunes `predictions` to that run's partition when the statement executes.
     Joined on the catalog row alone, the plan may scan or probe every partition (every retained run of every
     model) and drop the other runs' rows after the join (it did, for whole-partition reads and batches)."""
     c1 = schema.partitions.alias("c1")
-    run = (
-        sa.select(c1.c.run_id)
-        .where(c1.c.model == model, c1.c.version == version, c1.c.ds == ds, c1.c.status == "committed")
-        .correlate(None)
-        .scalar_subquery()
-    )
+    run = sa.select(c1.c.run_id).where(*_committed(c1, model, version, ds)).correlate(None).scalar_subquery()
     return schema.predictions.c.run_id == run
 
 
@@ -692,7 +680,7 @@ def lookup_statement(model: str, version: int, ds: date, entity_ids: Sequence[st
             c.c.committed_at,
         )
         .select_from(c.join(p, p.c.run_id == c.c.run_id))
-        .where(c.c.model == model, c.c.version == version, c.c.ds == ds, c.c.status == "committed")
+        .where(*_committed(c, model, version, ds))
         .where(_committed_run(model, version, ds), p.c.entity_id.in_(list(entity_ids)))
     )
 
