@@ -532,3 +532,72 @@ def test_small_files_are_scored_in_bundles_of_at_least_task_min_rows(
         if tasks == 1:
             assert chunks == ["part-00000-0.parquet#rg0-0..part-00002-9.parquet#rg0-0"]
     store.dispose()
+
+
+def test_models_of_one_contract_share_a_batch_inputs_and_a_broken_contract_fails_only_its_models(
+    data_root: Path, trained_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of one chunk with equal contracts and layouts get a batch's inputs built once (cast, checked) and
+    the same scores as alone; runs whose contract the batch breaks fail with that error, the others go on."""
+    import hashlib
+
+    from nightshift.data import TaskSlice, features
+    from nightshift.db.staging import Rows
+    from nightshift.demo import demo_contract
+    from nightshift.errors import ContractError
+    from nightshift.scoring import ChunkTask, ModelHandle, score_chunk
+    from nightshift.scoring.chunk import ModelRun
+    from nightshift.scoring.outputs import OutputReader
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(trained_model.onnx_bytes)
+    handle = ModelHandle(str(model), hashlib.sha256(trained_model.onnx_bytes).hexdigest(), 1, 0.5)
+    path = str(sorted(_part_dir(data_root).glob("*.parquet"))[0])
+    meta = pq.ParquetFile(path).metadata
+    piece = TaskSlice(path, tuple(range(meta.num_row_groups)), meta.num_rows)
+    batch_rows = max(1, meta.num_rows // 4)
+    # A numeric column with a null in the first batch: a contract that refuses nulls there breaks at once.
+    first = pq.ParquetFile(path).read_row_group(0).slice(0, batch_rows)
+    holey = next(c.name for c in demo_contract().numeric if first.column(c.name).null_count)
+    columns = [c.model_copy(update={"nullable": False}) if c.name == holey else c for c in demo_contract().columns]
+    strict = demo_contract().model_copy(update={"columns": columns})
+    calls: list[str] = []
+    real = features.model_inputs
+
+    def counting(data: Any, contract: Any, source: str = "input") -> Any:
+        calls.append("strict" if contract == strict else "demo")
+        return real(data, contract, source)
+
+    monkeypatch.setattr(features, "model_inputs", counting)
+
+    def run(run_id: int, contract: Any) -> ModelRun:
+        return ModelRun(f"m{run_id}", 1, handle, contract, run_id, OutputReader(threshold=0.5))
+
+    alone = score_chunk(ChunkTask((piece,), (run(1, demo_contract()),), batch_rows, None))
+    batches = len(calls)
+    assert batches > 1
+    calls.clear()
+    task = ChunkTask(
+        (piece,),
+        (run(1, demo_contract()), run(2, strict), run(3, demo_contract()), run(4, strict)),
+        batch_rows,
+        None,
+    )
+    result = score_chunk(task)
+    # One build a batch for the two demo-contract runs; one for the two strict runs, whose first batch breaks.
+    assert calls.count("demo") == batches
+    assert calls.count("strict") == 1
+    for run_id in (1, 3):
+        part = result.of(run_id)
+        assert part.error is None
+        assert part.rows == meta.num_rows
+        shared, own = part.data, alone.of(1).data
+        assert isinstance(shared, Rows)
+        assert isinstance(own, Rows)
+        np.testing.assert_array_equal(shared.scores, own.scores)
+        assert shared.ids.equals(own.ids)
+    for run_id in (2, 4):
+        error = result.of(run_id).error
+        assert isinstance(error, ContractError)
+        assert holey in str(error)
+        assert "null" in str(error)

@@ -166,18 +166,45 @@ def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.Reco
             yield batch, piece.uri
 
 
-def _score(run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, source: str, part: ModelChunk) -> Rows:
-    """One model's rows for one batch (with their reasons when the run explains); adds the seconds ONNX Runtime
-    (and the reasons) took to `part`."""
-    from nightshift.data.features import entity_ids, model_inputs
+#: A batch's model inputs and entity ids for one feed (`_feed_groups`), or why the batch breaks that feed's contract.
+_Inputs = tuple[dict[str, Any], "pa.Array"] | NightshiftError
 
-    if run.inputs is None:
-        feeds = model_inputs(batch, run.contract, source)
-    else:
-        from nightshift.data.features import onnx_feeds
 
-        feeds = onnx_feeds(batch, run.contract, run.inputs, source)
-    ids = entity_ids(batch, run.contract, source)
+def _feed_groups(runs: tuple[ModelRun, ...]) -> dict[int, int]:
+    """Each run's feed: the index of the first run with the same contract and input layout. Runs of one feed get
+    the same inputs from a batch (and the same refusal), so `_inputs` builds them once a batch for all of them:
+    five models of one dataset's contract cast and check the columns once, not five times."""
+    groups: dict[int, int] = {}
+    for i, run in enumerate(runs):
+        groups[run.run_id] = next(
+            j for j, other in enumerate(runs[: i + 1]) if other.contract == run.contract and other.inputs == run.inputs
+        )
+    return groups
+
+
+def _inputs(run: ModelRun, batch: pa.RecordBatch, source: str) -> _Inputs:
+    """The ONNX Runtime feeds and the entity ids of `batch` for `run`'s contract and layout, or the contract error."""
+    from nightshift.data.features import entity_ids, model_inputs, onnx_feeds
+
+    try:
+        if run.inputs is None:
+            feeds = model_inputs(batch, run.contract, source)
+        else:
+            feeds = onnx_feeds(batch, run.contract, run.inputs, source)
+        return feeds, entity_ids(batch, run.contract, source)
+    except NightshiftError as exc:
+        return exc
+
+
+def _score(
+    run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, inputs: _Inputs, source: str, part: ModelChunk
+) -> Rows:
+    """One model's rows for one batch (with their reasons when the run explains) from the batch's inputs for its
+    feed (`_inputs`, which may be shared with other runs: read only); adds the seconds ONNX Runtime (and the
+    reasons) took to `part`."""
+    if isinstance(inputs, NightshiftError):
+        raise inputs
+    feeds, ids = inputs
     t = time.perf_counter()
     raw = session.run([run.outputs.output], feeds)[0]
     part.infer_s += time.perf_counter() - t
@@ -250,13 +277,18 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             _close(contexts.pop(run_id), _Failed(str(exc)))
             writers.pop(run_id)
 
+        groups = _feed_groups(task.runs)
         for batch, uri in _batches(task, clock) if writers else ():
+            inputs: dict[int, _Inputs] = {}  # this batch's inputs, by feed
             for run in task.runs:
                 if run.run_id not in writers:
                     continue
                 part = parts[run.run_id]
+                feed = groups[run.run_id]
+                if feed not in inputs:
+                    inputs[feed] = _inputs(run, batch, uri)
                 try:
-                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, uri, part))
+                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, inputs[feed], uri, part))
                     if sum(len(r) for r in pending[run.run_id]) >= task.batch_rows:
                         flush(run.run_id, part)
                 except NightshiftError as exc:
@@ -303,13 +335,18 @@ def _score_for_driver(
 
     source = task.source
     collected: dict[int, list[Rows]] = {run.run_id: [] for run in task.runs}
+    groups = _feed_groups(task.runs)
     for batch, uri in _batches(task, clock):
+        inputs: dict[int, _Inputs] = {}  # this batch's inputs, by feed
         for run in task.runs:
             part = parts[run.run_id]
             if part.error is not None:
                 continue
+            feed = groups[run.run_id]
+            if feed not in inputs:
+                inputs[feed] = _inputs(run, batch, uri)
             try:
-                rows = _score(run, sessions[run.run_id], batch, uri, part)
+                rows = _score(run, sessions[run.run_id], batch, inputs[feed], uri, part)
             except NightshiftError as exc:
                 part.error = exc
                 collected[run.run_id] = []
