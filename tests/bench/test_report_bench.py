@@ -35,7 +35,7 @@ def test_each_night_size_is_summarized_and_judged_on_its_own(tmp_path: Path, mon
     fixed = {"import nightshift.cli": 0.1, "import evidently": 4.0}
     recorded = {
         50_000: _rounds(50_000, [1.5, 1.6, 1.4], [7.0, 7.2, 7.1]),
-        4_000_000: _rounds(4_000_000, [8.0, 8.4, 7.0], [7.5, 7.9, 7.4]),
+        4_000_000: _rounds(4_000_000, [8.0, 8.4, 7.0], [7.2, 7.9, 7.4]),
     }
     calls: list[tuple[int, int]] = []
 
@@ -55,18 +55,45 @@ def test_each_night_size_is_summarized_and_judged_on_its_own(tmp_path: Path, mon
     # The median of the rounds' ratios (each round's report over the same round's scoring), not of the times.
     assert small["report_vs_score_median"] == round(sorted([7.0 / 1.5, 7.2 / 1.6, 7.1 / 1.4])[1], 2)
     assert small["target_report_le_1x_score"] is False
-    assert large["report_vs_score_median"] == round(sorted([7.5 / 8.0, 7.9 / 8.4, 7.4 / 7.0])[1], 2)
-    assert large["report_vs_score_range"] == [round(7.9 / 8.4, 2), round(7.4 / 7.0, 2)]
+    # Ratios 0.90, 0.94, 1.06: the median, the least and the most round apart.
+    assert large["report_vs_score_median"] == round(7.9 / 8.4, 2)
+    assert large["report_vs_score_range"] == [round(7.2 / 8.0, 2), round(7.4 / 7.0, 2)]
     assert large["target_report_le_1x_score"] is True
     md = (tmp_path / "report_bench.md").read_text()
-    assert "| 50,000 | 1.5 | 1.0 | 7.1 | 8.1 | **4.67×**" in md
-    assert "| 4,000,000 | 8.0 | 1.0 | 7.5 | 8.5 | **0.94×** [0.94–1.06] | met |" in md
-    assert "NOT met" in md
+    assert "| 50,000 | 1.5 | 1.0 | 7.1 | 8.1 | **4.67×** [4.50–5.07] | NOT met | 5.33× | 0.1 / 4.0 |" in md
+    assert "| 4,000,000 | 8.0 | 1.0 | 7.4 | 8.4 | **0.94×** [0.90–1.06] | met | 1.06× | 0.1 / 4.0 |" in md
 
 
-def test_a_night_without_rows_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_size_that_fails_keeps_the_sizes_measured_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def measure(rows: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        if rows > 50_000:
+            raise RuntimeError("demo-data ran out of disk")
+        return _rounds(rows, [1.5], [7.0]), {"import nightshift.cli": 0.1, "import evidently": 4.0}
+
+    monkeypatch.setattr(report_bench, "measure", measure)
+    with pytest.raises(RuntimeError, match="out of disk"):
+        report_bench.main(["--rows", "50000", "4000000", "--rounds", "1", "--out", str(tmp_path)])
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "report_bench.jsonl").read_text().splitlines()]
+    assert kinds == ["meta", "round", "summary"]
+    assert "| 50,000 |" in (tmp_path / "report_bench.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--rows", "50000", "0"], "--rows: a night needs at least one row; got 50000 0"),
+        (["--rounds", "0"], "--rounds: at least one round; got 0"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], error: str
+) -> None:
+    def measure(rows: int, rounds: int) -> Any:
+        raise AssertionError("measured despite bad arguments")
+
+    monkeypatch.setattr(report_bench, "measure", measure)
     with pytest.raises(SystemExit) as exc:
-        report_bench.main(["--rows", "50000", "0", "--out", str(tmp_path)])
+        report_bench.main([*args, "--out", str(tmp_path)])
     assert exc.value.code == 2
-    assert "--rows: a night needs at least one row; got 50000 0" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
     assert not (tmp_path / "report_bench.jsonl").exists()

@@ -171,9 +171,11 @@ _Inputs = tuple[dict[str, Any], "pa.Array"] | NightshiftError
 
 
 def _feed_groups(runs: tuple[ModelRun, ...]) -> dict[int, int]:
-    """Each run's feed: the index of the first run with the same contract and input layout. Runs of one feed get
+    """Each run's feed: the index of the first run with an equal contract and input layout. Runs of one feed get
     the same inputs from a batch (and the same refusal), so `_inputs` builds them once a batch for all of them:
-    five models of one dataset's contract cast and check the columns once, not five times."""
+    five models of one dataset's contract cast and check the columns once, not five times. Equal means the
+    whole contract (its monitoring hints, such as a column's min and max, too): contracts that differ only
+    there build their inputs each, as before — slower, never wrong."""
     groups: dict[int, int] = {}
     for i, run in enumerate(runs):
         groups[run.run_id] = next(
@@ -203,7 +205,7 @@ def _score(
     feed (`_inputs`, which may be shared with other runs: read only); adds the seconds ONNX Runtime (and the
     reasons) took to `part`."""
     if isinstance(inputs, NightshiftError):
-        raise inputs
+        raise inputs.with_traceback(None)  # one error object for every run of the feed: no traceback piles up
     feeds, ids = inputs
     t = time.perf_counter()
     raw = session.run([run.outputs.output], feeds)[0]
@@ -293,6 +295,7 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
                         flush(run.run_id, part)
                 except NightshiftError as exc:
                     fail(run.run_id, part, exc)
+            inputs.clear()  # this batch's feeds go now, not after the next batch is read
         for run_id in list(writers):
             try:
                 flush(run_id, parts[run_id])
@@ -352,6 +355,7 @@ def _score_for_driver(
                 collected[run.run_id] = []
                 continue
             collected[run.run_id].append(rows)
+        inputs.clear()  # this batch's feeds go now, not after the next batch is read
     for run in task.runs:
         part = parts[run.run_id]
         if part.error is not None:
