@@ -129,3 +129,33 @@ def test_ensure_reference_rebuilds_a_reference_of_another_model(
     broken = dataclasses.replace(other, sha256="0" * 64)
     with pytest.raises(ArtifactIntegrityError):
         ensure_reference(settings, broken)
+
+
+def test_threads_of_one_process_replace_the_same_file_without_losing_a_write(tmp_path: Path) -> None:
+    """Nights run in threads (`backfill --parallel`) build one version's reference at once: every write lands
+    whole, none fails on a temporary file another thread moved (they shared `<file>.tmp-<pid>` before)."""
+    import threading
+
+    from nightshift.monitoring.reference import write_atomic
+
+    uri = str(tmp_path / "ref" / "reference.parquet")
+    payloads = [bytes([i]) * 200_000 for i in range(4)]
+    start = threading.Barrier(len(payloads))
+    errors: list[BaseException] = []
+
+    def writer(data: bytes) -> None:
+        start.wait()
+        try:
+            for _ in range(25):
+                write_atomic(uri, data)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Path(uri).read_bytes() in payloads  # one writer's whole bytes, never a mix
+    assert [p.name for p in (tmp_path / "ref").iterdir()] == ["reference.parquet"]  # no temporary file left

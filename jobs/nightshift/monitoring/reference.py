@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -255,10 +256,16 @@ def build_reference(
     return ref
 
 
-def _write_atomic(uri: str, data: bytes) -> None:
+def write_atomic(uri: str, data: bytes) -> None:
+    """Replace the file at `uri` with `data` in one move: a reader sees the old bytes or the new ones.
+
+    The temporary name is unique to this write, not only to the process: nights run in threads of one
+    process (`nightshift backfill --parallel`) build the same version's reference at the same time, and a
+    shared name let one thread move away the file the other was about to move (FileNotFoundError).
+    """
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
@@ -271,9 +278,9 @@ def save_reference(ref: Reference) -> None:
     data = buf.getvalue()
     ref.stats["sample_file"] = "reference.parquet"
     ref.stats["sample_sha256"] = hashlib.sha256(data).hexdigest()
-    _write_atomic(f"{ref.uri}/reference.parquet", data)
+    write_atomic(f"{ref.uri}/reference.parquet", data)
     text = json.dumps(json_safe(ref.stats), indent=1, sort_keys=True, allow_nan=False)
-    _write_atomic(f"{ref.uri}/reference.json", text.encode())
+    write_atomic(f"{ref.uri}/reference.json", text.encode())
 
 
 def load_reference(mv: ModelVersion) -> Reference | None:

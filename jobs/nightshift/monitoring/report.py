@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from nightshift.config import ModelSettings, Settings
 from nightshift.monitoring.checks import FAIL, INSUFFICIENT, Check, ColumnRules, score_threshold, validate_columns
 from nightshift.monitoring.profile import PartitionProfile
-from nightshift.monitoring.reference import SCORE, Reference
+from nightshift.monitoring.reference import SCORE, Reference, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +78,7 @@ def save_report_sample(uri: str, table: pa.Table, meta: dict[str, Any]) -> str:
     described = table.replace_schema_metadata({_SAMPLE_META: json.dumps({**meta, "format": REPORT_SAMPLE_FORMAT})})
     buf = io.BytesIO()
     pq.write_table(described, buf, compression="zstd")
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    fs.mv(tmp, path)
+    write_atomic(uri, buf.getvalue())
     return uri
 
 
@@ -295,10 +289,7 @@ def write_report(
     snapshot = build_report_from(cfg, current, reference, checks)
     uri = report_uri(settings, cfg.name, version, ds)
     page = with_header(snapshot.get_html_str(as_iframe=False), header)
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    write_atomic(uri, page.encode("utf-8"))  # a reader (the reports view) never sees half a page
     return uri
 
 
@@ -409,9 +400,8 @@ def plot_drift_history(
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
     fig.autofmt_xdate()
-    fs, path = fsspec.core.url_to_fs(out_uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
-        fig.savefig(f, format="png", bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
     plt.close(fig)
+    write_atomic(out_uri, png.getvalue())
     return out_uri
