@@ -166,47 +166,56 @@ def _batches(task: ChunkTask, clock: dict[str, float]) -> Iterator[tuple[pa.Reco
             yield batch, piece.uri
 
 
-#: A batch's model inputs and entity ids for one feed (`_feed_groups`), or why the batch breaks that feed's contract.
-_Inputs = tuple[dict[str, Any], "pa.Array"] | NightshiftError
+class _SharedInputs:
+    """A batch's model inputs and entity ids, built once for every run of one feed: runs whose contracts and
+    input layouts are equal get the same inputs from a batch (and the same refusal), so five models of one
+    dataset's contract cast and check its columns once, not five times. Equal means the whole contract (its
+    monitoring hints, such as a column's min and max, too): contracts that differ only there build their
+    inputs each — slower, never wrong. What it hands out is shared: read only."""
 
+    def __init__(self, runs: tuple[ModelRun, ...]) -> None:
+        #: run id → the index of the first run with an equal contract and layout (its feed).
+        self._feed = {
+            run.run_id: next(j for j, o in enumerate(runs) if o.contract == run.contract and o.inputs == run.inputs)
+            for run in runs
+        }
+        self._built: dict[int, tuple[dict[str, Any], pa.Array] | NightshiftError] = {}
 
-def _feed_groups(runs: tuple[ModelRun, ...]) -> dict[int, int]:
-    """Each run's feed: the index of the first run with an equal contract and input layout. Runs of one feed get
-    the same inputs from a batch (and the same refusal), so `_inputs` builds them once a batch for all of them:
-    five models of one dataset's contract cast and check the columns once, not five times. Equal means the
-    whole contract (its monitoring hints, such as a column's min and max, too): contracts that differ only
-    there build their inputs each, as before — slower, never wrong."""
-    groups: dict[int, int] = {}
-    for i, run in enumerate(runs):
-        groups[run.run_id] = next(
-            j for j, other in enumerate(runs[: i + 1]) if other.contract == run.contract and other.inputs == run.inputs
-        )
-    return groups
+    def get(self, run: ModelRun, batch: pa.RecordBatch, source: str) -> tuple[dict[str, Any], pa.Array]:
+        """The ONNX Runtime feeds and entity ids of `batch` for `run`; raises the contract error the batch gives."""
+        from nightshift.data.features import entity_ids, model_inputs, onnx_feeds
 
+        feed = self._feed[run.run_id]
+        if feed not in self._built:
+            try:
+                if run.inputs is None:
+                    feeds = model_inputs(batch, run.contract, source)
+                else:
+                    feeds = onnx_feeds(batch, run.contract, run.inputs, source)
+                self._built[feed] = feeds, entity_ids(batch, run.contract, source)
+            except NightshiftError as exc:
+                self._built[feed] = exc
+        built = self._built[feed]
+        if isinstance(built, NightshiftError):
+            raise built.with_traceback(None)  # one error object for every run of the feed: no traceback piles up
+        return built
 
-def _inputs(run: ModelRun, batch: pa.RecordBatch, source: str) -> _Inputs:
-    """The ONNX Runtime feeds and the entity ids of `batch` for `run`'s contract and layout, or the contract error."""
-    from nightshift.data.features import entity_ids, model_inputs, onnx_feeds
-
-    try:
-        if run.inputs is None:
-            feeds = model_inputs(batch, run.contract, source)
-        else:
-            feeds = onnx_feeds(batch, run.contract, run.inputs, source)
-        return feeds, entity_ids(batch, run.contract, source)
-    except NightshiftError as exc:
-        return exc
+    def next_batch(self) -> None:
+        """Let the batch's inputs go (before the next batch is read, not after)."""
+        self._built.clear()
 
 
 def _score(
-    run: ModelRun, session: ort.InferenceSession, batch: pa.RecordBatch, inputs: _Inputs, source: str, part: ModelChunk
+    run: ModelRun,
+    session: ort.InferenceSession,
+    batch: pa.RecordBatch,
+    source: str,
+    part: ModelChunk,
+    inputs: _SharedInputs,
 ) -> Rows:
-    """One model's rows for one batch (with their reasons when the run explains) from the batch's inputs for its
-    feed (`_inputs`, which may be shared with other runs: read only); adds the seconds ONNX Runtime (and the
-    reasons) took to `part`."""
-    if isinstance(inputs, NightshiftError):
-        raise inputs.with_traceback(None)  # one error object for every run of the feed: no traceback piles up
-    feeds, ids = inputs
+    """One model's rows for one batch (with their reasons when the run explains), from the batch's inputs for its
+    feed; adds the seconds ONNX Runtime (and the reasons) took to `part`."""
+    feeds, ids = inputs.get(run, batch, source)
     t = time.perf_counter()
     raw = session.run([run.outputs.output], feeds)[0]
     part.infer_s += time.perf_counter() - t
@@ -279,23 +288,19 @@ def score_chunk(task: ChunkTask) -> ChunkResult:
             _close(contexts.pop(run_id), _Failed(str(exc)))
             writers.pop(run_id)
 
-        groups = _feed_groups(task.runs)
+        inputs = _SharedInputs(task.runs)
         for batch, uri in _batches(task, clock) if writers else ():
-            inputs: dict[int, _Inputs] = {}  # this batch's inputs, by feed
             for run in task.runs:
                 if run.run_id not in writers:
                     continue
                 part = parts[run.run_id]
-                feed = groups[run.run_id]
-                if feed not in inputs:
-                    inputs[feed] = _inputs(run, batch, uri)
                 try:
-                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, inputs[feed], uri, part))
+                    pending[run.run_id].append(_score(run, sessions[run.run_id], batch, uri, part, inputs))
                     if sum(len(r) for r in pending[run.run_id]) >= task.batch_rows:
                         flush(run.run_id, part)
                 except NightshiftError as exc:
                     fail(run.run_id, part, exc)
-            inputs.clear()  # this batch's feeds go now, not after the next batch is read
+            inputs.next_batch()
         for run_id in list(writers):
             try:
                 flush(run_id, parts[run_id])
@@ -338,24 +343,20 @@ def _score_for_driver(
 
     source = task.source
     collected: dict[int, list[Rows]] = {run.run_id: [] for run in task.runs}
-    groups = _feed_groups(task.runs)
+    inputs = _SharedInputs(task.runs)
     for batch, uri in _batches(task, clock):
-        inputs: dict[int, _Inputs] = {}  # this batch's inputs, by feed
         for run in task.runs:
             part = parts[run.run_id]
             if part.error is not None:
                 continue
-            feed = groups[run.run_id]
-            if feed not in inputs:
-                inputs[feed] = _inputs(run, batch, uri)
             try:
-                rows = _score(run, sessions[run.run_id], batch, inputs[feed], uri, part)
+                rows = _score(run, sessions[run.run_id], batch, uri, part, inputs)
             except NightshiftError as exc:
                 part.error = exc
                 collected[run.run_id] = []
                 continue
             collected[run.run_id].append(rows)
-        inputs.clear()  # this batch's feeds go now, not after the next batch is read
+        inputs.next_batch()
     for run in task.runs:
         part = parts[run.run_id]
         if part.error is not None:
