@@ -238,9 +238,8 @@ def run_wrk(url: str, script: str, *, connections: int, seconds: float, workdir:
 def _uniform_request(key: str, rows: int, batch: int | None, rng: random.Random) -> bytes:
     """One request of ids drawn afresh, uniformly over 1..rows (a fixed list cycled would repeat its ids,
     and an answer cache would answer them)."""
-    if batch is None:
-        return _raw_requests(key, None, [rng.randint(1, rows)])[0].encode("latin-1")
-    return _raw_requests(key, batch, [rng.randint(1, rows) for _ in range(batch)])[0].encode("latin-1")
+    ids = [rng.randint(1, rows) for _ in range(batch or 1)]
+    return _raw_requests(key, batch, ids)[0].encode("latin-1")
 
 
 async def _py_client(

@@ -105,6 +105,8 @@ class Contender:
 
 #: Set by the suite for the cases it spawns: the PostgreSQL server `quiesce` checkpoints ("" for none).
 QUIESCE_ENV = "NIGHTSHIFT_BENCH_QUIESCE_PG_URL"
+#: Servers `quiesce` could not CHECKPOINT in this process: said once, not tried again.
+_NO_CHECKPOINT: set[str] = set()
 
 
 def quiesce() -> None:
@@ -125,12 +127,9 @@ def quiesce() -> None:
             with psycopg.connect(libpq(url), autocommit=True, connect_timeout=5) as conn:
                 conn.execute("CHECKPOINT")
         except Exception as exc:  # no server, or no right to checkpoint: the sync still helps
-            _NO_CHECKPOINT.add(url)  # said once, not tried again in this process
+            _NO_CHECKPOINT.add(url)
             print(f"bench: CHECKPOINT before timed runs skipped ({type(exc).__name__}: {exc}); sync only", flush=True)
     os.sync()
-
-
-_NO_CHECKPOINT: set[str] = set()
 
 
 def interleave(contenders: dict[str, Contender], repeats: int) -> dict[str, tuple[list[float], list[dict[str, Any]]]]:
