@@ -159,3 +159,39 @@ def test_threads_of_one_process_replace_the_same_file_without_losing_a_write(tmp
     assert errors == []
     assert Path(uri).read_bytes() in payloads  # one writer's whole bytes, never a mix
     assert [p.name for p in (tmp_path / "ref").iterdir()] == ["reference.parquet"]  # no temporary file left
+
+
+def test_a_failed_replacement_keeps_the_old_file_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import fsspec
+
+    from nightshift.monitoring import reference
+
+    uri = str(tmp_path / "ref" / "reference.json")
+    reference.write_atomic(uri, b"old")
+
+    class FullDisk:  # the temporary file opens, its bytes do not fit
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __enter__(self) -> FullDisk:
+            self.real.__enter__()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.real.__exit__(*exc)
+
+        def write(self, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    fs = fsspec.filesystem("file")
+    real_open = fs.open
+    monkeypatch.setattr(type(fs), "open", lambda self, path, mode="rb", **kw: FullDisk(real_open(path, mode, **kw)))
+    with pytest.raises(OSError, match="No space left"):
+        reference.write_atomic(uri, b"new")
+    monkeypatch.undo()
+    assert Path(uri).read_bytes() == b"old"
+    assert [p.name for p in (tmp_path / "ref").iterdir()] == ["reference.json"]

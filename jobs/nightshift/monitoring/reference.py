@@ -3,6 +3,7 @@ plus exact statistics of every training row; computed once, stored beside the mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -262,13 +263,19 @@ def write_atomic(uri: str, data: bytes) -> None:
     The temporary name is unique to this write, not only to the process: nights run in threads of one
     process (`nightshift backfill --parallel`) build the same version's reference at the same time, and a
     shared name let one thread move away the file the other was about to move (FileNotFoundError).
+    A write that fails (a full disk, say) leaves the old file as it was and no temporary file behind.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
 
 
 def save_reference(ref: Reference) -> None:
