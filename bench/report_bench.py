@@ -212,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         default=[50_000],
         help="rows of the night (and of each training day); several: one project per size, one after the other",
     )
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of score, monitor and report per night size")
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder that report_bench.jsonl (appended) and report_bench.md go to"
+    )
     args = ap.parse_args(argv)
     if any(n < 1 for n in args.rows):
         ap.error(f"--rows: a night needs at least one row; got {' '.join(map(str, args.rows))}")

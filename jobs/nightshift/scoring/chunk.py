@@ -2,10 +2,12 @@
 and stage each model's rows under its own run (or hand them back to the driver).
 
 Several model versions over the same partition (a champion and its challenger, or several models of
-one dataset) share the read: Parquet decoding happens once per batch whatever the number of models.
+one dataset) share the read: Parquet decoding happens once per batch whatever the number of models, and
+so does building the model inputs for versions of one contract and input layout (`_SharedInputs`).
 A failure that belongs to one model (its inputs break its contract, it outputs NaN) fails only that
-model's part of the chunk — its rows are rolled back and the result says why — while the others
-go on; a failure of the data itself (an unreadable page) fails the chunk for all.
+model's part of the chunk (a broken contract: every model reading that contract) — its rows are rolled
+back and the result says why — while the others go on; a failure of the data itself (an unreadable page)
+fails the chunk for all.
 """
 
 from __future__ import annotations
